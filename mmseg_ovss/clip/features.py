@@ -1,0 +1,60 @@
+"""Data passed between the dense CLIP backbone, the text encoder and the heads.
+
+These two containers are the contract between ``mmseg_ovss.clip`` (which
+produces them) and every head that consumes them (cosine head, FreeCP head).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from torch import Tensor
+
+
+@dataclass
+class DenseCLIPFeatures:
+    """What the dense CLIP image encoder returns for a batch of windows.
+
+    Attributes:
+        patch_tokens: (B, D, h, w) dense-strategy output after ``ln_post`` and
+            the visual projection (not L2-normalised).
+        cls_token: (B, D) projected CLS embedding of the *unmodified* last
+            block, or None when not requested.
+        attn_weights: layer index (0-based) -> (B, heads, 1 + h*w, 1 + h*w)
+            softmax(q k^T / sqrt(d)) of the vanilla attention of that block,
+            captured only for the layers a head asks for.
+        images: (B, 3, H, W) the normalised window pixels given to CLIP.
+        patch_size: pixels per patch side.
+        encode_image: callable mapping normalised crops (N, 3, h, w) to the
+            (N, D) projected CLS embeddings of the unmodified CLIP path.
+    """
+    patch_tokens: Tensor
+    images: Tensor
+    patch_size: int
+    cls_token: Optional[Tensor] = None
+    attn_weights: Dict[int, Tensor] = field(default_factory=dict)
+    encode_image: Optional[Callable[[Tensor], Tensor]] = None
+
+
+@dataclass
+class VocabularyEmbeddings:
+    """Text side of one vocabulary: one row per query (class or synonym).
+
+    Attributes:
+        query_embeddings: (Q, D) L2-normalised text embeddings.
+        query_to_class: (Q,) long tensor, the class index of each query.
+        class_names: the display name of each class (its first synonym).
+        synonyms: every query string of each class.
+        background_class: index of the background class when the vocabulary
+            has one (VOC21, PC60, COCO-Object), else None.
+        encode_text: callable mapping raw sentences to (N, D) L2-normalised
+            embeddings (no template applied), e.g. for descriptions.
+    """
+    query_embeddings: Tensor
+    query_to_class: Tensor
+    class_names: List[str]
+    synonyms: List[List[str]]
+    background_class: Optional[int] = None
+    encode_text: Optional[Callable[[List[str]], Tensor]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

@@ -1,0 +1,1 @@
+from . import backbones, heads, losses, segmentors  # noqa: F401

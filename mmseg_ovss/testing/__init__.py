@@ -1,0 +1,1 @@
+"""Helpers that build tiny models and datasets for tests and benchmarks."""
