@@ -1,0 +1,36 @@
+# PASCAL Context val, full 459 classes: uint16 TIFF labels, ignore 65535.
+# Labels made by tools/dataset_converters/pascal_context_459.py. Test only.
+# The data root is $OVSS_DATA_ROOT (default: data) + the folder below; see
+# docs/datasets.md for the layout. Method configs re-declare test_pipeline
+# with their own short side and set test_dataloader/val_dataloader
+# dataset.pipeline to it.
+dataset_type = 'PascalContext459Dataset'
+data_root = '{{$OVSS_DATA_ROOT:data}}/VOCdevkit/VOC2010'
+dataset_ignore_index = 65535
+test_short_side = 448
+
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, test_short_side), keep_ratio=True),
+    # after Resize: the ground truth stays at its original size
+    dict(type='LoadCheckedAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(
+    batch_size=1,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(
+            img_path='JPEGImages',
+            seg_map_path='annotations_detectron2/pc459_val'),
+        ann_file='ImageSets/SegmentationContext/val.txt',
+        ignore_index=dataset_ignore_index,
+        pipeline=test_pipeline))
+val_dataloader = test_dataloader
+test_evaluator = dict(
+    type='IoUMetric', iou_metrics=['mIoU'], ignore_index=dataset_ignore_index)
+val_evaluator = test_evaluator

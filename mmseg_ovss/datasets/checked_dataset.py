@@ -1,0 +1,133 @@
+"""Layout and input checks shared by the benchmark datasets.
+
+``CheckedDatasetMixin`` goes in front of an mmseg dataset class. While the
+dataset loads its file list (``full_init``) it checks the data root, the
+image and annotation folders, the split file and the image/annotation pairs,
+and it raises :class:`OVSSDataError` naming the problem, the expected layout
+and the fix (the ``OVSS_DATA_ROOT`` variable or ``--cfg-options``). While a
+sample goes through the pipeline, an image that cannot be read is reported by
+name. It also hands ``num_classes`` and ``ignore_index`` to the annotation
+loader (``LoadCheckedAnnotations``).
+"""
+import os
+import os.path as osp
+from typing import List
+
+from mmseg.datasets.transforms import LoadAnnotations as MMSegLoadAnnotations
+from mmseg_ovss.datasets.label_io import describe_unreadable_image
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+
+DATA_ROOT_ENV = 'OVSS_DATA_ROOT'
+
+
+class CheckedDatasetMixin:
+    """Checks for a ``BaseSegDataset`` subclass (put it first in the bases).
+
+    Class attributes a dataset sets:
+        LAYOUT (str): the expected on-disk layout below ``data_root``.
+        ROOT_NAME (str): the data root relative to ``$OVSS_DATA_ROOT``.
+        PREPARE_HINT (str): how to produce derived annotations, if any.
+    """
+    LAYOUT: str = ''
+    ROOT_NAME: str = ''
+    PREPARE_HINT: str = ''
+
+    # ---------------------------------------------------------------- init
+    def full_init(self) -> None:
+        if not self._fully_initialized:
+            self._check_pipeline()
+        super().full_init()
+
+    def load_data_list(self) -> List[dict]:
+        self._check_layout()
+        data_list = super().load_data_list()
+        if not data_list:
+            self._fail(
+                f'no image matching *{self.img_suffix} was found in '
+                f'{self.data_prefix.get("img_path")}'
+                + (f' for the ids of {self.ann_file}'
+                   if self.ann_file else ''))
+        if self.backend_args is None:
+            self._check_pairs(data_list)
+        return data_list
+
+    def get_data_info(self, idx: int) -> dict:
+        data_info = super().get_data_info(idx)
+        data_info['num_classes'] = len(self._metainfo['classes'])
+        data_info['ignore_index'] = self.ignore_index
+        return data_info
+
+    # ------------------------------------------------------------- samples
+    def prepare_data(self, idx):
+        try:
+            return super().prepare_data(idx)
+        except OVSSDataError:
+            raise
+        except Exception as err:
+            path = self.get_data_info(idx).get('img_path', '')
+            problem = describe_unreadable_image(path) if path else None
+            if problem is None:
+                raise
+            raise OVSSDataError(
+                f'image {path} {problem}; replace the file (re-extract the '
+                'dataset) or remove its id from the split file') from err
+
+    # -------------------------------------------------------------- checks
+    def _check_pipeline(self) -> None:
+        """Refuse mmseg's LoadAnnotations (uint8 cast) for wide labels."""
+        num_classes = len(self._metainfo['classes'])
+        if num_classes <= 255 and self.ignore_index <= 255:
+            return
+        for transform in self.pipeline.transforms:
+            if isinstance(transform, MMSegLoadAnnotations):
+                raise OVSSConfigError(
+                    f'{type(self).__name__} has {num_classes} classes and '
+                    f'ignore index {self.ignore_index}, but the pipeline uses '
+                    "mmseg's LoadAnnotations, which casts labels to uint8 and "
+                    "corrupts them; use dict(type='LoadCheckedAnnotations') "
+                    'instead')
+
+    def _check_layout(self) -> None:
+        if self.data_root is not None and not osp.isdir(self.data_root):
+            env = os.environ.get(DATA_ROOT_ENV)
+            where = (f'{DATA_ROOT_ENV}={env!r}' if env is not None else
+                     f'{DATA_ROOT_ENV} is not set, so the default "data" '
+                     f'relative to {os.getcwd()} was used')
+            self._fail(
+                f'data root {self.data_root} does not exist ({where}). Set '
+                f'{DATA_ROOT_ENV} to the folder that holds {self.ROOT_NAME}/ '
+                '(export OVSS_DATA_ROOT=/path/to/datasets) or pass '
+                '--cfg-options test_dataloader.dataset.data_root=/path/to/'
+                f'{self.ROOT_NAME}')
+        img_dir = self.data_prefix.get('img_path')
+        if img_dir and not osp.isdir(img_dir):
+            self._fail(f'image folder {img_dir} does not exist')
+        seg_dir = self.data_prefix.get('seg_map_path')
+        if seg_dir and not osp.isdir(seg_dir):
+            self._fail(f'annotation folder {seg_dir} does not exist'
+                       + self._prepare_hint())
+        if self.ann_file and not osp.isfile(self.ann_file):
+            self._fail(f'split file {self.ann_file} does not exist')
+
+    def _check_pairs(self, data_list: List[dict]) -> None:
+        missing_images = [d['img_path'] for d in data_list
+                          if not osp.isfile(d['img_path'])]
+        if missing_images:
+            self._fail(f'{len(missing_images)} listed image(s) are missing, '
+                       f'e.g. {missing_images[0]}')
+        missing_labels = [d['seg_map_path'] for d in data_list
+                          if 'seg_map_path' in d
+                          and not osp.isfile(d['seg_map_path'])]
+        if missing_labels:
+            self._fail(
+                f'{len(missing_labels)} of {len(data_list)} image(s) have no '
+                f'annotation *{self.seg_map_suffix}, e.g. {missing_labels[0]}'
+                + self._prepare_hint())
+
+    def _prepare_hint(self) -> str:
+        return f'. {self.PREPARE_HINT}' if self.PREPARE_HINT else ''
+
+    def _fail(self, problem: str) -> None:
+        raise OVSSDataError(
+            f'{type(self).__name__}: {problem}.\nExpected layout below '
+            f'${DATA_ROOT_ENV} (see docs/datasets.md):\n{self.LAYOUT}')

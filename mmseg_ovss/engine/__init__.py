@@ -1,0 +1,3 @@
+from mmseg_ovss.utils.autoimport import import_submodules
+
+import_submodules(__name__, __path__)

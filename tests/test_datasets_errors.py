@@ -1,0 +1,138 @@
+"""Bad data gives a clear error naming the problem and the fix."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+from PIL import Image
+
+import mmseg_ovss  # noqa: F401
+from mmseg.registry import DATASETS
+from mmseg.utils import register_all_modules
+from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+register_all_modules(init_default_scope=True)
+
+
+def build_test_dataset(name, root, monkeypatch, **overrides):
+    monkeypatch.setenv('OVSS_DATA_ROOT', str(root))
+    cfg = Config.fromfile(REPO_ROOT / f'configs/_base_/datasets/{name}.py')
+    dataset_cfg = cfg.test_dataloader.dataset
+    dataset_cfg.update(overrides)
+    return DATASETS.build(dataset_cfg)
+
+
+def test_missing_data_root_names_env_var_and_layout(tmp_path, monkeypatch):
+    with pytest.raises(OVSSDataError) as info:
+        build_test_dataset('voc21', tmp_path / 'nowhere', monkeypatch)
+    message = str(info.value)
+    assert 'data root' in message and 'does not exist' in message
+    assert 'OVSS_DATA_ROOT' in message and '--cfg-options' in message
+    assert 'SegmentationClass/' in message  # the expected layout
+
+
+def test_missing_data_root_without_env_var(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('OVSS_DATA_ROOT', raising=False)
+    cfg = Config.fromfile(REPO_ROOT / 'configs/_base_/datasets/ade150.py')
+    with pytest.raises(OVSSDataError, match='OVSS_DATA_ROOT is not set'):
+        DATASETS.build(cfg.test_dataloader.dataset)
+
+
+def test_missing_annotation_folder_points_to_converter(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('ade847', tmp_path))
+    shutil.rmtree(data_root / 'annotations_detectron2')
+    with pytest.raises(OVSSDataError) as info:
+        build_test_dataset('ade847', tmp_path, monkeypatch)
+    assert 'annotation folder' in str(info.value)
+    assert 'tools/dataset_converters/ade20k_847.py' in str(info.value)
+
+
+def test_missing_split_file(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('pc59', tmp_path))
+    (data_root / 'ImageSets/SegmentationContext/val.txt').unlink()
+    with pytest.raises(OVSSDataError, match='split file .*val.txt'):
+        build_test_dataset('pc59', tmp_path, monkeypatch)
+
+
+def test_no_matching_images(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('cityscapes', tmp_path))
+    for path in (data_root / 'leftImg8bit/val').rglob('*.png'):
+        path.rename(path.with_suffix('.jpg'))
+    with pytest.raises(OVSSDataError, match='no image matching'):
+        build_test_dataset('cityscapes', tmp_path, monkeypatch)
+
+
+def test_image_without_annotation(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('coco_object', tmp_path))
+    next((data_root / 'annotations/val2017').glob('*.png')).unlink()
+    with pytest.raises(OVSSDataError, match='1 of 2 image.*_instanceTrainIds'):
+        build_test_dataset('coco_object', tmp_path, monkeypatch)
+
+
+def test_unreadable_image_is_named(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('voc21', tmp_path))
+    broken = data_root / 'JPEGImages/2007_000001.jpg'
+    broken.write_bytes(b'not a jpeg at all')
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch)
+    with pytest.raises(OVSSDataError) as info:
+        dataset[0]
+    assert str(broken) in str(info.value)
+    assert 'cannot be decoded' in str(info.value)
+    dataset[1]  # the other image still loads
+
+
+def test_unreadable_annotation_is_named(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('pc459', tmp_path))
+    broken = data_root / 'annotations_detectron2/pc459_val/2008_000001.tif'
+    broken.write_bytes(b'\x00' * 10)
+    dataset = build_test_dataset('pc459', tmp_path, monkeypatch)
+    with pytest.raises(OVSSDataError, match=f'{broken}.*cannot be decoded'):
+        dataset[0]
+
+
+def test_colour_annotation_is_refused(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('cityscapes', tmp_path))
+    label = next((data_root / 'gtFine/val').rglob('*labelTrainIds.png'))
+    Image.open(label).convert('RGB').save(label)
+    dataset = build_test_dataset('cityscapes', tmp_path, monkeypatch)
+    with pytest.raises(OVSSDataError, match='RGB image, not a single-channel'):
+        dataset[0]
+
+
+def test_label_out_of_range_names_file_value_and_cause(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('voc21', tmp_path))
+    path = data_root / 'SegmentationClass/2007_000001.png'
+    image = Image.open(path)
+    label = np.array(image)
+    label[0, -1] = 37  # neither a VOC class nor 255
+    patched = Image.fromarray(label, mode='P')
+    patched.putpalette(image.getpalette())
+    patched.save(path)
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch)
+    with pytest.raises(OVSSDataError) as info:
+        dataset[0]
+    message = str(info.value)
+    assert str(path) in message and 'label value(s) 37' in message
+    assert '0..20' in message and 'ignore index 255' in message
+    assert 'Likely cause' in message
+
+
+def test_one_based_labels_suggest_reduce_zero_label(tmp_path, monkeypatch):
+    make_tiny_dataset('ade150', tmp_path)
+    dataset = build_test_dataset('ade150', tmp_path, monkeypatch,
+                                 reduce_zero_label=False)
+    with pytest.raises(OVSSDataError, match='1-based.*reduce_zero_label=True'):
+        dataset[0]
+
+
+def test_wide_labels_refuse_mmseg_loader(tmp_path, monkeypatch):
+    make_tiny_dataset('pc459', tmp_path)
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                dict(type='PackSegInputs')]
+    with pytest.raises(OVSSConfigError, match='casts labels to uint8'):
+        build_test_dataset('pc459', tmp_path, monkeypatch, pipeline=pipeline)

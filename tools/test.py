@@ -1,0 +1,134 @@
+"""Evaluate a segmentor (mmseg's test tool; the checkpoint is optional).
+
+Training-free models (the CLIP family, FreeCP, PnP-OVSS) need no checkpoint:
+    python tools/test.py configs/freecp/sclip_ade.py
+Trained models:
+    python tools/test.py CONFIG work_dirs/CONFIG/iter_80000.pth
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.engine.launch import (  # noqa: E402
+    configure_distributed, default_work_dir, init_cpu_process_group,
+    merge_cfg_options, use_fresh_visualizer)
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Evaluate a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument(
+        'checkpoint', nargs='?', default=None,
+        help='checkpoint file (not needed for training-free models)')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument(
+        '--out', help='directory to save predicted label maps (PNG)')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir', help='directory (under the work dir) where painted '
+        'images are saved')
+    parser.add_argument(
+        '--show-interval', type=int, default=1,
+        help='paint every n-th test image (default: all)')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings, e.g. model.decode_head.prob_thd=0.1; keys '
+        'must exist (prefix a key with "+" to add a new one)')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='test time aug')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def enable_visualization(cfg: Config, args) -> None:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise OVSSConfigError(
+            '--show/--show-dir need default_hooks.visualization (a '
+            'SegVisualizationHook); inherit configs/_base_/default_runtime.py.')
+    hooks.visualization.draw = True
+    hooks.visualization.interval = args.show_interval
+    if args.show:
+        hooks.visualization.show = True
+        hooks.visualization.wait_time = args.wait_time
+    if args.show_dir:
+        # Relative show dirs live under the work dir, as in mmseg.
+        cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
+        cfg.visualizer.alpha = cfg.visualizer.get('alpha', 0.8)
+
+
+def keep_test_loop_only(cfg: Config) -> None:
+    """Drop the train/val groups: the Runner needs each group whole or absent.
+
+    Dataset bases declare train and val dataloaders; a training-free config
+    has no optimizer or loops to go with them.
+    """
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler', 'val_dataloader', 'val_cfg',
+                'val_evaluator'):
+        cfg[key] = None
+    if not cfg.get('test_cfg'):
+        cfg.test_cfg = dict(type='TestLoop')
+
+
+def build_cfg(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    merge_cfg_options(cfg, args.cfg_options)
+    keep_test_loop_only(cfg)
+    configure_distributed(cfg, args.launcher)
+    use_fresh_visualizer(cfg)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = default_work_dir(args.config)
+    if args.checkpoint is not None:
+        if not osp.isfile(args.checkpoint):
+            raise OVSSWeightsError(
+                f'checkpoint "{args.checkpoint}" does not exist; pass the path '
+                'of a .pth file saved by tools/train.py, or no checkpoint for '
+                'a training-free model.')
+        cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.out is not None:
+        cfg.test_evaluator = _with_output_dir(cfg.test_evaluator, args.out)
+    if args.tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    return cfg
+
+
+def _with_output_dir(evaluator, out_dir):
+    evaluators = evaluator if isinstance(evaluator, list) else [evaluator]
+    for item in evaluators:
+        item['output_dir'] = out_dir
+        item['keep_results'] = True
+    return evaluator
+
+
+def main(argv=None):
+    """Run the evaluation; returns the metrics dict."""
+    args = parse_args(argv)
+    init_cpu_process_group(args.launcher)
+    cfg = build_cfg(args)
+    runner = Runner.from_cfg(cfg)
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
