@@ -1,0 +1,40 @@
+# Training-free dense CLIP segmentor (SCLIP lineage, FACTS §1): open_clip
+# ViT-B/16 with OpenAI weights, a dense strategy for the last block(s), a
+# cosine head over prompt-ensembled class queries, mmseg slide inference.
+# A method file sets `strategy`, `decode_head.logit_scale` and `test_cfg`;
+# a benchmark file sets the test pipeline and the background rules.
+_base_ = ['../default_runtime.py']
+
+model = dict(
+    type='CLIPDenseSegmentor',
+    data_preprocessor=dict(
+        type='OVSSSegDataPreProcessor',
+        mean=[122.771, 116.746, 104.094],
+        std=[68.501, 66.632, 70.323],
+        bgr_to_rgb=True,
+        pad_val=0,
+        seg_pad_val=255),
+    clip=dict(
+        model_name='ViT-B-16',
+        pretrained='openai',
+        # local weights file, e.g. --cfg-options model.clip.checkpoint=...
+        checkpoint=None,
+        precision='fp32',
+        random_init=False),
+    strategy=dict(type='Vanilla'),
+    decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
+    text=dict(
+        templates='openai',
+        # None: the dataset's metainfo classes (DatasetVocabularyHook)
+        class_names=None,
+        background_class='auto'),
+    prob_thd=0.0,
+    area_thd=None,
+    # optional PAMR refinement: pamr=dict(num_iter=10, dilations=(8, 16))
+    # (add it with --cfg-options +model.pamr=... where it is not set)
+    window_batch_size=16,
+    test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112)))
+
+custom_hooks = [dict(type='DatasetVocabularyHook')]
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')

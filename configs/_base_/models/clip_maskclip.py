@@ -1,0 +1,8 @@
+# MaskCLIP (official: last-block value embeddings, no residual, no FFN).
+# Resolution as in the ClearCLIP repository: short side 448, 448/224 windows.
+# FreeCP's variant keeps the FFN: strategy=dict(type='MaskCLIP', ffn=True).
+_base_ = ['./clip_dense.py']
+model = dict(
+    strategy=dict(type='MaskCLIP', residual=False, ffn=False),
+    decode_head=dict(logit_scale=50.0),
+    test_cfg=dict(mode='slide', crop_size=(448, 448), stride=(224, 224)))

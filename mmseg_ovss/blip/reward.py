@@ -1,0 +1,98 @@
+"""PnP-OVSS's annotation-free reward (§3.4, Eqs. 4-5).
+
+For an image I with the class names K(I) it contains (image-level labels, no
+masks) and a predicted mask M(k) per class:
+
+    Reward(I) = sum_{k in K(I)} 1[Pr(M(k) (x) I, k) > Pr(0, k)],
+    Pr(I, k) = softmax over k' in K(I) of f(I, k'),
+
+f = CLIP ViT-L/14-336 image-text similarity (open_clip), 0 a black image.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmseg_ovss.utils.errors import OVSSWeightsError
+
+DEFAULT_REWARD_MODEL = 'ViT-L-14-336'
+DEFAULT_REWARD_PRETRAINED = 'openai'
+REWARD_TEMPLATE = 'a photo of a {}.'
+
+
+class ClipReward:
+    """Scores masks with an open_clip model.
+
+    Args:
+        model_name: open_clip model name (``ViT-L-14-336``).
+        pretrained: open_clip pretrained tag, a local checkpoint file, or
+            None for random weights (tests).
+        device: where CLIP runs.
+        template: prompt of a class name.
+    """
+
+    def __init__(self, model_name: str = DEFAULT_REWARD_MODEL,
+                 pretrained: Optional[str] = DEFAULT_REWARD_PRETRAINED,
+                 device='cpu', template: str = REWARD_TEMPLATE):
+        import open_clip
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device)
+        except Exception as err:  # open_clip raises several types offline
+            raise OVSSWeightsError(
+                f'cannot build the reward CLIP "{model_name}" with weights '
+                f'"{pretrained}" ({type(err).__name__}: {err}). Without '
+                f'network access pass a local open_clip checkpoint file: '
+                f'--reward-pretrained /path/to/open_clip_pytorch_model.bin.'
+            ) from err
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.device = device
+        self.template = template
+        self._text: Dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def text_features(self, names: Sequence[str]) -> torch.Tensor:
+        missing = [n for n in names if n not in self._text]
+        if missing:
+            tokens = self.tokenizer([self.template.format(n)
+                                     for n in missing]).to(self.device)
+            feats = self.model.encode_text(tokens)
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            self._text.update(zip(missing, feats))
+        return torch.stack([self._text[n] for n in names])
+
+    @torch.no_grad()
+    def image_features(self, images: List[np.ndarray]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(Image.fromarray(img))
+                             for img in images]).to(self.device)
+        feats = self.model.encode_image(batch)
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def probabilities(self, images: List[np.ndarray], names: Sequence[str]
+                      ) -> torch.Tensor:
+        """Eq. 5: (N, K) softmax over the image's class names."""
+        scale = self.model.logit_scale.exp()
+        logits = scale * self.image_features(images) @ \
+            self.text_features(names).T
+        return logits.softmax(dim=-1)
+
+    def __call__(self, image: np.ndarray, masks: np.ndarray,
+                 names: Sequence[str]) -> int:
+        """Eq. 4 for one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            masks: (K, H, W) bool, the predicted mask of each class in
+                ``names`` (the image's ground-truth class names).
+        """
+        if len(names) == 0:
+            return 0
+        masked = [image * m[..., None].astype(image.dtype) for m in masks]
+        black = np.zeros_like(image)
+        probs = self.probabilities(masked + [black], names)
+        k = torch.arange(len(names))
+        return int((probs[k, k] > probs[-1, k]).sum())

@@ -1,0 +1,21 @@
+"""SCLIP (Wang et al., ECCV 2024): correlative self-attention.
+
+W = softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d)) (rows sum to 2).
+Official: residual and FFN kept. FreeCP's variant: no residual, FFN kept
+(``residual=False``; FACTS §2).
+"""
+from mmseg_ovss.clip.attention import scaled_similarity
+
+from .base import DENSE_STRATEGIES, LastBlockStrategy
+
+
+@DENSE_STRATEGIES.register_module(name=['SCLIP', 'SCLIPStrategy'])
+class SCLIPStrategy(LastBlockStrategy):
+    """Correlative self-attention in the last block."""
+
+    def __init__(self, residual: bool = True, ffn: bool = True):
+        super().__init__(residual=residual, ffn=ffn)
+
+    def attention(self, q, k, grid_size):
+        return (scaled_similarity(q, q).softmax(dim=-1) +
+                scaled_similarity(k, k).softmax(dim=-1))

@@ -1,0 +1,155 @@
+"""Block-by-block forward of an open_clip ViT with a dense strategy.
+
+One adapter over open_clip's ``VisionTransformer`` (never a vendored CLIP):
+position embeddings are interpolated to any window, the vanilla attention of
+chosen blocks is captured, the last block(s) are replaced by a dense strategy
+for the patch output, and the CLS embedding of the unmodified path is read.
+"""
+from typing import Iterable, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmseg_ovss.clip.attention import block_forward_with_attention
+from mmseg_ovss.clip.features import DenseCLIPFeatures
+from mmseg_ovss.clip.strategies import DenseStrategy
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+
+
+def interpolate_position_embedding(pos_embed: Tensor, src_grid: Tuple[int, int],
+                                   dst_grid: Tuple[int, int]) -> Tensor:
+    """Bicubically resize (1 + h*w, C) position embeddings to ``dst_grid``."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    channels = pos_embed.shape[-1]
+    patch_pos = patch_pos.reshape(1, *src_grid, channels).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=tuple(dst_grid),
+                              mode='bicubic', align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(-1, channels)
+    return torch.cat([cls_pos, patch_pos.to(pos_embed.dtype)], dim=0)
+
+
+class DenseCLIPVisionEncoder(nn.Module):
+    """Dense image encoder over ``open_clip_model.visual``.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (token pooling, no
+            attentional pooler).
+        strategy: the dense strategy for the last block(s).
+    """
+
+    def __init__(self, visual: nn.Module, strategy: DenseStrategy):
+        super().__init__()
+        for attr in ('conv1', 'class_embedding', 'positional_embedding',
+                     'transformer', 'ln_post'):
+            if not hasattr(visual, attr):
+                raise OVSSConfigError(
+                    f'{type(visual).__name__} is not an open_clip ViT; dense '
+                    'CLIP needs a ViT image tower (e.g. ViT-B-16)')
+        if getattr(visual, 'attn_pool', None) is not None:
+            raise OVSSConfigError(
+                'open_clip ViTs with an attentional pooler (CoCa) are not '
+                'supported by the dense strategies')
+        self.visual = visual
+        self.strategy = strategy
+        if strategy.num_blocks > self.num_layers:
+            raise OVSSConfigError(
+                f'{type(strategy).__name__} replaces {strategy.num_blocks} '
+                f'blocks but the ViT has only {self.num_layers}')
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.conv1.kernel_size[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def _batch_first(self) -> bool:
+        return getattr(self.visual.transformer, 'batch_first', True)
+
+    def run_block(self, block: nn.Module, x: Tensor) -> Tensor:
+        if self._batch_first():
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Patch + CLS tokens with interpolated position embeddings."""
+        visual = self.visual
+        x = visual.conv1(images.to(self.dtype))
+        grid = (x.shape[-2], x.shape[-1])
+        if grid[0] == 0 or grid[1] == 0:
+            raise OVSSDataError(
+                f'image of size {tuple(images.shape[-2:])} is smaller than '
+                f'one {self.patch_size}-pixel patch; resize it up first')
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1)
+        x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        src_grid = tuple(visual.grid_size)
+        pos = interpolate_position_embedding(visual.positional_embedding,
+                                             src_grid, grid)
+        x = x + pos.to(x.dtype)
+        return visual.ln_pre(x), grid
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """``ln_post`` and the visual projection."""
+        tokens = self.visual.ln_post(tokens)
+        if self.visual.proj is not None:
+            tokens = tokens @ self.visual.proj
+        return tokens
+
+    def encode_cls(self, images: Tensor) -> Tensor:
+        """(N, D) projected CLS embeddings of the unmodified CLIP path."""
+        x, _ = self.embed(images)
+        for block in self.blocks:
+            x = self.run_block(block, x)
+        return self.project(x[:, 0]).float()
+
+    def forward(self, images: Tensor, attention_layers: Iterable[int] = (),
+                with_cls: bool = False) -> DenseCLIPFeatures:
+        """Dense features of (B, 3, H, W) normalised windows.
+
+        H and W must be multiples of the patch size (the segmentor pads).
+        ``attention_layers`` are 0-based block indices whose vanilla
+        attention is returned.
+        """
+        attention_layers = set(int(i) for i in attention_layers)
+        num_layers, num_dense = self.num_layers, self.strategy.num_blocks
+        first_dense = num_layers - num_dense
+        run_tail = (with_cls or num_dense > 1 or
+                    any(i >= first_dense for i in attention_layers))
+        x, grid = self.embed(images)
+        dense_inputs: List[Tensor] = []
+        attn_weights = {}
+        for index, block in enumerate(self.blocks):
+            if index >= first_dense:
+                dense_inputs.append(x)
+                if not run_tail:
+                    break
+            if index in attention_layers:
+                x, attn_weights[index] = block_forward_with_attention(block, x)
+            else:
+                x = self.run_block(block, x)
+        tokens, out_grid = self.strategy(self.blocks[first_dense:],
+                                         dense_inputs, grid, images)
+        patches = self.project(tokens[:, 1:]).float()
+        patches = patches.transpose(1, 2).reshape(
+            patches.shape[0], -1, *out_grid)
+        cls_token = self.project(x[:, 0]).float() if with_cls else None
+        return DenseCLIPFeatures(
+            patch_tokens=patches,
+            images=images,
+            patch_size=self.patch_size,
+            cls_token=cls_token,
+            attn_weights={k: v.float() for k, v in attn_weights.items()},
+            encode_image=self.encode_cls)

@@ -1,0 +1,75 @@
+"""Cosine-similarity head of the training-free dense-CLIP baselines.
+
+Head interface (shared with ``FreeCPHead``; base class
+:class:`mmseg_ovss.clip.dense_head.DenseCLIPHead`)::
+
+    head.required_attention_layers  # blocks whose vanilla attention to capture
+    head.requires_cls_token         # fill features.cls_token
+    head.num_output_maps(vocab)     # C, channels of the window maps
+    head(features: DenseCLIPFeatures, vocab: VocabularyEmbeddings)
+        -> (B, C, h, w)             # per window, batched over B windows
+    head.class_scores(maps (N, C, H, W), vocab)
+        -> (N, num_classes, H, W)   # after stitching, at image size
+
+``CLIPDenseSegmentor`` calls the head once per batch of sliding windows,
+stitches the maps (mmseg slide semantics: overlaps averaged), resizes them to
+the original image, applies optional PAMR, then calls ``class_scores`` and the
+generic background rules (``prob_thd``, ``area_thd``). A baseline config and a
+FreeCP config therefore differ only in ``decode_head`` and thresholds.
+"""
+import torch
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from mmseg_ovss.clip.dense_head import DenseCLIPHead
+from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
+from mmseg_ovss.utils.errors import OVSSConfigError
+
+
+def synonym_max(query_scores: Tensor, query_to_class: Tensor,
+                num_classes: int) -> Tensor:
+    """Max over each class's queries: (N, Q, H, W) -> (N, K, H, W)."""
+    n, _, h, w = query_scores.shape
+    index = query_to_class.to(query_scores.device).view(1, -1, 1, 1)
+    out = query_scores.new_full((n, num_classes, h, w), float('-inf'))
+    return out.scatter_reduce(
+        1, index.expand_as(query_scores), query_scores, reduce='amax')
+
+
+@MODELS.register_module()
+class CosineSimilarityHead(DenseCLIPHead):
+    """Patch-text cosine similarity with a temperature (SCLIP lineage).
+
+    Window maps are the raw cosines cos(f_p, t_q) for every query q (each
+    synonym is a query). After stitching, class scores are
+    ``max_{q in c} softmax_q(tau * cos)`` (FACTS §1: softmax over all
+    queries, then the max over a class's synonyms).
+
+    Args:
+        logit_scale (float): tau (40 by default; SCLIP 65 on VOC21, 50 on
+            PC60 / COCO-Object; ClearCLIP and MaskCLIP 50).
+    """
+
+    def __init__(self, logit_scale: float = 40.0, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if logit_scale <= 0:
+            raise OVSSConfigError(
+                f'logit_scale must be positive, got {logit_scale}')
+        self.logit_scale = float(logit_scale)
+
+    def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:
+        return vocab.query_embeddings.shape[0]
+
+    def forward(self, features: DenseCLIPFeatures,
+                vocab: VocabularyEmbeddings) -> Tensor:
+        patches = F.normalize(features.patch_tokens.float(), dim=1)
+        queries = vocab.query_embeddings.to(patches)
+        return torch.einsum('bdhw,qd->bqhw', patches, queries)
+
+    def class_scores(self, maps: Tensor,
+                     vocab: VocabularyEmbeddings) -> Tensor:
+        probs = (self.logit_scale * maps).softmax(dim=1)
+        if probs.shape[1] == vocab.num_classes:
+            return probs
+        return synonym_max(probs, vocab.query_to_class, vocab.num_classes)

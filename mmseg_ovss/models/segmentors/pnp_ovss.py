@@ -1,0 +1,374 @@
+"""PnP-OVSS: segmentation from BLIP's text-to-image cross-attention.
+
+Luo et al., "Emergent Open-Vocabulary Semantic Segmentation from Off-the-shelf
+Vision-Language Models", CVPR 2024. Per image:
+
+1. one caption "a picture of <class 1> ... <class K>" (chunked when longer
+   than BLIP's text limit, ``mmseg_ovss.blip.caption``);
+2. cross-attention of one text layer/head to the image patches, sharpened by
+   GradCAM with the ITM match logit (Eq. 1,
+   ``mmseg_ovss.blip.cross_attention``);
+3. Salience DropOut (Eqs. 2-3, ``mmseg_ovss.blip.salience_dropout``);
+4. per-class min-max, threshold T, Gaussian blur, DenseCRF, "all classes off"
+   background (§3.3, ``mmseg_ovss.blip.postprocess``, ``utils.crf``).
+
+Every stage can be switched off (``use_gradcam``, ``salience_dropout``,
+``threshold``, ``blur_sigma``, ``crf``) to reproduce the paper's Table 5.
+GradCAM needs gradients inside mmengine's no-grad test loop: the text side is
+run under ``torch.enable_grad``; the image encoder runs without gradients
+unless ``image_encoder_grad=True`` (the authors' way; same maps, slower).
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.segmentors.base import BaseSegmentor
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from mmseg_ovss.blip.caption import (DEFAULT_PREFIX, CaptionBatch,
+                                     build_captions, enc_token_id_of)
+from mmseg_ovss.blip.class_source import ClassSource
+from mmseg_ovss.blip.cross_attention import BlipCrossAttention
+from mmseg_ovss.blip.loading import load_blip_itm
+from mmseg_ovss.blip.postprocess import (THRESHOLD_MODES, add_background,
+                                         gaussian_blur, minmax_per_class,
+                                         resize_maps, threshold_maps)
+from mmseg_ovss.blip.salience_dropout import SCHEDULES, salience_dropout
+from mmseg_ovss.blip.vocabulary import read_synonyms
+from mmseg_ovss.utils.crf import dense_crf, require_crf
+from mmseg_ovss.utils.errors import OVSSConfigError
+from mmseg_ovss.utils.profiler import profile_stage
+
+#: DenseCRF settings of the paper (from CutLER; FACTS §4).
+DEFAULT_CRF = dict(iterations=10, gaussian_sxy=3, gaussian_compat=7,
+                   bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10)
+DEFAULT_DROPOUT = dict(schedule='median', iterations=4, top_k=10)
+_CAPTION_CACHE_SIZE = 256
+
+
+@MODELS.register_module()
+class PnPOVSS(BaseSegmentor):
+    """Training-free PnP-OVSS segmentor over a BLIP ITM model.
+
+    Args:
+        blip: arguments of :func:`mmseg_ovss.blip.loading.load_blip_itm`
+            (``pretrained`` hub id / alias / local folder, or ``config`` and
+            ``tokenizer`` for random weights).
+        class_names: class-name file or list (synonyms ", "-separated; the
+            caption uses the first). Required unless ``dataset_meta`` holds
+            ``classes``.
+        class_source: :class:`mmseg_ovss.blip.class_source.ClassSource`
+            arguments (default: the whole vocabulary).
+        caption_prefix: text before the class names ("a picture of").
+        max_caption_tokens: caption length limit; longer vocabularies are
+            chunked. Default: the text encoder's position count (512).
+        cross_attention_layer / cross_attention_head: 1-based, the authors'
+            search result 8 / 10 by default.
+        use_gradcam: weight the attention with the ITM gradient (Eq. 1).
+        image_encoder_grad: backpropagate through the ViT too (authors).
+        salience_dropout: ``dict(schedule='median'|'top_k', iterations=4,
+            top_k=10)``; None runs a single pass.
+        threshold: T on the per-class min-max maps; None keeps the
+            normalised maps.
+        threshold_mode: ``'binary'`` (paper) or ``'masked'`` (authors).
+        blur_sigma: Gaussian sigma as a fraction of the image's longer side;
+            None switches the blur off.
+        crf: :func:`mmseg_ovss.utils.crf.dense_crf` settings; None = off.
+        background: add the "all classes off" channel.
+        background_index: label the background channel predicts; None
+            predicts ``ignore_index`` (datasets without a background class).
+        ignore_index: label of "no prediction".
+        input_size: (H, W) the BLIP input is resized to; None keeps the test
+            pipeline's size rounded to whole patches.
+    """
+
+    def __init__(self,
+                 blip: dict,
+                 class_names: Union[str, Sequence, None] = None,
+                 class_source: Optional[dict] = None,
+                 caption_prefix: str = DEFAULT_PREFIX,
+                 max_caption_tokens: Optional[int] = None,
+                 cross_attention_layer: int = 8,
+                 cross_attention_head: int = 10,
+                 use_gradcam: bool = True,
+                 image_encoder_grad: bool = False,
+                 salience_dropout: Optional[dict] = DEFAULT_DROPOUT,
+                 threshold: Optional[float] = 0.15,
+                 threshold_mode: str = 'binary',
+                 blur_sigma: Optional[float] = 0.05,
+                 crf: Optional[dict] = DEFAULT_CRF,
+                 background: bool = True,
+                 background_index: Optional[int] = None,
+                 ignore_index: int = 255,
+                 input_size: Optional[Tuple[int, int]] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        model, self.tokenizer = load_blip_itm(**blip)
+        # An nn.Module without ``init_weights``: mmengine never re-initialises
+        # the loaded BLIP weights.
+        self.cross_attention = BlipCrossAttention(
+            model, cross_attention_layer - 1, cross_attention_head - 1)
+        text_cfg = model.config.text_config
+        self.enc_token_id = enc_token_id_of(self.tokenizer,
+                                            text_cfg.vocab_size)
+        self.max_caption_tokens = (max_caption_tokens or
+                                   text_cfg.max_position_embeddings)
+        if self.max_caption_tokens > text_cfg.max_position_embeddings:
+            raise OVSSConfigError(
+                f'max_caption_tokens={self.max_caption_tokens} exceeds the '
+                f'{text_cfg.max_position_embeddings} text positions of BLIP.')
+        self.caption_prefix = caption_prefix
+        self.synonyms = (read_synonyms(class_names)
+                         if class_names is not None else None)
+        self.class_source = ClassSource(**(class_source or {}),
+                                        ignore_index=ignore_index)
+        self.use_gradcam = use_gradcam
+        self.image_encoder_grad = image_encoder_grad
+        self.salience_dropout = self._check_dropout(salience_dropout)
+        if threshold_mode not in THRESHOLD_MODES:
+            raise OVSSConfigError(
+                f'threshold_mode must be one of {THRESHOLD_MODES}.')
+        self.threshold = threshold
+        self.threshold_mode = threshold_mode
+        self.blur_sigma = blur_sigma
+        if crf is not None:
+            require_crf()
+            crf = {**DEFAULT_CRF, **crf}
+        self.crf = crf
+        self.background = background
+        self.background_index = background_index
+        self.ignore_index = ignore_index
+        self.input_size = tuple(input_size) if input_size else None
+        self._captions: Dict[tuple, CaptionBatch] = {}
+
+    @staticmethod
+    def _check_dropout(cfg: Optional[dict]) -> dict:
+        if cfg is None:
+            return dict(schedule='median', iterations=1, top_k=0)
+        cfg = {**DEFAULT_DROPOUT, **cfg}
+        if cfg['schedule'] not in SCHEDULES:
+            raise OVSSConfigError(
+                f'salience_dropout.schedule must be one of {SCHEDULES}.')
+        return cfg
+
+    # ------------------------------------------------------------ vocabulary
+    @property
+    def vocabulary(self) -> List[List[str]]:
+        if self.synonyms is not None:
+            return self.synonyms
+        meta = getattr(self, 'dataset_meta', None) or {}
+        if meta.get('classes'):
+            self.synonyms = read_synonyms(list(meta['classes']))
+            return self.synonyms
+        raise OVSSConfigError(
+            'PnP-OVSS has no vocabulary: set model.class_names to a '
+            'class-name file (e.g. data/class_names/voc20.txt) or a list.')
+
+    def set_vocabulary(self, class_names: Sequence,
+                       background_class: Optional[int] = None) -> None:
+        """Replace the vocabulary (``background_class``: its background
+        index, predicted by the "all classes off" channel, or None)."""
+        self.synonyms = read_synonyms(class_names)
+        self.background_index = background_class
+        self._captions.clear()
+
+    def captions(self, class_ids: Sequence[int]) -> CaptionBatch:
+        """Caption chunks for the given vocabulary indices (cached)."""
+        key = tuple(class_ids)
+        if key not in self._captions:
+            if len(self._captions) >= _CAPTION_CACHE_SIZE:
+                self._captions.clear()
+            names = [self.vocabulary[i][0] for i in class_ids]
+            with profile_stage('text'):
+                self._captions[key] = build_captions(
+                    self.tokenizer, names, self.enc_token_id,
+                    self.max_caption_tokens, self.caption_prefix)
+        return self._captions[key]
+
+    # -------------------------------------------------------------- salience
+    def to_patch_grid(self, image: Tensor) -> Tensor:
+        """Resize (B, 3, H, W) so both sides are whole patches."""
+        p = self.cross_attention.patch_size
+        if self.input_size is not None:
+            size = self.input_size
+        else:
+            size = tuple(max(p, int(round(s / p)) * p)
+                         for s in image.shape[-2:])
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        return F.interpolate(image, size=size, mode='bilinear',
+                             align_corners=False)
+
+    def class_salience(self, pixels: Tensor, class_ids: Sequence[int]
+                       ) -> Tensor:
+        """Summed GradCAM class maps (B, K, h, w) after Salience DropOut.
+
+        Args:
+            pixels: (B, 3, H, W) normalised images, H and W whole patches.
+            class_ids: vocabulary indices captioned for every image.
+        """
+        captions = self.captions(class_ids).to(pixels.device)
+        p = self.cross_attention.patch_size
+        num_images = pixels.shape[0]
+        h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
+
+        def compute_maps(keep: Tensor) -> Tensor:
+            mask = keep.view(num_images, 1, h, 1, w, 1).expand(
+                -1, 1, -1, p, -1, p).reshape(num_images, 1, h * p, w * p)
+            blanked = pixels * mask.to(pixels.dtype)
+            grad_inputs = None
+            with profile_stage('backbone'):
+                if self.image_encoder_grad and self.use_gradcam:
+                    grad_inputs = blanked.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        embeds = self.cross_attention.encode_image(grad_inputs)
+                else:
+                    with torch.no_grad():
+                        embeds = self.cross_attention.encode_image(blanked)
+            with profile_stage('head'):
+                maps = self.cross_attention.token_maps(
+                    embeds, captions.input_ids, captions.attention_mask,
+                    with_gradcam=self.use_gradcam, grad_inputs=grad_inputs)
+                tokens = maps.gradcam if self.use_gradcam else maps.attention
+                per_class = torch.einsum('bctp,ckt->bckp', tokens,
+                                         captions.token_weights)
+                return per_class[:, captions.class_valid]
+
+        keep = torch.ones(num_images, h * w, dtype=torch.bool,
+                          device=pixels.device)
+        total, _ = salience_dropout(
+            compute_maps, keep, self.salience_dropout['schedule'],
+            self.salience_dropout['iterations'],
+            self.salience_dropout['top_k'])
+        return total.view(num_images, -1, h, w)
+
+    # ---------------------------------------------------------- post-process
+    def postprocess_salience(self, salience: Tensor, ori_shape,
+                             image_rgb: Optional[np.ndarray] = None
+                             ) -> Tensor:
+        """(K, h, w) salience -> (C, H, W) channel scores at ``ori_shape``.
+
+        Channel 0 is the background channel when ``background`` is on.
+        """
+        with profile_stage('postprocess'):
+            if self.threshold is not None:
+                maps = threshold_maps(salience, self.threshold,
+                                      self.threshold_mode)
+            else:
+                maps = minmax_per_class(salience)
+            maps = resize_maps(maps, ori_shape)
+            if self.background:
+                maps = add_background(maps)
+            if self.blur_sigma:
+                maps = torch.from_numpy(
+                    gaussian_blur(maps.cpu().numpy(), self.blur_sigma))
+            if self.crf is not None:
+                if image_rgb is None:
+                    raise OVSSConfigError('DenseCRF needs the RGB image.')
+                probs = maps.float().softmax(0).cpu().numpy()
+                maps = torch.from_numpy(dense_crf(image_rgb, probs,
+                                                  **self.crf))
+        return maps
+
+    def channel_labels(self, class_ids: Sequence[int], device) -> Tensor:
+        """Dataset label of every output channel."""
+        labels = list(class_ids)
+        if self.background:
+            bg = (self.background_index if self.background_index is not None
+                  else self.ignore_index)
+            labels = [bg] + labels
+        return torch.as_tensor(labels, dtype=torch.long, device=device)
+
+    def image_rgb(self, image: Tensor, ori_shape) -> np.ndarray:
+        """Undo the pre-processor's normalisation: (H, W, 3) uint8 RGB."""
+        pre = self.data_preprocessor
+        mean = getattr(pre, 'mean', None)
+        std = getattr(pre, 'std', None)
+        pixels = image.float()
+        if mean is not None and std is not None:
+            pixels = pixels * std.view(-1, 1, 1) + mean.view(-1, 1, 1)
+        rgb = pixels.clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        height, width = ori_shape
+        return cv2.resize(rgb, (width, height),
+                          interpolation=cv2.INTER_LINEAR)
+
+    def segment(self, image: Tensor, class_ids: Sequence[int], ori_shape
+                ) -> Tuple[Tensor, Tensor]:
+        """Segment one normalised (3, H, W) image.
+
+        Returns the (C, H0, W0) channel scores and the (H0, W0) label map.
+        """
+        if len(class_ids) == 0:
+            labels = torch.full(tuple(ori_shape), self.ignore_index,
+                                dtype=torch.long, device=image.device)
+            if self.background and self.background_index is not None:
+                labels.fill_(self.background_index)
+            return image.new_zeros((0, *ori_shape)), labels
+        pixels = self.to_patch_grid(image[None])
+        salience = self.class_salience(pixels, class_ids)[0]
+        rgb = self.image_rgb(image, ori_shape) if self.crf else None
+        scores = self.postprocess_salience(salience, ori_shape, rgb)
+        scores = scores.to(image.device)
+        channel = scores.argmax(0)
+        labels = self.channel_labels(class_ids, image.device)[channel]
+        return scores, labels
+
+    # ----------------------------------------------------- mmseg interface
+    def predict(self, inputs: Tensor, data_samples=None):
+        """Segment a batch; fills ``pred_sem_seg`` and ``seg_logits``."""
+        if data_samples is None:
+            from mmseg.structures import SegDataSample
+            data_samples = [SegDataSample(metainfo=dict(
+                img_shape=inputs.shape[-2:], ori_shape=inputs.shape[-2:]))
+                for _ in range(inputs.shape[0])]
+        vocabulary = self.vocabulary
+        for image, sample in zip(inputs, data_samples):
+            meta = sample.metainfo
+            img_h, img_w = meta.get('img_shape', image.shape[-2:])[:2]
+            ori_shape = tuple(meta.get('ori_shape', (img_h, img_w))[:2])
+            class_ids = self.captioned_classes(sample)
+            scores, labels = self.segment(image[:, :img_h, :img_w],
+                                          class_ids, ori_shape)
+            offset = 1 if self.background else 0
+            class_scores = scores.new_zeros(
+                (len(vocabulary), *ori_shape))
+            if len(class_ids):
+                class_scores[torch.as_tensor(class_ids)] = scores[offset:]
+            sample.set_data(dict(
+                seg_logits=PixelData(data=class_scores),
+                pred_sem_seg=PixelData(data=labels[None])))
+        return data_samples
+
+    def captioned_classes(self, data_sample) -> List[int]:
+        """Vocabulary indices captioned for a sample (never the background
+        class, which the "all classes off" channel predicts)."""
+        class_ids = self.class_source(data_sample, self.vocabulary)
+        return [c for c in class_ids if c != self.background_index]
+
+    def extract_feat(self, inputs: Tensor) -> Tensor:
+        """BLIP ViT tokens (B, 1 + P, D) of the patch-aligned inputs."""
+        with torch.no_grad():
+            return self.cross_attention.encode_image(
+                self.to_patch_grid(inputs))
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]
+                      ) -> Tensor:
+        """Vocabulary salience maps (B, K, H, W) at the input size."""
+        class_ids = [c for c in range(len(self.vocabulary))
+                     if c != self.background_index]
+        salience = self.class_salience(self.to_patch_grid(inputs), class_ids)
+        return F.interpolate(salience, size=inputs.shape[-2:],
+                             mode='bilinear', align_corners=True)
+
+    def _forward(self, inputs: Tensor, data_samples=None) -> Tensor:
+        return self.encode_decode(inputs, None)
+
+    def loss(self, inputs: Tensor, data_samples) -> dict:
+        raise OVSSConfigError(
+            'PnP-OVSS is training-free: run tools/test.py, not train.py.')

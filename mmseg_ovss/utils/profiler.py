@@ -1,0 +1,81 @@
+"""Per-stage wall-clock timing for ``tools/benchmark.py``.
+
+Modules wrap their stages in ``with profile_stage('backbone'):``; this is a
+no-op unless a :class:`StageProfiler` is active (``with profiler:``), so it
+costs nothing in normal runs. Stage names used by the package: ``text``,
+``backbone``, ``head``, ``postprocess`` (any other name is recorded too).
+"""
+import contextlib
+import time
+from collections import defaultdict
+from contextvars import ContextVar
+from typing import Dict, Optional
+
+import torch
+
+_ACTIVE: ContextVar[Optional['StageProfiler']] = ContextVar(
+    'mmseg_ovss_stage_profiler', default=None)
+
+
+class StageProfiler:
+    """Accumulates seconds and call counts per stage name.
+
+    Args:
+        cuda_sync (bool): synchronise CUDA before reading the clock, so GPU
+            stages are timed correctly (only when CUDA is available).
+    """
+
+    def __init__(self, cuda_sync: bool = True):
+        self.cuda_sync = cuda_sync and torch.cuda.is_available()
+        self.seconds: Dict[str, float] = defaultdict(float)
+        self.calls: Dict[str, int] = defaultdict(int)
+        self._token = None
+        self._depth = 0
+
+    def reset(self):
+        self.seconds.clear()
+        self.calls.clear()
+
+    def __enter__(self):
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE.reset(self._token)
+        self._token = None
+        return False
+
+    def _now(self) -> float:
+        if self.cuda_sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        # Nested stages are charged to the outermost one only.
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.seconds[name] += self._now() - start
+            self.calls[name] += 1
+            self._depth = 0
+
+
+@contextlib.contextmanager
+def profile_stage(name: str):
+    """Time the enclosed block as stage ``name`` if a profiler is active."""
+    profiler = _ACTIVE.get()
+    if profiler is None:
+        yield
+        return
+    with profiler.stage(name):
+        yield

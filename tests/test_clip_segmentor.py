@@ -1,0 +1,251 @@
+"""CLIPDenseSegmentor: slide inference, head interface, background rules."""
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import mmseg_ovss  # noqa: F401
+from mmseg_ovss.clip.dense_head import DenseCLIPHead
+from mmseg_ovss.models.heads.cosine_head import synonym_max
+from mmseg_ovss.models.segmentors.clip_segmentor import slide_windows
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+from mmseg_ovss.utils.pamr import PAMR
+
+TINY = dict(model_name='ovss-tiny-ViT-16', random_init=True)
+init_default_scope('mmseg')
+MEAN, STD = [122.771, 116.746, 104.094], [68.501, 66.632, 70.323]
+
+
+def build(**kwargs):
+    torch.manual_seed(0)
+    cfg = dict(
+        type='CLIPDenseSegmentor', clip=TINY, strategy=dict(type='SCLIP'),
+        decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
+        text=dict(templates='single'),
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN,
+                               std=STD, bgr_to_rgb=True),
+        test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
+    cfg.update(kwargs)
+    model = MODELS.build(cfg).eval()
+    model.set_vocabulary(['background', 'cat, kitten', 'dog', 'grass'])
+    return model
+
+
+def sample(h, w, ori=None):
+    return SegDataSample(metainfo=dict(
+        ori_shape=ori or (h, w), img_shape=(h, w), pad_shape=(h, w),
+        padding_size=[0, 0, 0, 0]))
+
+
+def test_slide_windows_match_mmseg_grid():
+    windows = slide_windows(50, 70, (32, 32), (16, 16))
+    h_grids = max(50 - 32 + 16 - 1, 0) // 16 + 1
+    w_grids = max(70 - 32 + 16 - 1, 0) // 16 + 1
+    assert len(windows) == h_grids * w_grids
+    assert windows[-1] == (18, 50, 38, 70)  # snapped to the border
+    assert all(y2 - y1 == 32 and x2 - x1 == 32 for y1, y2, x1, x2 in windows)
+    # image smaller than the window: one window of the image's size
+    assert slide_windows(20, 24, (32, 32), (16, 16)) == [(0, 20, 0, 24)]
+
+
+def test_cosine_head_scores_equal_sclip_formula():
+    torch.manual_seed(0)
+    cos = torch.rand(2, 5, 3, 4) * 2 - 1
+    query_to_class = torch.tensor([0, 0, 1, 2, 2])
+    probs = (40 * cos).softmax(1)
+    one_hot = F.one_hot(query_to_class).T.view(3, 5, 1, 1).float()
+    expected = (probs.unsqueeze(1) * one_hot.unsqueeze(0)).max(2)[0]
+    torch.testing.assert_close(synonym_max(probs, query_to_class, 3),
+                               expected)
+
+
+@torch.no_grad()
+def test_slide_equals_per_window_direct_computation():
+    model = build(window_batch_size=3)
+    vocab = model.vocabulary_embeddings()
+    image = torch.randn(1, 3, 40, 56)
+    stitched = model.inference_maps(image, vocab)
+    total = torch.zeros(1, 5, 40, 56)
+    count = torch.zeros(1, 1, 40, 56)
+    for y1, y2, x1, x2 in slide_windows(40, 56, (32, 32), (16, 16)):
+        feats = model.backbone(image[..., y1:y2, x1:x2])
+        patches = F.normalize(feats.patch_tokens, dim=1)
+        cos = torch.einsum('bdhw,qd->bqhw', patches, vocab.query_embeddings)
+        total[..., y1:y2, x1:x2] += F.interpolate(
+            cos, size=(y2 - y1, x2 - x1), mode='bilinear',
+            align_corners=False)
+        count[..., y1:y2, x1:x2] += 1
+    torch.testing.assert_close(stitched, total / count)
+
+
+@torch.no_grad()
+def test_batch_of_two_sizes_equals_single_images():
+    model = build()
+    a, b = torch.randn(1, 3, 48, 40), torch.randn(1, 3, 36, 52)
+    batch = torch.zeros(2, 3, 48, 52)
+    batch[0, :, :48, :40], batch[1, :, :36, :52] = a[0], b[0]
+    results = model.predict(batch, [sample(48, 40, (60, 50)),
+                                    sample(36, 52)])
+    single = model.predict(a, [sample(48, 40, (60, 50))])[0]
+    assert results[0].pred_sem_seg.data.shape == (1, 60, 50)
+    torch.testing.assert_close(results[0].seg_logits.data,
+                               single.seg_logits.data)
+    single = model.predict(b, [sample(36, 52)])[0]
+    torch.testing.assert_close(results[1].seg_logits.data,
+                               single.seg_logits.data)
+    probs = results[1].seg_logits.data
+    assert probs.shape == (4, 36, 52)
+    assert torch.all(probs <= 1) and torch.all(probs >= 0)
+
+
+@torch.no_grad()
+def test_image_smaller_than_window_and_patch():
+    model = build(test_cfg=dict(mode='slide', crop_size=(64, 64),
+                                stride=(32, 32)))
+    for h, w in ((20, 30), (7, 9)):
+        out = model.predict(torch.randn(1, 3, h, w), [sample(h, w)])[0]
+        assert out.pred_sem_seg.data.shape == (1, h, w)
+    whole = build(test_cfg=dict(mode='whole'))
+    image = torch.randn(1, 3, 20, 30)
+    torch.testing.assert_close(
+        whole.predict(image, [sample(20, 30)])[0].seg_logits.data,
+        model.predict(image, [sample(20, 30)])[0].seg_logits.data)
+
+
+def test_non_rgb_input_is_rejected():
+    model = build()
+    with pytest.raises(OVSSDataError, match='3-channel'):
+        model.predict(torch.randn(1, 1, 32, 32), [sample(32, 32)])
+    with pytest.raises(OVSSDataError, match='3-channel'):
+        model.predict(torch.randn(1, 4, 32, 32), [sample(32, 32)])
+
+
+def test_background_rules_prob_and_area_thresholds():
+    model = build(prob_thd=0.5, area_thd=0.2)
+    vocab = model.vocabulary_embeddings()
+    assert vocab.background_class == 0  # class 0 is named "background"
+    scores = torch.zeros(4, 2, 10)
+    scores[1, :, :9] = 0.9   # cat: 18 px
+    scores[2, :, 9:] = 0.8   # dog: 2 px (10 % of the foreground) -> dropped
+    scores[3, 0, :3] = 0.4   # grass, never the top class
+    labels = model.predict_labels(scores, vocab)[0]
+    assert labels[:, :9].eq(1).all()
+    assert labels[:, 9:].eq(0).all()  # dog removed by area_thd -> background
+    model.area_thd = None
+    labels = model.predict_labels(scores, vocab)[0]
+    assert labels[:, 9:].eq(2).all()
+    low = torch.full((4, 2, 2), 0.25)
+    low[2] = 0.3
+    assert model.predict_labels(low, vocab).eq(0).all()  # below prob_thd
+
+
+class AttentionProbeHead(DenseCLIPHead):
+    required_attention_layers = 'all_but_last'
+    requires_cls_token = True
+    seen = None
+
+    def forward(self, features, vocab):
+        AttentionProbeHead.seen = features
+        b, _, h, w = features.patch_tokens.shape
+        return features.patch_tokens.new_ones(b, vocab.num_classes, h, w)
+
+
+@torch.no_grad()
+def test_head_interface_receives_requested_features():
+    MODELS.register_module(module=AttentionProbeHead, force=True)
+    model = build(decode_head=dict(type='AttentionProbeHead'))
+    model.predict(torch.randn(1, 3, 32, 48), [sample(32, 48)])
+    feats = AttentionProbeHead.seen
+    assert sorted(feats.attn_weights) == [0, 1, 2, 3, 4]
+    assert feats.attn_weights[0].shape == (2, 4, 5, 5)  # 2 windows, 2x2 grid
+    assert feats.cls_token.shape == (2, 32)
+    assert feats.encode_image(torch.randn(3, 3, 32, 32)).shape == (3, 32)
+    with pytest.raises(OVSSConfigError, match='not a DenseCLIPHead'):
+        build(decode_head=dict(type='FCNHead', in_channels=8, channels=8,
+                               num_classes=3))
+
+
+def test_vocabulary_errors():
+    model = build()
+    with pytest.raises(OVSSConfigError, match='duplicate'):
+        model.set_vocabulary(['cat', 'cat'])
+        model.vocabulary_embeddings()
+    model.set_vocabulary([])
+    with pytest.raises(OVSSConfigError, match='empty'):
+        model.vocabulary_embeddings()
+    model.set_vocabulary(None)
+    with pytest.raises(OVSSConfigError, match='no vocabulary'):
+        model.vocabulary_embeddings()
+
+
+def test_pamr_matches_direct_computation():
+    torch.manual_seed(0)
+    image, masks = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 6, 7)
+    dil = (1, 2)
+    offsets = [(dy * d, dx * d) for d in dil for dy in (-1, 0, 1)
+               for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    centre = [(dy * d, dx * d) for d in dil for dy in (-1, 0, 1)
+              for dx in (-1, 0, 1)]
+
+    def px(t, y, x):  # replicate padding
+        return t[0, :, min(max(y, 0), 5), min(max(x, 0), 6)]
+
+    aff = torch.zeros(len(offsets), 6, 7)
+    for y in range(6):
+        for x in range(7):
+            sigma = torch.stack([px(image, y + a, x + b)
+                                 for a, b in centre]).std(0)
+            a = torch.stack([
+                (-(px(image, y, x) - px(image, y + dy, x + dx)).abs() /
+                 (1e-8 + 0.1 * sigma)).mean() for dy, dx in offsets])
+            aff[:, y, x] = a.softmax(0)
+    expected = masks.clone()
+    for _ in range(3):
+        new = torch.zeros_like(expected)
+        for y in range(6):
+            for x in range(7):
+                new[0, :, y, x] = sum(
+                    aff[k, y, x] * px(expected, y + dy, x + dx)
+                    for k, (dy, dx) in enumerate(offsets))
+        expected = new
+    got = PAMR(num_iter=3, dilations=dil, channels_per_step=1)(image, masks)
+    torch.testing.assert_close(got, expected)
+
+
+def test_data_preprocessor_pads_images_not_ground_truth():
+    from mmengine.structures import PixelData
+    pre = MODELS.build(dict(type='OVSSSegDataPreProcessor', mean=MEAN,
+                            std=STD, bgr_to_rgb=True))
+    samples = [sample(20, 30), sample(24, 16)]
+    for s, (h, w) in zip(samples, ((5, 6), (7, 8))):
+        s.gt_sem_seg = PixelData(data=torch.zeros(1, h, w, dtype=torch.long))
+    images = [torch.randint(0, 255, (3, 20, 30), dtype=torch.uint8),
+              torch.randint(0, 255, (3, 24, 16), dtype=torch.uint8)]
+    out = pre(dict(inputs=images, data_samples=samples), False)
+    assert out['inputs'].shape == (2, 3, 24, 30)
+    assert out['data_samples'][1].padding_size == (0, 14, 0, 0)
+    assert out['data_samples'][1].gt_sem_seg.data.shape == (1, 7, 8)
+    expected = (images[0][[2, 1, 0]].float() -
+                torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(
+                    3, 1, 1)
+    torch.testing.assert_close(out['inputs'][0, :, :20, :30], expected)
+
+
+@torch.no_grad()
+def test_bfloat16_inference_runs():
+    model = build(clip=dict(TINY, precision='bf16'))
+    out = model.predict(torch.randn(1, 3, 32, 40), [sample(32, 40)])[0]
+    assert out.seg_logits.data.dtype == torch.float32
+    assert torch.isfinite(out.seg_logits.data).all()
+
+
+def test_class_file_must_match_dataset_classes():
+    model = build()
+    model.set_vocabulary(class_names_file='data/class_names/voc21.txt')
+    model.set_dataset_classes(['background', 'cat', 'dog'])
+    with pytest.raises(OVSSConfigError, match='has 21 classes'):
+        model.vocabulary_embeddings()
+    model.set_dataset_classes([f'class {i}' for i in range(21)])
+    assert model.vocabulary_embeddings().num_classes == 21

@@ -1,0 +1,259 @@
+"""Each dense strategy against a direct computation of its formula.
+
+Tiny random open_clip ViT (``ovss-tiny-ViT-16``: 6 blocks, width 64,
+4 heads); references below are written from the papers' equations with the
+block's raw weights, independently of ``mmseg_ovss.clip.attention``.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg_ovss.clip.strategies import build_dense_strategy
+from mmseg_ovss.clip.vision_encoder import (DenseCLIPVisionEncoder,
+                                            interpolate_position_embedding)
+from mmseg_ovss.testing.tiny_clip import build_tiny_clip
+from mmseg_ovss.utils.errors import OVSSConfigError
+
+
+@pytest.fixture(scope='module')
+def clip_model():
+    return build_tiny_clip('ovss-tiny-ViT-16', seed=0)
+
+
+@pytest.fixture(scope='module')
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 64, 64)  # the model's native 4x4 grid
+
+
+def heads(block, x):
+    """q, k, v (B, H, N, d) from in_proj weights of normalised tokens x."""
+    c = x.shape[-1]
+    num_heads = block.attn.num_heads
+    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+    out = []
+    for i in range(3):
+        y = x @ w[i * c:(i + 1) * c].T + b[i * c:(i + 1) * c]
+        out.append(y.view(*y.shape[:2], num_heads, -1).permute(0, 2, 1, 3))
+    return out
+
+
+def merge(block, y):
+    b, h, n, d = y.shape
+    y = y.permute(0, 2, 1, 3).reshape(b, n, h * d)
+    return y @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+
+
+def sm(a, b):
+    return (a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])).softmax(-1)
+
+
+def stream_inputs(model, images):
+    """Inputs of every block on the unmodified stream (native size)."""
+    visual = model.visual
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = visual.ln_pre(torch.cat([cls, x], 1) + visual.positional_embedding)
+    inputs = []
+    for block in visual.transformer.resblocks:
+        inputs.append(x)
+        x = block(x)
+    return inputs, x
+
+
+def to_dense(model, tokens):
+    y = model.visual.ln_post(tokens[:, 1:]) @ model.visual.proj
+    return y.transpose(1, 2).reshape(y.shape[0], -1, 4, 4)
+
+
+def run(model, strategy, images, **kwargs):
+    encoder = DenseCLIPVisionEncoder(model.visual,
+                                     build_dense_strategy(strategy))
+    with torch.no_grad():
+        return encoder(images, **kwargs)
+
+
+def last_block(model):
+    return model.visual.transformer.resblocks[-1]
+
+
+@torch.no_grad()
+def test_vanilla_equals_open_clip_tokens_and_cls(clip_model, images):
+    feats = run(clip_model, 'Vanilla', images, with_cls=True)
+    clip_model.visual.output_tokens = True
+    try:
+        pooled, tokens = clip_model.visual(images)
+    finally:
+        clip_model.visual.output_tokens = False
+    dense = (tokens @ clip_model.visual.proj).transpose(1, 2).reshape(
+        2, -1, 4, 4)
+    torch.testing.assert_close(feats.patch_tokens, dense)
+    torch.testing.assert_close(feats.cls_token, pooled)
+    torch.testing.assert_close(feats.encode_image(images),
+                               clip_model.encode_image(images))
+
+
+@torch.no_grad()
+def test_maskclip_official_and_freecp_variant(clip_model, images):
+    inputs, _ = stream_inputs(clip_model, images)
+    block, x = last_block(clip_model), inputs[-1]
+    _, _, v = heads(block, block.ln_1(x))
+    y = merge(block, v)
+    torch.testing.assert_close(
+        run(clip_model, dict(type='MaskCLIP'), images).patch_tokens,
+        to_dense(clip_model, y))
+    y_ffn = y + block.mlp(block.ln_2(y))
+    torch.testing.assert_close(
+        run(clip_model, dict(type='MaskCLIP', ffn=True), images).patch_tokens,
+        to_dense(clip_model, y_ffn))
+
+
+@torch.no_grad()
+def test_sclip_official_and_freecp_variant(clip_model, images):
+    inputs, _ = stream_inputs(clip_model, images)
+    block, x = last_block(clip_model), inputs[-1]
+    q, k, v = heads(block, block.ln_1(x))
+    weights = sm(q, q) + sm(k, k)
+    torch.testing.assert_close(weights.sum(-1),
+                               torch.full(weights.shape[:-1], 2.0))
+    attn = merge(block, weights @ v)
+    official = x + attn
+    official = official + block.mlp(block.ln_2(official))
+    torch.testing.assert_close(
+        run(clip_model, 'SCLIP', images).patch_tokens,
+        to_dense(clip_model, official))
+    freecp = attn + block.mlp(block.ln_2(attn))
+    torch.testing.assert_close(
+        run(clip_model, dict(type='SCLIP', residual=False), images
+            ).patch_tokens, to_dense(clip_model, freecp))
+
+
+@torch.no_grad()
+def test_clearclip(clip_model, images):
+    inputs, _ = stream_inputs(clip_model, images)
+    block, x = last_block(clip_model), inputs[-1]
+    q, _, v = heads(block, block.ln_1(x))
+    expected = to_dense(clip_model, merge(block, sm(q, q) @ v))
+    torch.testing.assert_close(
+        run(clip_model, 'ClearCLIP', images).patch_tokens, expected)
+
+
+@torch.no_grad()
+def test_naclip_gaussian_neighbourhood(clip_model):
+    torch.manual_seed(2)
+    images = torch.randn(1, 3, 48, 80)  # 3 x 5 grid, interpolated positions
+    sigma = 1.5
+    encoder = DenseCLIPVisionEncoder(clip_model.visual,
+                                     build_dense_strategy('Vanilla'))
+    x, grid = encoder.embed(images)
+    for block in clip_model.visual.transformer.resblocks[:-1]:
+        x = block(x)
+    block = last_block(clip_model)
+    _, k, v = heads(block, block.ln_1(x))
+    n = grid[0] * grid[1]
+    omega = torch.zeros(n + 1, n + 1)
+    for i in range(n):
+        for j in range(n):
+            (ri, ci), (rj, cj) = divmod(i, grid[1]), divmod(j, grid[1])
+            omega[i + 1, j + 1] = math.exp(
+                -((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma ** 2))
+    logits = k @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]) + omega
+    y = merge(block, logits.softmax(-1) @ v)
+    y = clip_model.visual.ln_post(y[:, 1:]) @ clip_model.visual.proj
+    expected = y.transpose(1, 2).reshape(1, -1, *grid)
+    got = run(clip_model, dict(type='NACLIP', sigma=sigma), images)
+    torch.testing.assert_close(got.patch_tokens, expected)
+
+
+@torch.no_grad()
+def test_gem_self_self_attention_path(clip_model, images):
+    inputs, _ = stream_inputs(clip_model, images)
+    blocks = clip_model.visual.transformer.resblocks
+    depth = 3
+    path = inputs[-depth]
+    for block, x in zip(blocks[-depth:], inputs[-depth:]):
+        h = block.ln_1(x)
+        q, k, v = heads(block, h)
+        t = h.norm(dim=-1).mean(-1).view(-1, 1, 1, 1) / math.sqrt(q.shape[-1])
+        outs = []
+        for z in (v, k, q):
+            z = F.normalize(z, dim=-1)  # one extra iteration
+            z = ((z @ z.transpose(-1, -2)) * t).softmax(-1) @ z
+            z = F.normalize(z, dim=-1)
+            outs.append(((z @ z.transpose(-1, -2)) * t).softmax(-1) @ v)
+        path = path + merge(block, (outs[0] + outs[1] + outs[2]) / 3)
+    got = run(clip_model, dict(type='GEM', num_blocks=depth), images)
+    torch.testing.assert_close(got.patch_tokens, to_dense(clip_model, path))
+
+
+@torch.no_grad()
+def test_attention_capture_is_vanilla_softmax(clip_model, images):
+    inputs, _ = stream_inputs(clip_model, images)
+    feats = run(clip_model, 'SCLIP', images, attention_layers=[0, 2, 5])
+    assert sorted(feats.attn_weights) == [0, 2, 5]
+    for layer in (0, 2, 5):
+        block = clip_model.visual.transformer.resblocks[layer]
+        q, k, _ = heads(block, block.ln_1(inputs[layer]))
+        torch.testing.assert_close(feats.attn_weights[layer], sm(q, k))
+
+
+def test_position_embedding_interpolation(clip_model):
+    pos = clip_model.visual.positional_embedding
+    assert interpolate_position_embedding(pos, (4, 4), (4, 4)) is pos
+    out = interpolate_position_embedding(pos, (4, 4), (3, 7))
+    assert out.shape == (1 + 21, pos.shape[1])
+    torch.testing.assert_close(out[0], pos[0])
+    constant = torch.ones_like(pos)
+    torch.testing.assert_close(
+        interpolate_position_embedding(constant, (4, 4), (6, 2)),
+        torch.ones(13, pos.shape[1]))
+
+
+def test_unknown_strategy_and_bad_depth(clip_model):
+    with pytest.raises(OVSSConfigError, match='unknown dense strategy'):
+        build_dense_strategy(dict(type='NoSuchCLIP'))
+    with pytest.raises(OVSSConfigError, match='replaces 8 blocks'):
+        DenseCLIPVisionEncoder(clip_model.visual,
+                               build_dense_strategy(dict(type='GEM',
+                                                         num_blocks=8)))
+
+
+@torch.no_grad()
+def test_proxyclip_proxy_attention(clip_model, images):
+    strategy = build_dense_strategy(dict(
+        type='ProxyCLIP', random_init=True, vfm_model='vit_small_patch8_224'))
+    got = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
+    vfm = strategy.vfm
+    clip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
+    clip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    pixels = images * clip_std.view(1, 3, 1, 1) + clip_mean.view(1, 3, 1, 1)
+    net = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    feats = F.normalize(vfm.forward_features(net)[:, 1:], dim=-1)  # 8x8
+    sim = feats @ feats.transpose(1, 2)
+    logits = (sim - 1.2 * sim.mean(dim=(1, 2), keepdim=True)) * 3.0
+    logits[logits < 0] = float('-inf')
+    weights = logits.softmax(-1)
+    inputs, _ = stream_inputs(clip_model, images)
+    block = last_block(clip_model)
+    _, _, v = heads(block, block.ln_1(inputs[-1]))
+    b, h, _, d = v.shape
+    v = F.interpolate(v[:, :, 1:].reshape(b * h, 4, 4, d).permute(0, 3, 1, 2),
+                      size=(8, 8), mode='bilinear', align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(b, h, 64, d)
+    out = merge(block, weights.unsqueeze(1) @ v)
+    y = clip_model.visual.ln_post(out) @ clip_model.visual.proj
+    expected = y.transpose(1, 2).reshape(b, -1, 8, 8)
+    torch.testing.assert_close(got.patch_tokens, expected, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_proxyclip_needs_local_weights(tmp_path):
+    from mmseg_ovss.utils.errors import OVSSWeightsError
+    with pytest.raises(OVSSWeightsError, match='vfm_checkpoint'):
+        build_dense_strategy(dict(type='ProxyCLIP'))
+    with pytest.raises(OVSSWeightsError, match='not found'):
+        build_dense_strategy(dict(type='ProxyCLIP',
+                                  vfm_checkpoint=str(tmp_path / 'dino.pth')))

@@ -1,0 +1,131 @@
+"""PnP-OVSS pure steps: Salience DropOut schedules, post-processing, CRF."""
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from mmseg_ovss.blip.postprocess import (add_background, gaussian_blur,
+                                         minmax_per_class, threshold_maps)
+from mmseg_ovss.blip.salience_dropout import (median_drop, salience_dropout,
+                                              top_k_drop)
+from mmseg_ovss.utils import crf as crf_module
+from mmseg_ovss.utils.errors import OVSSConfigError
+
+
+def _fixed_maps(num_images=2, num_classes=3, num_patches=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(num_images, num_classes, num_patches, generator=gen)
+
+
+def test_median_schedule_drops_expected_patches():
+    maps = _fixed_maps()
+    calls = []
+
+    def compute(keep):
+        calls.append(keep.clone())
+        return maps
+
+    total, keeps = salience_dropout(compute, torch.ones(2, 16, dtype=bool),
+                                    'median', iterations=4)
+    # Direct computation of Eqs. 2-3 with numpy.
+    m = maps.numpy()
+    keep = np.ones((2, 16), bool)
+    expected_total = np.zeros_like(m)
+    for t in range(4):
+        np.testing.assert_array_equal(keeps[t].numpy(), keep)
+        masked = m * keep[:, None]
+        expected_total += masked
+        salience = masked.sum(1)
+        for b in range(2):
+            eta = np.median(salience[b][keep[b]])
+            keep[b] = keep[b] & ~(salience[b] >= eta)
+    np.testing.assert_allclose(total.numpy(), expected_total, rtol=1e-6)
+    # distinct values: exactly half of the remaining patches go each time
+    assert [int(k[0].sum()) for k in keeps] == [16, 8, 4, 2]
+    assert len(calls) == 4
+    # dropped patches carry no salience in later passes
+    assert (total[~keeps[1][:, None].expand_as(total)] ==
+            maps[~keeps[1][:, None].expand_as(maps)]).all()
+
+
+def test_median_drop_even_count_takes_mean_of_middle_values():
+    salience = torch.tensor([[1., 2., 3., 4.]])
+    keep = torch.ones(1, 4, dtype=bool)
+    assert median_drop(salience, keep).tolist() == [[True, True, False, False]]
+    # already-dropped patches are outside the median and stay dropped
+    keep = torch.tensor([[True, True, True, False]])
+    assert median_drop(salience, keep).tolist() == \
+        [[True, False, False, False]]
+
+
+def test_top_k_schedule_matches_authors_code():
+    maps = _fixed_maps(num_patches=36)
+    total, keeps = salience_dropout(lambda keep: maps,
+                                    torch.ones(2, 36, dtype=bool), 'top_k',
+                                    iterations=3, top_k=10)
+    assert [int(k[0].sum()) for k in keeps] == [36, 26, 16]
+    salience = maps.sum(1)
+    first_drop = salience.topk(10, dim=1).indices
+    for b in range(2):
+        assert not keeps[1][b, first_drop[b]].any()
+    # the first map counts twice
+    expected = 2 * maps + maps * keeps[1][:, None] + maps * keeps[2][:, None]
+    torch.testing.assert_close(total, expected)
+    assert top_k_drop(salience, keeps[2], 100).sum() == 0
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(OVSSConfigError, match='schedule'):
+        salience_dropout(lambda k: None, torch.ones(1, 4, dtype=bool),
+                         'random')
+
+
+def test_threshold_modes_and_background():
+    maps = torch.tensor([[[0., 1.], [2., 4.]], [[0., 0.], [0., 0.]]])
+    binary = threshold_maps(maps, 0.3, 'binary')
+    assert binary[0].tolist() == [[0., 0.], [1., 1.]]
+    assert binary[1].sum() == 0  # a constant map has no "on" pixel
+    masked = threshold_maps(maps, 0.3, 'masked')
+    assert masked[0].tolist() == [[0., 0.], [2., 4.]]
+    with_bg = add_background(binary)
+    assert with_bg.shape[0] == 3
+    assert with_bg[0].tolist() == [[1., 1.], [0., 0.]]
+    norm = minmax_per_class(maps)
+    assert norm[0].max() == 1 and norm[0].min() == 0
+
+
+def test_gaussian_blur_sigma_relative_to_longer_side():
+    maps = np.zeros((2, 20, 40), np.float32)
+    maps[0, 10, 20] = 1
+    maps[1, 5:15, 5:15] = 1
+    out = gaussian_blur(maps, 0.05)
+    ref = ndimage.gaussian_filter(maps[0], 0.05 * 40)
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    np.testing.assert_allclose(out[0], ref, atol=1e-6)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.skipif(not crf_module.crf_available(),
+                    reason='pydensecrf2 not installed')
+def test_dense_crf_follows_colour_edges():
+    image = np.zeros((24, 32, 3), np.uint8)
+    image[:, 16:] = 255
+    probs = np.full((2, 24, 32), 0.5, np.float32)
+    # unaries slightly favour the true side, with a noisy band
+    probs[0, :, :16] = 0.6
+    probs[0, :, 16:] = 0.4
+    probs[0, :, 12:16] = 0.45
+    probs[1] = 1 - probs[0]
+    out = crf_module.dense_crf(image, probs, iterations=10)
+    assert out.shape == probs.shape
+    np.testing.assert_allclose(out.sum(0), 1, atol=1e-4)
+    labels = out.argmax(0)
+    assert (labels[:, :16] == 0).all() and (labels[:, 16:] == 1).all()
+    with pytest.raises(OVSSConfigError, match='differ in size'):
+        crf_module.dense_crf(image[:10], probs)
+
+
+def test_crf_missing_gives_install_hint(monkeypatch):
+    monkeypatch.setattr(crf_module, 'crf_available', lambda: False)
+    with pytest.raises(OVSSConfigError, match='pydensecrf2'):
+        crf_module.require_crf()

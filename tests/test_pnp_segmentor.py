@@ -1,0 +1,235 @@
+"""PnP-OVSS segmentor end to end: mmseg model, tools/test.py, search tool."""
+import json
+import os
+
+import pytest
+import torch
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmengine.structures import PixelData
+
+import mmseg_ovss  # noqa: F401
+from mmseg_ovss.testing.tiny_blip import make_tiny_blip
+from mmseg_ovss.testing.tools import run_tool
+from mmseg_ovss.utils.crf import crf_available
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+
+NAMES = ['cat', 'dog', 'tv monitor, monitor', 'potted plant']
+PREPROCESSOR = dict(type='SegDataPreProcessor',
+                    mean=[122.770938, 116.74601, 104.093735],
+                    std=[68.500534, 66.632244, 70.323165],
+                    bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
+
+
+@pytest.fixture(scope='module')
+def blip_folder(tmp_path_factory):
+    return make_tiny_blip(tmp_path_factory.mktemp('tiny_blip'))
+
+
+def build(blip_folder, **kwargs):
+    init_default_scope('mmseg')
+    cfg = dict(type='PnPOVSS', data_preprocessor=PREPROCESSOR,
+               blip=dict(pretrained=blip_folder), class_names=NAMES,
+               crf=None)
+    cfg.update(kwargs)
+    return MODELS.build(cfg).eval()
+
+
+def samples(num=1, shape=(40, 56), gt=None, path='/data/img_{}.jpg'):
+    out = []
+    for i in range(num):
+        sample = SegDataSample(metainfo=dict(
+            img_shape=shape, ori_shape=(30, 42), img_path=path.format(i)))
+        if gt is not None:
+            sample.gt_sem_seg = PixelData(data=gt[None])
+        out.append(sample)
+    return out
+
+
+def _inputs(num=1, shape=(40, 56)):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(num, 3, *shape, generator=gen)
+
+
+def test_predict_fills_labels_and_scores(blip_folder):
+    model = build(blip_folder)
+    with torch.no_grad():  # mmengine's test loop
+        out = model.predict(_inputs(2), samples(2))
+    for sample in out:
+        labels = sample.pred_sem_seg.data
+        assert labels.shape == (1, 30, 42)
+        assert set(labels.unique().tolist()) <= {0, 1, 2, 3, 255}
+        assert sample.seg_logits.data.shape == (4, 30, 42)
+    # the model's image encoder never kept gradients
+    assert not any(p.requires_grad for p in model.parameters())
+    # tools/benchmark.py sets its own vocabulary
+    model.set_vocabulary(['sky', 'cat'])
+    with torch.no_grad():
+        out = model.predict(_inputs(1), samples(1))
+    assert set(out[0].pred_sem_seg.data.unique().tolist()) <= {0, 1, 255}
+    assert out[0].seg_logits.data.shape[0] == 2
+
+
+def test_every_stage_can_be_switched_off(blip_folder):
+    """Table 5 rows: attention only ... full pipeline."""
+    inputs, gt = _inputs(), None
+    rows = [
+        dict(use_gradcam=False, salience_dropout=None, blur_sigma=None),
+        dict(salience_dropout=None, blur_sigma=None),
+        dict(salience_dropout=dict(iterations=2), blur_sigma=None),
+        dict(blur_sigma=0.05),
+        dict(threshold=None, blur_sigma=None),
+        dict(salience_dropout=dict(schedule='top_k', iterations=3, top_k=4),
+             threshold_mode='masked'),
+        dict(background=False),
+    ]
+    if crf_available():
+        rows.append(dict(crf=dict(iterations=2)))
+    for row in rows:
+        model = build(blip_folder, **row)
+        with torch.no_grad():
+            out = model.predict(inputs, samples(1, gt=gt))
+        assert out[0].pred_sem_seg.data.shape == (1, 30, 42)
+
+
+def test_salience_matches_direct_dropout_loop(blip_folder):
+    """The segmentor's drop loop: blanked patches are re-encoded."""
+    model = build(blip_folder, salience_dropout=dict(iterations=2))
+    pixels = model.to_patch_grid(_inputs())
+    salience = model.class_salience(pixels, [0, 1])
+    single = build(blip_folder, salience_dropout=None)
+    first = single.class_salience(pixels, [0, 1])
+    h, w = pixels.shape[-2] // 16, pixels.shape[-1] // 16
+    u = first.sum(1).flatten()
+    keep = u < u.quantile(0.5)
+    mask = keep.view(1, 1, h, 1, w, 1).expand(1, 1, h, 16, w, 16)
+    blanked = pixels * mask.reshape(1, 1, h * 16, w * 16)
+    second = single.class_salience(blanked, [0, 1])
+    expected = first + second * keep.view(1, 1, h, w)
+    torch.testing.assert_close(salience, expected)
+    # the image encoder's backward on (authors' way) gives the same maps,
+    # also inside a no-grad test loop
+    model.image_encoder_grad = True
+    with torch.no_grad():
+        with_vit_grad = model.class_salience(pixels, [0, 1])
+    torch.testing.assert_close(with_vit_grad, salience)
+
+
+def test_background_index_and_excluded_class(blip_folder):
+    names = ['sky, wall, tree'] + NAMES
+    model = build(blip_folder, class_names=names, background_index=0)
+    assert model.captioned_classes(samples(1)[0]) == [1, 2, 3, 4]
+    with torch.no_grad():
+        out = model.predict(_inputs(), samples(1))
+    assert set(out[0].pred_sem_seg.data.unique().tolist()) <= {0, 1, 2, 3, 4}
+
+
+def test_class_sources(blip_folder, tmp_path):
+    table = {'img_0': ['monitor', 0], 'img_1': ['cow']}
+    path = tmp_path / 'classes.json'
+    path.write_text(json.dumps(table))
+    model = build(blip_folder, class_source=dict(type='json', path=str(path)))
+    assert model.captioned_classes(samples(1)[0]) == [0, 2]
+    with torch.no_grad():
+        labels = model.predict(_inputs(), samples(1))[0].pred_sem_seg.data
+    assert set(labels.unique().tolist()) <= {0, 2, 255}
+    with pytest.raises(OVSSDataError, match='"cow" is not a class'):
+        model.captioned_classes(samples(2)[1])
+    with pytest.raises(OVSSDataError, match='no entry'):
+        model.captioned_classes(samples(1, path='/x/other_{}.png')[0])
+    gt = torch.full((30, 42), 255, dtype=torch.long)
+    gt[:10] = 3
+    gt[10:20] = 1
+    with pytest.warns(UserWarning, match='analysis only'):
+        oracle = build(blip_folder,
+                       class_source=dict(type='oracle_ground_truth'))
+    assert oracle.captioned_classes(samples(1, gt=gt)[0]) == [1, 3]
+
+
+def test_bad_settings_are_rejected(blip_folder):
+    with pytest.raises(OVSSConfigError, match='head 13'):
+        build(blip_folder, cross_attention_head=13)
+    with pytest.raises(OVSSConfigError, match='schedule'):
+        build(blip_folder, salience_dropout=dict(schedule='all'))
+    with pytest.raises(OVSSConfigError, match='max_caption_tokens'):
+        build(blip_folder, max_caption_tokens=1000)
+    with pytest.raises(OVSSConfigError, match='training-free'):
+        build(blip_folder).loss(None, None)
+
+
+def test_missing_crf_is_a_clear_error(blip_folder, monkeypatch):
+    from mmseg_ovss.utils import crf as crf_module
+    monkeypatch.setattr(crf_module, 'crf_available', lambda: False)
+    with pytest.raises(OVSSConfigError, match='pydensecrf2'):
+        build(blip_folder, crf=dict(iterations=10))
+
+
+def _voc20_config(tmp_path, repo_root, blip_folder, **model):
+    model = dict(dict(blip=dict(pretrained=blip_folder)), **model)
+    text = f"""
+_base_ = ['{repo_root}/configs/pnp_ovss/blip_voc20.py']
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 48), keep_ratio=True),
+    dict(type='LoadCheckedAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(num_workers=0, persistent_workers=False,
+                       dataset=dict(pipeline=test_pipeline))
+val_dataloader = test_dataloader
+model = {model!r}
+"""
+    path = tmp_path / 'pnp_voc20_tiny.py'
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def voc20_root(tmp_path_factory):
+    from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
+    root = tmp_path_factory.mktemp('pnp_data')
+    make_tiny_dataset('voc20', root)
+    previous = os.environ.get('OVSS_DATA_ROOT')
+    os.environ['OVSS_DATA_ROOT'] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop('OVSS_DATA_ROOT', None)
+    else:
+        os.environ['OVSS_DATA_ROOT'] = previous
+
+
+def test_tools_test_end_to_end_voc20(tmp_path, repo_root, blip_folder,
+                                     voc20_root):
+    crf = dict(iterations=2) if crf_available() else None
+    cfg = _voc20_config(tmp_path, repo_root, blip_folder, crf=crf)
+    metrics = run_tool('test', [cfg, '--work-dir', tmp_path / 'work'])
+    assert 0 <= metrics['mIoU'] <= 100
+
+
+def test_search_tool_runs_and_resumes(tmp_path, repo_root, blip_folder,
+                                      voc20_root):
+    cfg = _voc20_config(tmp_path, repo_root, blip_folder)
+    work = tmp_path / 'search'
+    argv = [cfg, '--work-dir', work, '--max-images', 2, '--seed', 3,
+            '--layers', '7:8:1', '--heads', '1:12:1',
+            '--reward-model', 'tiny', '--reward-pretrained', 'none']
+    first = run_tool('pnp_search', argv + ['--trials', 2])
+    log = work / 'search_gradcam.jsonl'
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and 'header' in json.loads(lines[0])
+    assert all(0 <= t['reward'] for t in first['trials'])
+    second = run_tool('pnp_search', argv + ['--trials', 3, '--resume'])
+    relog = log.read_text().splitlines()
+    assert relog[:3] == lines and len(relog) == 4
+    assert [t['params'] for t in second['trials'][:2]] == \
+        [t['params'] for t in first['trials']]
+    best = second['best']['params']
+    assert set(best) == {'cross_attention_layer', 'cross_attention_head',
+                         'threshold'}
+    # a resumed log of another search is refused
+    with pytest.raises(OVSSConfigError, match='different search'):
+        run_tool('pnp_search', argv + ['--trials', 3, '--resume',
+                                       '--seed', 4])
+    blur = run_tool('pnp_search', argv + ['--stage', 'blur', '--trials', 2])
+    assert set(blur['best']['params']) == {'blur_sigma'}

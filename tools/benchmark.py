@@ -1,0 +1,182 @@
+"""Latency, throughput, peak memory and a per-stage breakdown of a segmentor.
+
+    python tools/benchmark.py configs/baselines/sclip_ade150.py \
+        --random-init --num-images 3 --short-side 448 --num-classes 150
+
+Images are generated (smoothed noise of the chosen size); the vocabulary is
+the config's class-name file (or ``--class-file``) cut or cycled to
+``--num-classes`` names. Stages are what the model wraps in
+``mmseg_ovss.utils.profiler.profile_stage`` (``text``, ``backbone``,
+``head``, ``postprocess``); any segmentor of the package can be measured.
+The text stage runs once per vocabulary and is reported separately.
+"""
+import argparse
+import json
+import os.path as osp
+import resource
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.utils.errors import OVSSConfigError  # noqa: E402
+from mmseg_ovss.utils.paths import resolve_data_path  # noqa: E402
+from mmseg_ovss.utils.profiler import StageProfiler  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--num-images', type=int, default=3)
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed images before measuring')
+    parser.add_argument('--short-side', type=int, default=448)
+    parser.add_argument('--aspect', type=float, default=4 / 3,
+                        help='width / height of the generated images')
+    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--class-file', default=None)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu')
+    parser.add_argument('--random-init', action='store_true',
+                        help='random weights (CLIP and vision model)')
+    parser.add_argument('--model-name', help='override the CLIP architecture')
+    parser.add_argument('--templates', help="override the prompt templates "
+                        "(e.g. 'single' to time the image path without the "
+                        "80-template text encoding)")
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads')
+    parser.add_argument('--json', help='write the results to this file')
+    return parser.parse_args(argv)
+
+
+def build_model(args):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    import mmseg_ovss  # noqa: F401
+    cfg = Config.fromfile(args.config)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = cfg.model
+    if 'clip' in model_cfg:
+        if args.random_init:
+            model_cfg.clip.random_init = True
+        if args.model_name:
+            model_cfg.clip.model_name = args.model_name
+    if args.templates and 'text' in model_cfg:
+        model_cfg.text.templates = args.templates
+    strategy = model_cfg.get('strategy', None)
+    if args.random_init and isinstance(strategy, dict) and \
+            strategy.get('type') == 'ProxyCLIP':
+        strategy.random_init = True
+        strategy.vfm_checkpoint = None
+    model = MODELS.build(model_cfg).to(args.device).eval()
+    return cfg, model
+
+
+def vocabulary(cfg, args) -> List[str]:
+    path = args.class_file or cfg.model.get('text', {}).get('class_names')
+    path = path or 'data/class_names/ade150.txt'
+    lines = [ln.strip() for ln in resolve_data_path(path).read_text()
+             .splitlines() if ln.strip()]
+    count = args.num_classes or len(lines)
+    names = [lines[i % len(lines)] + ('' if i < len(lines) else f' {i}')
+             for i in range(count)]
+    return names
+
+
+def make_images(count: int, height: int, width: int) -> List[torch.Tensor]:
+    """Smoothed-noise uint8 BGR images (C, H, W)."""
+    import cv2
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(count):
+        noise = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3),
+                             dtype=np.uint8)
+        image = cv2.resize(noise, (width, height),
+                           interpolation=cv2.INTER_CUBIC)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    return images
+
+
+def peak_memory_mb(device: str) -> Dict[str, float]:
+    out = {'cpu_peak_rss_mb':
+           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith('cuda'):
+        out['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_one(model, image, metainfo):
+    from mmseg.structures import SegDataSample
+    sample = SegDataSample(metainfo=metainfo)
+    data = model.data_preprocessor(dict(inputs=[image],
+                                        data_samples=[sample]), False)
+    with torch.no_grad():
+        model.predict(data['inputs'], data['data_samples'])
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    if args.num_images < 1:
+        raise OVSSConfigError('--num-images must be at least 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, model = build_model(args)
+    names = vocabulary(cfg, args)
+    if hasattr(model, 'set_vocabulary'):
+        model.set_vocabulary(names, background_class=None)
+    height = args.short_side
+    width = max(height, round(height * args.aspect))
+    meta = dict(ori_shape=(height, width), img_shape=(height, width),
+                pad_shape=(height, width), padding_size=[0, 0, 0, 0])
+    images = make_images(args.warmup + args.num_images, height, width)
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    profiler = StageProfiler()
+    with profiler:
+        start = time.perf_counter()
+        if hasattr(model, 'vocabulary_embeddings'):
+            model.vocabulary_embeddings()  # encode (and cache) the vocabulary
+        if args.device.startswith('cuda'):
+            torch.cuda.synchronize()
+        text_seconds = time.perf_counter() - start
+        for image in images[:args.warmup]:
+            run_one(model, image, meta)
+        profiler.reset()
+        latencies = []
+        for image in images[args.warmup:]:
+            start = time.perf_counter()
+            run_one(model, image, meta)
+            if args.device.startswith('cuda'):
+                torch.cuda.synchronize()
+            latencies.append(time.perf_counter() - start)
+    total = sum(latencies)
+    stages = {name: seconds / args.num_images
+              for name, seconds in sorted(profiler.seconds.items())}
+    # 'text' is the per-image vocabulary lookup: the encoding itself ran
+    # before the timed images and is reported as text_encoding_s.
+    result = dict(
+        config=args.config, device=args.device,
+        templates=args.templates or cfg.model.get('text', {}).get(
+            'templates'),
+        image_size=[height, width], num_classes=len(names),
+        num_images=args.num_images, random_init=args.random_init,
+        threads=torch.get_num_threads(),
+        text_encoding_s=text_seconds,
+        latency_s_mean=total / args.num_images,
+        latency_s_min=min(latencies),
+        images_per_s=args.num_images / total,
+        stages_s_per_image=stages,
+        **peak_memory_mb(args.device))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()
