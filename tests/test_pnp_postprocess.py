@@ -58,6 +58,32 @@ def test_median_drop_even_count_takes_mean_of_middle_values():
         [[True, False, False, False]]
 
 
+def test_median_drop_with_tied_zeros_drops_half():
+    """GradCAM clamps negatives: most patches tie at 0 and so does the
+    median. Half of the remaining patches go (the highest first), never all
+    of them."""
+    salience = torch.tensor([[0., 0., 0., 0., 0., 0., 3., 5.],
+                             [0., 0., 0., 0., 0., 0., 0., 0.]])
+    keep = torch.ones(2, 8, dtype=bool)
+    after = median_drop(salience, keep)
+    assert after.sum(1).tolist() == [4, 4]
+    # the salient patches go first; ties are broken by patch index
+    assert after[0].tolist() == [False, False, True, True,
+                                 True, True, False, False]
+    assert after[1].tolist() == [False] * 4 + [True] * 4
+    # odd counts: ceil(n / 2) go; already-dropped patches stay dropped
+    keep = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
+    after = median_drop(salience, keep)
+    assert after.sum(1).tolist() == [2, 4]
+    assert not (after & ~keep).any()
+    # over the full schedule some patches always remain
+    maps = torch.zeros(1, 2, 16)
+    maps[0, 0, :3] = torch.tensor([1., 2., 3.])
+    _, keeps = salience_dropout(lambda k: maps, torch.ones(1, 16, dtype=bool),
+                                'median', iterations=4)
+    assert [int(k.sum()) for k in keeps] == [16, 8, 4, 2]
+
+
 def test_top_k_schedule_matches_authors_code():
     maps = _fixed_maps(num_patches=36)
     total, keeps = salience_dropout(lambda keep: maps,
@@ -107,6 +133,21 @@ def test_gaussian_blur_sigma_relative_to_longer_side():
 
 @pytest.mark.skipif(not crf_module.crf_available(),
                     reason='pydensecrf2 not installed')
+def test_gaussian_blur_keeps_constant_channels():
+    """Where no class is on, the background channel stays 1 after the
+    blur's min-max (it used to become 0 and tie with every class)."""
+    maps = np.zeros((3, 20, 30), np.float32)
+    maps[0] = 1  # background: nothing on
+    maps[2, 5:10, 5:10] = 1
+    out = gaussian_blur(maps, 0.05)
+    assert (out[0] == 1).all() and (out[1] == 0).all()
+    assert out[2].max() == 1 and out[2].min() == 0
+    # a class on over the whole image stays on
+    full = gaussian_blur(np.stack([np.zeros((20, 30)), np.ones((20, 30))]),
+                         0.05)
+    assert (full.argmax(0) == 1).all()
+
+
 def test_dense_crf_follows_colour_edges():
     image = np.zeros((24, 32, 3), np.uint8)
     image[:, 16:] = 255

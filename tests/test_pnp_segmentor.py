@@ -125,6 +125,65 @@ def test_background_index_and_excluded_class(blip_folder):
     assert set(out[0].pred_sem_seg.data.unique().tolist()) <= {0, 1, 2, 3, 4}
 
 
+def test_seg_logits_argmax_is_the_prediction_with_background_index(
+        blip_folder):
+    """COCO-Object: the background channel's score lands on its class."""
+    # background last: an all-zero channel would argmax to class 0
+    names = NAMES + ['sky, wall, tree']
+    for row in (dict(blur_sigma=None), dict(blur_sigma=0.05),
+                dict(threshold=None, blur_sigma=None)):
+        model = build(blip_folder, class_names=names, background_index=4,
+                      **row)
+        with torch.no_grad():
+            out = model.predict(_inputs(2), samples(2))
+        for sample in out:
+            logits = sample.seg_logits.data
+            assert logits.shape == (5, 30, 42)
+            assert torch.equal(logits.argmax(0), sample.pred_sem_seg.data[0])
+    # the background index set: some pixels predicted background
+    scores = torch.zeros(3, 2, 2)
+    scores[0, 0] = 1  # background on the first row
+    scores[1, 1, 0] = scores[2, 1, 1] = 1
+    spread = model.vocabulary_scores(scores, [1, 3], 5, (2, 2))
+    assert spread.argmax(0).tolist() == [[4, 4], [1, 3]]
+    # no captioned class: everything is background
+    empty = model.vocabulary_scores(scores[:0], [], 5, (2, 2))
+    assert (empty.argmax(0) == 4).all()
+
+
+def test_class_source_may_set_its_own_ignore_index(blip_folder):
+    gt = torch.full((30, 42), 254, dtype=torch.long)
+    gt[:10] = 1
+    with pytest.warns(UserWarning, match='analysis only'):
+        model = build(blip_folder, class_source=dict(
+            type='oracle_ground_truth', ignore_index=254))
+    assert model.class_source.ignore_index == 254
+    assert model.captioned_classes(samples(1, gt=gt)[0]) == [1]
+    with pytest.warns(UserWarning, match='analysis only'):
+        model = build(blip_folder, ignore_index=254,
+                      class_source=dict(type='oracle_ground_truth'))
+    assert model.class_source.ignore_index == 254
+
+
+def test_softmax_normalization_for_the_attention_only_row(blip_folder):
+    """§3: raw attention normalised by softmax along the classes."""
+    model = build(blip_folder, use_gradcam=False, salience_dropout=None,
+                  normalization='softmax', threshold=None, blur_sigma=None,
+                  background=False)
+    salience = torch.rand(3, 2, 3) * 1e-3
+    salience[1, 0, 0] = 1.0
+    maps = model.postprocess_salience(salience, (2, 3))
+    torch.testing.assert_close(maps.sum(0), torch.ones(2, 3))
+    assert torch.equal(maps.argmax(0), salience.argmax(0))
+    with torch.no_grad():
+        out = model.predict(_inputs(), samples(1))
+    assert set(out[0].pred_sem_seg.data.unique().tolist()) <= {0, 1, 2, 3}
+    with pytest.raises(OVSSConfigError, match='threshold=None'):
+        build(blip_folder, normalization='softmax')
+    with pytest.raises(OVSSConfigError, match='normalization'):
+        build(blip_folder, normalization='sigmoid')
+
+
 def test_class_sources(blip_folder, tmp_path):
     table = {'img_0': ['monitor', 0], 'img_1': ['cow']}
     path = tmp_path / 'classes.json'
@@ -163,6 +222,31 @@ def test_missing_crf_is_a_clear_error(blip_folder, monkeypatch):
     monkeypatch.setattr(crf_module, 'crf_available', lambda: False)
     with pytest.raises(OVSSConfigError, match='pydensecrf2'):
         build(blip_folder, crf=dict(iterations=10))
+
+
+@pytest.mark.parametrize('name', ['voc20', 'pc59', 'coco_object',
+                                  'coco_stuff171', 'ade150'])
+def test_config_vocabularies_match_their_datasets(repo_root, name):
+    """Captions use the dataset's raw class names (VOC20: "boat",
+    "diningtable", "tvmonitor", as the authors; not SCLIP's names)."""
+    from mmengine.config import Config
+    from mmseg.registry import DATASETS
+
+    from mmseg_ovss.blip.vocabulary import read_synonyms
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(f'{repo_root}/configs/pnp_ovss/blip_{name}.py')
+    dataset = DATASETS.get(cfg.test_dataloader.dataset.type)
+    classes = list(dataset.METAINFO['classes'])
+    synonyms = read_synonyms(cfg.model.class_names)
+    assert len(synonyms) == len(classes)
+    first = [names[0] for names in synonyms]
+    if name == 'voc20':
+        assert cfg.model.class_names.endswith('pnp_voc20.txt')
+        assert first == classes
+        # SCLIP's names stay usable in per-image JSON class lists
+        assert 'ship' in synonyms[3] and 'tv monitor' in synonyms[19]
+    elif name != 'coco_object':  # its row 0 is background's stuff words
+        assert [n.strip() for n in first] == [c.strip() for c in classes]
 
 
 def _voc20_config(tmp_path, repo_root, blip_folder, **model):
@@ -207,8 +291,69 @@ def test_tools_test_end_to_end_voc20(tmp_path, repo_root, blip_folder,
     assert 0 <= metrics['mIoU'] <= 100
 
 
+def test_search_reward_masks_are_per_class(blip_folder):
+    """§3.4: each class of the image is thresholded on its own; masks may
+    overlap (no argmax partition)."""
+    from mmseg_ovss.testing.tools import load_tool
+    search = load_tool('pnp_search')
+    model = build(blip_folder, threshold=0.15)
+    image = _inputs()[0]
+    h, w = [s // 16 for s in model.to_patch_grid(image[None]).shape[-2:]]
+    salience = torch.zeros(1, 2, h, w)
+    salience[0, 0] = 1.0
+    salience[0, 0, -1, -1] = 0.0  # class 0: all but one corner patch
+    salience[0, 1, :, :w // 2] = 1.0  # class 1: the left half
+    model.class_salience = lambda pixels, ids: salience
+
+    class Recorder:
+        def __call__(self, rgb, masks, names):
+            self.masks, self.names = masks, names
+            return 0
+
+    item = dict(image=image, class_ids=[0, 2], ori_shape=(30, 42),
+                rgb=model.image_rgb(image, (30, 42)))
+    reward = Recorder()
+    for stage, sigma in (('gradcam', None), ('blur', 0.05)):
+        model.blur_sigma = sigma
+        search.trial_reward(model, reward, [item], stage)
+        masks = reward.masks
+        assert reward.names == ['cat', 'tv monitor']
+        assert masks.shape == (2, 30, 42) and masks.dtype == bool
+        assert masks[0].mean() > 0.7 and masks[1].any()
+        assert masks[1][:, :10].all() and not masks[1][:, -10:].any()
+        # the overlap belongs to both classes
+        assert (masks[0] & masks[1]).sum() > 0.8 * masks[1].sum()
+    model.threshold = None
+    with pytest.raises(OVSSConfigError, match='threshold'):
+        search.trial_reward(model, reward, [item], 'blur')
+
+
+def test_reward_template(monkeypatch):
+    """The authors pass the bare class name to CLIP (the default)."""
+    from mmseg_ovss.blip.reward import ClipReward
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    seen = []
+    for template, expected in (('{}', ['cat', 'dog']),
+                               ('a photo of a {}.', ['a photo of a cat.',
+                                                     'a photo of a dog.'])):
+        reward = ClipReward('ovss-tiny-ViT-8', None, template=template)
+        tokenizer = reward.tokenizer
+        reward.tokenizer = lambda texts: seen.append(list(texts)) or \
+            tokenizer(texts)
+        reward.text_features(['cat', 'dog'])
+        assert seen[-1] == expected
+    assert ClipReward('ovss-tiny-ViT-8', None).template == '{}'
+    with pytest.raises(OVSSConfigError, match='one "{}"'):
+        ClipReward('ovss-tiny-ViT-8', None, template='a photo')
+
+
 def test_search_tool_runs_and_resumes(tmp_path, repo_root, blip_folder,
-                                      voc20_root):
+                                      voc20_root, monkeypatch):
+    # the config sets DenseCRF, which the search never uses: no pydensecrf
+    # needed
+    from mmseg_ovss.utils import crf as crf_module
+    monkeypatch.setattr(crf_module, 'crf_available', lambda: False)
     cfg = _voc20_config(tmp_path, repo_root, blip_folder)
     work = tmp_path / 'search'
     argv = [cfg, '--work-dir', work, '--max-images', 2, '--seed', 3,
@@ -231,5 +376,11 @@ def test_search_tool_runs_and_resumes(tmp_path, repo_root, blip_folder,
     with pytest.raises(OVSSConfigError, match='different search'):
         run_tool('pnp_search', argv + ['--trials', 3, '--resume',
                                        '--seed', 4])
-    blur = run_tool('pnp_search', argv + ['--stage', 'blur', '--trials', 2])
+    blur = run_tool('pnp_search', argv + ['--stage', 'blur', '--trials', 2,
+                                          '--reward-template',
+                                          'a photo of a {}.'])
     assert set(blur['best']['params']) == {'blur_sigma'}
+    header = json.loads((work / 'search_blur.jsonl').read_text()
+                        .splitlines()[0])['header']
+    assert header['reward_template'] == 'a photo of a {}.'
+    assert json.loads(lines[0])['header']['reward_template'] == '{}'

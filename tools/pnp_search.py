@@ -11,6 +11,13 @@ a set of class ids), never the masks. Two stages, as in the paper:
     python tools/pnp_search.py configs/pnp_ovss/blip_pc59.py --stage blur \
         --cfg-options model.cross_attention_layer=8 ...
 
+Each class named in an image gets its own mask (classes may overlap, no
+argmax): its salience map thresholded at T (binary), resized to the image;
+``gradcam`` stage: that mask; ``blur``/``joint``: the mask blurred with sigma
+and thresholded at T again, as the authors did. The search tunes on the first
+``--max-images`` images of the config's test split. The model is built
+without DenseCRF (the reward never uses it).
+
 Every trial is appended to ``<work-dir>/search_<stage>.jsonl``; ``--resume``
 continues an interrupted search (same seed, same trial order). The best
 setting is printed as a config snippet.
@@ -30,6 +37,9 @@ from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.blip.postprocess import (gaussian_blur,  # noqa: E402
+                                         resize_maps, threshold_maps)
+from mmseg_ovss.blip.reward import DEFAULT_REWARD_TEMPLATE  # noqa: E402
 from mmseg_ovss.utils.errors import OVSSConfigError  # noqa: E402
 
 STAGES = ('gradcam', 'blur', 'joint')
@@ -75,6 +85,10 @@ def parse_args(argv=None):
     parser.add_argument('--reward-pretrained', default='openai',
                         help='open_clip tag or local checkpoint; "none" = '
                         'random weights')
+    parser.add_argument('--reward-template', default=DEFAULT_REWARD_TEMPLATE,
+                        help='CLIP prompt of a class name, "{}" = the name '
+                        '(default: the bare name, as the authors; e.g. '
+                        '"a photo of a {}.")')
     parser.add_argument('--device', default=None)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
@@ -154,15 +168,32 @@ def load_images(cfg, model, max_images, device):
     return items
 
 
-def trial_reward(model, reward, items) -> int:
+def class_masks(model, image, class_ids, ori_shape, stage: str
+                ) -> np.ndarray:
+    """(K, H, W) bool: one mask per class of ``class_ids``, each thresholded
+    on its own (masks may overlap; no argmax, no background, no CRF)."""
+    if model.threshold is None:
+        raise OVSSConfigError(
+            'the search reward needs a threshold: set model.threshold or '
+            'search it (--stage gradcam / joint).')
+    pixels = model.to_patch_grid(image[None])
+    salience = model.class_salience(pixels, class_ids)[0]
+    on = threshold_maps(salience.detach().float(), model.threshold, 'binary')
+    maps = resize_maps(on, ori_shape).cpu()
+    if stage == 'gradcam' or model.blur_sigma is None:
+        return (maps >= 0.5).numpy()
+    blurred = gaussian_blur(maps.numpy(), model.blur_sigma)
+    return blurred > model.threshold
+
+
+def trial_reward(model, reward, items, stage: str = 'gradcam') -> int:
     total = 0
     for item in items:
         ids = item['class_ids']
         if not ids:
             continue
-        _, labels = model.segment(item['image'], ids, item['ori_shape'])
-        labels = labels.cpu().numpy()
-        masks = np.stack([labels == c for c in ids])
+        masks = class_masks(model, item['image'], ids, item['ori_shape'],
+                            stage)
         names = [model.vocabulary[c][0] for c in ids]
         total += reward(item['rgb'], masks, names)
     return total
@@ -201,6 +232,8 @@ def main(argv=None):
     from mmseg_ovss.blip.reward import ClipReward
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(args.seed)
+    # the reward scores the masks before DenseCRF: no pydensecrf needed
+    cfg.model.crf = None
     model = MODELS.build(cfg.model).to(device).eval()
     reward_name, reward_weights = args.reward_model, args.reward_pretrained
     if reward_name == 'tiny':
@@ -209,7 +242,8 @@ def main(argv=None):
         reward_name = TINY_REWARD_MODEL
     if str(reward_weights).lower() == 'none':
         reward_weights = None
-    reward = ClipReward(reward_name, reward_weights, device=device)
+    reward = ClipReward(reward_name, reward_weights, device=device,
+                        template=args.reward_template)
 
     space = search_space(args, model)
     trials = sample_trials(space, args.trials, args.seed)
@@ -218,6 +252,7 @@ def main(argv=None):
     header = dict(config=osp.abspath(args.config), stage=args.stage,
                   seed=args.seed, space=space,
                   max_images=args.max_images,
+                  reward_template=args.reward_template,
                   cfg_options=dict(args.cfg_options or {}))
     header = json.loads(json.dumps(header))
     done = {}
@@ -239,7 +274,7 @@ def main(argv=None):
         start = time.perf_counter()
         apply_params(model, params, args.stage)
         result = dict(trial=index, params=params,
-                      reward=trial_reward(model, reward, items),
+                      reward=trial_reward(model, reward, items, args.stage),
                       images=len(items),
                       seconds=round(time.perf_counter() - start, 3))
         with open(log_path, 'a') as f:

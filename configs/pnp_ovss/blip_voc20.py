@@ -17,4 +17,6 @@ test_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 # Training-free: no training split is used.
 train_dataloader = None
-model = dict(class_names='data/class_names/voc20.txt')
+# The caption uses the raw VOC class names ("boat", "diningtable",
+# "tvmonitor"), as the authors' code; voc20.txt holds SCLIP's altered names.
+model = dict(class_names='data/class_names/pnp_voc20.txt')

@@ -58,8 +58,15 @@ def gaussian_blur(maps: np.ndarray, sigma_ratio: float) -> np.ndarray:
     """Blur each channel of (C, H, W) with sigma = ratio x max(H, W) pixels.
 
     Each channel is min-max normalised afterwards (authors' ``blurring``).
+    A constant channel (blurring leaves it constant; min-max is undefined)
+    keeps its value: the background channel of an image where no class is on
+    stays 1, a class on everywhere is not turned off.
     """
     sigma = sigma_ratio * max(maps.shape[1:])
-    blurred = ndimage.gaussian_filter(
-        maps.astype(np.float32, copy=False), sigma=(0, sigma, sigma))
-    return minmax_per_class(torch.from_numpy(blurred)).numpy()
+    maps = maps.astype(np.float32, copy=False)
+    flat = maps.reshape(maps.shape[0], -1)
+    constant = flat.max(1) == flat.min(1)
+    blurred = ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma))
+    out = minmax_per_class(torch.from_numpy(blurred)).numpy()
+    out[constant] = maps[constant]
+    return out

@@ -7,6 +7,8 @@ masks) and a predicted mask M(k) per class:
     Pr(I, k) = softmax over k' in K(I) of f(I, k'),
 
 f = CLIP ViT-L/14-336 image-text similarity (open_clip), 0 a black image.
+The text of class k is ``template.format(k)``: the bare class name by default
+(the authors' code), e.g. ``'a photo of a {}.'`` as an option.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -14,11 +16,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmseg_ovss.utils.errors import OVSSWeightsError
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
 
 DEFAULT_REWARD_MODEL = 'ViT-L-14-336'
 DEFAULT_REWARD_PRETRAINED = 'openai'
-REWARD_TEMPLATE = 'a photo of a {}.'
+DEFAULT_REWARD_TEMPLATE = '{}'
+
+
+def check_template(template: str) -> str:
+    """A prompt with exactly one ``{}`` for the class name."""
+    try:
+        ok = (isinstance(template, str) and template.count('{}') == 1
+              and template.format('x') != template)
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise OVSSConfigError(
+            f'reward template {template!r} must hold one "{{}}" for the '
+            f'class name, e.g. "{{}}" or "a photo of a {{}}.".')
+    return template
 
 
 class ClipReward:
@@ -29,12 +45,14 @@ class ClipReward:
         pretrained: open_clip pretrained tag, a local checkpoint file, or
             None for random weights (tests).
         device: where CLIP runs.
-        template: prompt of a class name.
+        template: prompt of a class name, ``{}`` standing for the name
+            (default: the bare name, as the authors).
     """
 
     def __init__(self, model_name: str = DEFAULT_REWARD_MODEL,
                  pretrained: Optional[str] = DEFAULT_REWARD_PRETRAINED,
-                 device='cpu', template: str = REWARD_TEMPLATE):
+                 device='cpu', template: str = DEFAULT_REWARD_TEMPLATE):
+        check_template(template)
         import open_clip
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(

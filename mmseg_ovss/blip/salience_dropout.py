@@ -5,10 +5,10 @@ bool mask of the patches still shown to the model (the others are blanked in
 the image) and the result is (B, K, P) class salience maps. Dropped patches
 always receive salience 0.
 
-- ``median`` (the paper): after pass t, U = sum_k M~(k, t); drop the remaining
-  patches with U >= median of U over the remaining patches (Eq. 3, the
-  median of an even count being the mean of the two middle values, so that
-  half of the patches go); final map = sum over the passes.
+- ``median`` (the paper): after pass t, U = sum_k M~(k, t); drop the half of
+  the remaining patches with the highest U (Eq. 3: U >= median; by rank,
+  ceil(n / 2) of the n remaining, so that ties at the median cannot drop
+  every patch); final map = sum over the passes.
 - ``top_k`` (the authors' released code): after each pass drop the k (10)
   remaining patches of highest U; final map = sum over the passes plus the
   first pass once more (their code starts the sum from the first map).
@@ -24,7 +24,14 @@ SCHEDULES = ('median', 'top_k')
 
 
 def median_drop(salience: Tensor, keep: Tensor) -> Tensor:
-    """Eqs. 2-3: remove patches with U >= median(U over kept patches).
+    """Eqs. 2-3: remove the half of the kept patches with the highest U.
+
+    The paper zeroes out "the 50% of image patches with the highest values"
+    (U >= median). Dropping by rank removes exactly ceil(n / 2) of the n kept
+    patches of each image, which equals the median rule when the values are
+    distinct; with ties (GradCAM clamps negatives, so many patches have U = 0)
+    the median rule could drop every remaining patch. Ties are broken by
+    patch index (the earlier patch goes first).
 
     Args:
         salience: (B, P) class-agnostic salience U.
@@ -32,9 +39,14 @@ def median_drop(salience: Tensor, keep: Tensor) -> Tensor:
     Returns:
         (B, P) bool, S(t).
     """
-    masked = salience.float().masked_fill(~keep, float('nan'))
-    eta = torch.nanquantile(masked, 0.5, dim=1, keepdim=True)
-    return keep & ~(salience >= eta)
+    masked = salience.float().masked_fill(~keep, float('-inf'))
+    order = masked.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(keep.shape[1], device=keep.device)
+    rank = torch.empty_like(order).scatter_(1, order,
+                                            positions.expand_as(order))
+    count = keep.sum(1, keepdim=True)
+    drop = keep & (rank < (count + 1) // 2)
+    return keep & ~drop
 
 
 def top_k_drop(salience: Tensor, keep: Tensor, k: int) -> Tensor:

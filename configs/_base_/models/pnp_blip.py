@@ -30,6 +30,8 @@ model = dict(
     use_gradcam=True,
     image_encoder_grad=False,
     salience_dropout=dict(schedule='median', iterations=4, top_k=10),
+    # 'softmax' (with threshold=None): Table 5's attention-only row
+    normalization='minmax',
     threshold=0.15,
     threshold_mode='binary',
     blur_sigma=0.05,

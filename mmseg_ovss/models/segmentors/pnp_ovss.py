@@ -48,6 +48,9 @@ DEFAULT_CRF = dict(iterations=10, gaussian_sxy=3, gaussian_compat=7,
                    bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10)
 DEFAULT_DROPOUT = dict(schedule='median', iterations=4, top_k=10)
 _CAPTION_CACHE_SIZE = 256
+#: ``minmax``: per-class min-max before the threshold (§3.3); ``softmax``:
+#: softmax over the classes, no threshold (§3, the attention-only maps).
+NORMALIZATIONS = ('minmax', 'softmax')
 
 
 @MODELS.register_module()
@@ -72,6 +75,10 @@ class PnPOVSS(BaseSegmentor):
         image_encoder_grad: backpropagate through the ViT too (authors).
         salience_dropout: ``dict(schedule='median'|'top_k', iterations=4,
             top_k=10)``; None runs a single pass.
+        normalization: ``'minmax'`` (per class, then the threshold; §3.3)
+            or ``'softmax'`` over the classes of the raw maps (§3: how the
+            paper scores the attention-only maps of Table 5's first row;
+            needs ``threshold=None``).
         threshold: T on the per-class min-max maps; None keeps the
             normalised maps.
         threshold_mode: ``'binary'`` (paper) or ``'masked'`` (authors).
@@ -97,6 +104,7 @@ class PnPOVSS(BaseSegmentor):
                  use_gradcam: bool = True,
                  image_encoder_grad: bool = False,
                  salience_dropout: Optional[dict] = DEFAULT_DROPOUT,
+                 normalization: str = 'minmax',
                  threshold: Optional[float] = 0.15,
                  threshold_mode: str = 'binary',
                  blur_sigma: Optional[float] = 0.05,
@@ -126,14 +134,23 @@ class PnPOVSS(BaseSegmentor):
         self.caption_prefix = caption_prefix
         self.synonyms = (read_synonyms(class_names)
                          if class_names is not None else None)
-        self.class_source = ClassSource(**(class_source or {}),
-                                        ignore_index=ignore_index)
+        # the model's ignore_index unless the class source sets its own
+        self.class_source = ClassSource(
+            **{'ignore_index': ignore_index, **(class_source or {})})
         self.use_gradcam = use_gradcam
         self.image_encoder_grad = image_encoder_grad
         self.salience_dropout = self._check_dropout(salience_dropout)
         if threshold_mode not in THRESHOLD_MODES:
             raise OVSSConfigError(
                 f'threshold_mode must be one of {THRESHOLD_MODES}.')
+        if normalization not in NORMALIZATIONS:
+            raise OVSSConfigError(
+                f'normalization must be one of {NORMALIZATIONS}.')
+        if normalization == 'softmax' and threshold is not None:
+            raise OVSSConfigError(
+                'normalization="softmax" replaces the per-class threshold; '
+                'set threshold=None.')
+        self.normalization = normalization
         self.threshold = threshold
         self.threshold_mode = threshold_mode
         self.blur_sigma = blur_sigma
@@ -257,7 +274,9 @@ class PnPOVSS(BaseSegmentor):
         Channel 0 is the background channel when ``background`` is on.
         """
         with profile_stage('postprocess'):
-            if self.threshold is not None:
+            if self.normalization == 'softmax':
+                maps = salience.float().softmax(0)
+            elif self.threshold is not None:
                 maps = threshold_maps(salience, self.threshold,
                                       self.threshold_mode)
             else:
@@ -335,15 +354,31 @@ class PnPOVSS(BaseSegmentor):
             class_ids = self.captioned_classes(sample)
             scores, labels = self.segment(image[:, :img_h, :img_w],
                                           class_ids, ori_shape)
-            offset = 1 if self.background else 0
-            class_scores = scores.new_zeros(
-                (len(vocabulary), *ori_shape))
-            if len(class_ids):
-                class_scores[torch.as_tensor(class_ids)] = scores[offset:]
+            class_scores = self.vocabulary_scores(
+                scores, class_ids, len(vocabulary), ori_shape)
             sample.set_data(dict(
                 seg_logits=PixelData(data=class_scores),
                 pred_sem_seg=PixelData(data=labels[None])))
         return data_samples
+
+    def vocabulary_scores(self, scores: Tensor, class_ids: Sequence[int],
+                          num_classes: int, ori_shape) -> Tensor:
+        """Spread the (C, H, W) channel scores over the vocabulary.
+
+        The background channel goes to ``background_index`` when it has one,
+        so that the argmax of the result is the predicted label map
+        (predictions of ``ignore_index`` have no channel).
+        """
+        out = scores.new_zeros((num_classes, *ori_shape))
+        offset = 1 if self.background else 0
+        if len(class_ids):
+            out[torch.as_tensor(class_ids, device=out.device)] = \
+                scores[offset:]
+        if self.background and self.background_index is not None:
+            # no captioned class: every pixel is background
+            out[self.background_index] = (scores[0] if len(class_ids)
+                                          else 1)
+        return out
 
     def captioned_classes(self, data_sample) -> List[int]:
         """Vocabulary indices captioned for a sample (never the background
