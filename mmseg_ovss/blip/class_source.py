@@ -15,6 +15,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence
 
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+from mmseg_ovss.utils.paths import resolve_data_path
 
 SOURCES = ('vocabulary', 'json', 'oracle_ground_truth')
 
@@ -57,8 +58,7 @@ class ClassSource:
                 raise OVSSConfigError(
                     'class_source type "json" needs `path` to a file '
                     '{image key: [class names or indices]}.')
-            from mmseg_ovss.blip.vocabulary import resolve_path
-            resolved = resolve_path(path)
+            resolved = resolve_data_path(path, must_exist=False)
             if not osp.isfile(resolved):
                 raise OVSSDataError(f'class list file "{path}" not found.')
             with open(resolved) as f:
