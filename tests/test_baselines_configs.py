@@ -24,13 +24,103 @@ def test_every_method_has_every_benchmark():
     assert names == {f'{m}_{d}' for m in METHODS for d in DATASETS}
 
 
+def load(name: str) -> Config:
+    return Config.fromfile(str(REPO / 'configs' / 'baselines' / f'{name}.py'))
+
+
+def short_side(cfg: Config) -> int:
+    steps = [s for s in cfg.test_dataloader.dataset.pipeline
+             if s.type == 'Resize']
+    return steps[0].scale[1]
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=lambda p: p.stem)
+def test_class_name_file_matches_dataset_classes(config):
+    """Every class-name file (reference spellings included) has one line
+    per dataset class."""
+    import mmseg_ovss  # noqa: F401 (registers the datasets)
+    from mmseg.registry import DATASETS
+    from mmseg_ovss.clip.vocabulary import Vocabulary
+    cfg = Config.fromfile(str(config))
+    classes = DATASETS.get(cfg.test_dataloader.dataset.type).METAINFO[
+        'classes']
+    path = REPO / cfg.model.text.class_names
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(classes) and all(line.strip()
+                                               for line in lines)
+    assert Vocabulary.from_file(str(path)).num_classes == len(classes)
+
+
+@pytest.mark.parametrize('dataset', ['ade150', 'coco_stuff171'])
+def test_reference_spellings_join_words_in_dataset_order(dataset):
+    """The reference-repo files differ from ours only by joined words."""
+    ours = (REPO / 'data' / 'class_names' / f'{dataset}.txt').read_text()
+    ref = (REPO / 'data' / 'class_names' / 'reference' /
+           f'{dataset}.txt').read_text()
+    ours, ref = ours.splitlines(), ref.splitlines()
+    assert [n.replace(' ', '') for n in ours] == ref
+    assert 'chestofdrawers' in ref or 'diningtable' in ref
+    for method in METHODS:
+        assert load(f'{method}_{dataset}').model.text.class_names == \
+            f'data/class_names/reference/{dataset}.txt'
+
+
+def test_clearclip_and_proxyclip_vocabularies():
+    """Their repos: plain person / tvmonitor; ClearCLIP's background is the
+    word "background"; ProxyCLIP's is SCLIP's 26 stuff words on VOC21 and
+    17 of them on Object."""
+    from mmseg_ovss.clip.vocabulary import Vocabulary
+    for method in ('clearclip', 'proxyclip'):
+        for dataset in ('voc21', 'voc20', 'coco_object'):
+            path = load(f'{method}_{dataset}').model.text.class_names
+            assert path == (f'data/class_names/reference/{method}_'
+                            f'{dataset}.txt')
+            vocab = Vocabulary.from_file(str(REPO / path))
+            names = [s[0] for s in vocab.synonyms]
+            assert 'person' in names and all(
+                len(s) == 1 for s in vocab.synonyms[1:])
+            if dataset != 'coco_object':
+                assert names[-1] == 'tvmonitor'
+    clear = Vocabulary.from_file(
+        str(REPO / 'data/class_names/reference/clearclip_coco_object.txt'))
+    assert clear.synonyms[0] == ('background', )
+    proxy = Vocabulary.from_file(
+        str(REPO / 'data/class_names/reference/proxyclip_coco_object.txt'))
+    # SCLIP's 26 minus lamp, door, window, wardrobe, ceiling, shelf,
+    # curtain, stair, fence (desk and bed stay)
+    assert len(proxy.synonyms[0]) == 17
+    assert not {'lamp', 'door', 'window', 'wardrobe', 'ceiling', 'shelf',
+                'curtain', 'stair', 'fence'} & set(proxy.synonyms[0])
+    proxy = Vocabulary.from_file(
+        str(REPO / 'data/class_names/reference/proxyclip_voc21.txt'))
+    assert len(proxy.synonyms[0]) == 26
+
+
+@pytest.mark.parametrize('method,crop,stride', [
+    ('clearclip', 224, 224), ('maskclip', 224, 224), ('gem', 224, 224),
+    ('proxyclip', 224, 112)])
+def test_cityscapes_resolution(method, crop, stride):
+    cfg = load(f'{method}_cityscapes')
+    assert short_side(cfg) == 448
+    assert cfg.model.test_cfg.mode == 'slide'
+    assert tuple(cfg.model.test_cfg.crop_size) == (crop, crop)
+    assert tuple(cfg.model.test_cfg.stride) == (stride, stride)
+
+
+@pytest.mark.parametrize('method,mode', [
+    ('maskclip', 'dino'), ('sclip', 'dino'), ('clearclip', 'dino'),
+    ('naclip', 'dino'), ('proxyclip', 'dino'), ('gem', 'size_antialias')])
+def test_position_embedding_mode_per_method(method, mode):
+    assert load(f'{method}_voc21').model.clip.pos_interp == mode
+
+
 def shrink_options(cfg: Config) -> list:
     """--cfg-options that make a config tiny (a user's command line)."""
     opts = ['model.clip.model_name=ovss-tiny-ViT-16',
             'model.clip.random_init=True', 'model.text.templates=single']
     if cfg.model.strategy.type == 'ProxyCLIP':
-        opts += ['model.strategy.vfm_checkpoint=None',
-                 '+model.strategy.random_init=True',
+        # random_init alone overrides the configured DINO checkpoint
+        opts += ['+model.strategy.random_init=True',
                  'model.strategy.vfm_model=vit_tiny_patch16_224']
     if cfg.model.test_cfg.get('mode') == 'slide':
         opts += ['model.test_cfg.crop_size=(32,32)',

@@ -249,3 +249,23 @@ def test_class_file_must_match_dataset_classes():
         model.vocabulary_embeddings()
     model.set_dataset_classes([f'class {i}' for i in range(21)])
     assert model.vocabulary_embeddings().num_classes == 21
+
+
+def test_pos_interp_option_reaches_the_encoder():
+    """clip.pos_interp selects the position-embedding resize and is not
+    passed to open_clip."""
+    from mmseg_ovss.clip.vision_encoder import interpolate_position_embedding
+    model = build(clip=dict(TINY, pos_interp='dino'))
+    assert model.backbone.pos_interp == 'dino'
+    assert 'pos_interp' not in model.clip_cfg
+    assert build().backbone.pos_interp == 'size'
+    image = torch.randn(1, 3, 48, 80)
+    x, grid = model.backbone.embed(image)
+    visual = model.clip_model.visual
+    pos = interpolate_position_embedding(visual.positional_embedding,
+                                         (4, 4), grid, 'dino')
+    tokens = visual.conv1(image).flatten(2).transpose(1, 2)
+    tokens = torch.cat([visual.class_embedding.view(1, 1, -1), tokens], 1)
+    torch.testing.assert_close(x, visual.ln_pre(tokens + pos))
+    with pytest.raises(OVSSConfigError, match='pos_interp'):
+        build(clip=dict(TINY, pos_interp='linear'))

@@ -257,3 +257,131 @@ def test_proxyclip_needs_local_weights(tmp_path):
     with pytest.raises(OVSSWeightsError, match='not found'):
         build_dense_strategy(dict(type='ProxyCLIP',
                                   vfm_checkpoint=str(tmp_path / 'dino.pth')))
+
+
+def test_position_embedding_modes_match_direct_interpolate(clip_model):
+    """'size', 'size_antialias' (GEM) and 'dino' (SCLIP lineage) resizes."""
+    pos = clip_model.visual.positional_embedding
+    grid = pos[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    dst = (3, 7)
+    direct = {
+        'size': F.interpolate(grid, size=dst, mode='bicubic',
+                              align_corners=False),
+        'size_antialias': F.interpolate(grid, size=dst, mode='bicubic',
+                                        align_corners=False, antialias=True),
+        'dino': F.interpolate(grid, scale_factor=(3.1 / 4, 7.1 / 4),
+                              mode='bicubic', align_corners=False),
+    }
+    for mode, expected in direct.items():
+        out = interpolate_position_embedding(pos, (4, 4), dst, mode)
+        torch.testing.assert_close(out[0], pos[0])
+        torch.testing.assert_close(
+            out[1:], expected.permute(0, 2, 3, 1).reshape(21, -1))
+    # the three really differ (so the option matters)
+    assert not torch.allclose(direct['size'], direct['dino'])
+    assert not torch.allclose(direct['size'], direct['size_antialias'])
+    with pytest.raises(OVSSConfigError, match='interpolation'):
+        interpolate_position_embedding(pos, (4, 4), dst, 'nearest')
+    with pytest.raises(OVSSConfigError, match='pos_interp'):
+        DenseCLIPVisionEncoder(clip_model.visual,
+                               build_dense_strategy('Vanilla'),
+                               pos_interp='bilinear')
+
+
+@torch.no_grad()
+def test_encoder_embeds_with_configured_pos_interp(clip_model):
+    torch.manual_seed(3)
+    images = torch.randn(1, 3, 48, 80)  # 3 x 5 grid
+    visual = clip_model.visual
+    grid = visual.positional_embedding[1:].reshape(1, 4, 4, -1).permute(
+        0, 3, 1, 2)
+    pos = F.interpolate(grid, scale_factor=(3.1 / 4, 5.1 / 4),
+                        mode='bicubic', align_corners=False)
+    pos = torch.cat([visual.positional_embedding[:1],
+                     pos.permute(0, 2, 3, 1).reshape(15, -1)])
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.view(1, 1, -1)
+    expected = visual.ln_pre(torch.cat([cls, x], 1) + pos)
+    encoder = DenseCLIPVisionEncoder(visual, build_dense_strategy('Vanilla'),
+                                     pos_interp='dino')
+    got, got_grid = encoder.embed(images)
+    assert got_grid == (3, 5)
+    torch.testing.assert_close(got, expected)
+    plain, _ = DenseCLIPVisionEncoder(
+        visual, build_dense_strategy('Vanilla')).embed(images)
+    assert not torch.allclose(plain, expected)
+
+
+@torch.no_grad()
+def test_gem_skips_the_unused_last_block(clip_model, images):
+    """With several replaced blocks the last block runs only for the CLS
+    token or its attention; the dense output does not change."""
+    calls = []
+    last = last_block(clip_model)
+    handle = last.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        strategy = dict(type='GEM', num_blocks=3)
+        plain = run(clip_model, strategy, images)
+        assert calls == []
+        with_cls = run(clip_model, strategy, images, with_cls=True)
+        assert calls == [1]
+        with_attn = run(clip_model, strategy, images, attention_layers=[5])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(plain.patch_tokens, with_cls.patch_tokens)
+    torch.testing.assert_close(plain.patch_tokens, with_attn.patch_tokens)
+    assert sorted(with_attn.attn_weights) == [5]
+    _, final = stream_inputs(clip_model, images)
+    expected_cls = clip_model.visual.ln_post(final[:, 0]) @ \
+        clip_model.visual.proj
+    torch.testing.assert_close(with_cls.cls_token, expected_cls)
+
+
+def test_proxy_attention_uniform_window_is_finite():
+    """A constant window makes every S' negative: no NaN, self-attention."""
+    from mmseg_ovss.clip.strategies.proxyclip import proxy_attention
+    features = torch.ones(2, 8, 6)
+    weights = proxy_attention(features, beta=1.2, gamma=3.0)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, torch.eye(6).expand(2, 6, 6))
+    # rows with a positive entry are unchanged by keeping the diagonal
+    torch.manual_seed(4)
+    features = torch.randn(1, 8, 10)
+    feats = F.normalize(features, dim=1)
+    sim = feats.transpose(1, 2) @ feats
+    logits = (sim - 1.2 * sim.mean()) * 3.0
+    logits[logits < 0] = float('-inf')
+    rows = torch.isfinite(logits).any(-1)[0]
+    torch.testing.assert_close(
+        proxy_attention(features, 1.2, 3.0)[0, rows],
+        logits.softmax(-1)[0, rows])
+
+
+@torch.no_grad()
+def test_proxyclip_constant_window_output_is_finite(clip_model, images):
+    strategy = build_dense_strategy(dict(
+        type='ProxyCLIP', random_init=True, vfm_model='vit_tiny_patch16_224'))
+    strategy.vfm_features = lambda x: torch.ones(x.shape[0], 8, 8, 8)
+    encoder = DenseCLIPVisionEncoder(clip_model.visual, strategy)
+    feats = encoder(torch.zeros_like(images))
+    assert feats.patch_tokens.shape[-2:] == (8, 8)
+    assert torch.isfinite(feats.patch_tokens).all()
+
+
+def test_proxyclip_random_init_ignores_configured_checkpoint(tmp_path):
+    strategy = build_dense_strategy(dict(
+        type='ProxyCLIP', random_init=True,
+        vfm_checkpoint=str(tmp_path / 'missing_dino.pth'),
+        vfm_model='vit_tiny_patch16_224'))
+    assert strategy.vfm is not None
+
+
+@torch.no_grad()
+def test_patch_size_follows_the_output_grid(clip_model, images):
+    """ProxyCLIP tokens sit on the VFM's 8-px grid, the others on CLIP's."""
+    assert run(clip_model, 'ClearCLIP', images).patch_size == 16
+    strategy = build_dense_strategy(dict(
+        type='ProxyCLIP', random_init=True, vfm_model='vit_small_patch8_224'))
+    feats = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
+    assert feats.patch_tokens.shape[-2:] == (8, 8)
+    assert feats.patch_size == 8

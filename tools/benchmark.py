@@ -71,7 +71,6 @@ def build_model(args):
     if args.random_init and isinstance(strategy, dict) and \
             strategy.get('type') == 'ProxyCLIP':
         strategy.random_init = True
-        strategy.vfm_checkpoint = None
     model = MODELS.build(model_cfg).to(args.device).eval()
     return cfg, model
 

@@ -127,7 +127,6 @@ def build_model(args):
     strategy = cfg.model.get('strategy', {})
     if args.random_init and strategy.get('type') == 'ProxyCLIP':
         strategy.random_init = True
-        strategy.vfm_checkpoint = None
     model = MODELS.build(cfg.model)
     return model.to(args.device).eval()
 

@@ -13,6 +13,6 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    text=dict(class_names='data/class_names/coco_object.txt', background_class=0, background_names=['background']),
+    text=dict(class_names='data/class_names/reference/clearclip_coco_object.txt', background_class=0),
     prob_thd=0.4
 )

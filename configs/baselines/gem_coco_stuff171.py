@@ -13,5 +13,5 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    text=dict(class_names='data/class_names/coco_stuff171.txt')
+    text=dict(class_names='data/class_names/reference/coco_stuff171.txt')
 )

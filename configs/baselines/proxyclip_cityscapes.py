@@ -13,5 +13,6 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    text=dict(class_names='data/class_names/cityscapes.txt')
+    text=dict(class_names='data/class_names/cityscapes.txt'),
+    test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112))
 )

@@ -13,6 +13,6 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    text=dict(class_names='data/class_names/voc21.txt', background_class=0),
+    text=dict(class_names='data/class_names/reference/proxyclip_voc21.txt', background_class=0),
     prob_thd=0.2
 )

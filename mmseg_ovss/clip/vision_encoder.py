@@ -17,16 +17,45 @@ from mmseg_ovss.clip.strategies import DenseStrategy
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 
+POS_INTERP_MODES = ('size', 'size_antialias', 'dino')
+
+
 def interpolate_position_embedding(pos_embed: Tensor, src_grid: Tuple[int, int],
-                                   dst_grid: Tuple[int, int]) -> Tensor:
-    """Bicubically resize (1 + h*w, C) position embeddings to ``dst_grid``."""
+                                   dst_grid: Tuple[int, int],
+                                   mode: str = 'size') -> Tensor:
+    """Bicubically resize (1 + h*w, C) position embeddings to ``dst_grid``.
+
+    ``mode``:
+
+    - ``'size'``: ``F.interpolate(size=dst_grid)``.
+    - ``'size_antialias'``: the same with ``antialias=True`` (GEM's code).
+    - ``'dino'``: DINO-style ``scale_factor=((h' + 0.1) / h, (w' + 0.1) / w)``
+      as in the SCLIP, NACLIP, ClearCLIP and ProxyCLIP code; the output grid
+      is still ``dst_grid`` but the sampling positions differ slightly.
+    """
+    if mode not in POS_INTERP_MODES:
+        raise OVSSConfigError(
+            f'unknown position-embedding interpolation {mode!r}; use one '
+            f'of {POS_INTERP_MODES}')
     if tuple(src_grid) == tuple(dst_grid):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
     channels = pos_embed.shape[-1]
     patch_pos = patch_pos.reshape(1, *src_grid, channels).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=tuple(dst_grid),
-                              mode='bicubic', align_corners=False)
+    if mode == 'dino':
+        scale = tuple((dst + 0.1) / src
+                      for dst, src in zip(dst_grid, src_grid))
+        patch_pos = F.interpolate(patch_pos.float(), scale_factor=scale,
+                                  mode='bicubic', align_corners=False)
+        if tuple(patch_pos.shape[-2:]) != tuple(dst_grid):
+            got = tuple(patch_pos.shape[-2:])
+            raise OVSSDataError(
+                f'DINO-style interpolation gave a {got} grid instead of '
+                f'{tuple(dst_grid)}')
+    else:
+        patch_pos = F.interpolate(patch_pos.float(), size=tuple(dst_grid),
+                                  mode='bicubic', align_corners=False,
+                                  antialias=mode == 'size_antialias')
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(-1, channels)
     return torch.cat([cls_pos, patch_pos.to(pos_embed.dtype)], dim=0)
 
@@ -38,10 +67,19 @@ class DenseCLIPVisionEncoder(nn.Module):
         visual: an open_clip ``VisionTransformer`` (token pooling, no
             attentional pooler).
         strategy: the dense strategy for the last block(s).
+        pos_interp (str): how position embeddings are resized to a window's
+            grid, see :func:`interpolate_position_embedding` (``'size'``,
+            ``'size_antialias'`` or ``'dino'``).
     """
 
-    def __init__(self, visual: nn.Module, strategy: DenseStrategy):
+    def __init__(self, visual: nn.Module, strategy: DenseStrategy,
+                 pos_interp: str = 'size'):
         super().__init__()
+        if pos_interp not in POS_INTERP_MODES:
+            raise OVSSConfigError(
+                f'unknown pos_interp {pos_interp!r}; use one of '
+                f'{POS_INTERP_MODES}')
+        self.pos_interp = pos_interp
         for attr in ('conv1', 'class_embedding', 'positional_embedding',
                      'transformer', 'ln_post'):
             if not hasattr(visual, attr):
@@ -97,7 +135,7 @@ class DenseCLIPVisionEncoder(nn.Module):
         x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
         src_grid = tuple(visual.grid_size)
         pos = interpolate_position_embedding(visual.positional_embedding,
-                                             src_grid, grid)
+                                             src_grid, grid, self.pos_interp)
         x = x + pos.to(x.dtype)
         return visual.ln_pre(x), grid
 
@@ -115,6 +153,14 @@ class DenseCLIPVisionEncoder(nn.Module):
             x = self.run_block(block, x)
         return self.project(x[:, 0]).float()
 
+    def output_patch_size(self, images: Tensor, grid: Tuple[int, int],
+                          out_grid: Tuple[int, int]) -> int:
+        """Pixels per output token: CLIP's patch, or the pixel pitch of
+        another output grid (ProxyCLIP: DINO's 8-pixel patches)."""
+        if tuple(out_grid) == tuple(grid):
+            return self.patch_size
+        return images.shape[-1] // out_grid[1]
+
     def forward(self, images: Tensor, attention_layers: Iterable[int] = (),
                 with_cls: bool = False) -> DenseCLIPFeatures:
         """Dense features of (B, 3, H, W) normalised windows.
@@ -123,19 +169,23 @@ class DenseCLIPVisionEncoder(nn.Module):
         ``attention_layers`` are 0-based block indices whose vanilla
         attention is returned.
         """
-        attention_layers = set(int(i) for i in attention_layers)
         num_layers, num_dense = self.num_layers, self.strategy.num_blocks
+        attention_layers = set(int(i) % num_layers for i in attention_layers)
         first_dense = num_layers - num_dense
-        run_tail = (with_cls or num_dense > 1 or
-                    any(i >= first_dense for i in attention_layers))
+        # The dense strategy needs the inputs of the last ``num_dense``
+        # blocks, so the stream runs up to the second-to-last block; the
+        # last block runs only for the CLS token or its attention.
+        last_run = num_layers - 2
+        if with_cls or (num_layers - 1) in attention_layers:
+            last_run = num_layers - 1
         x, grid = self.embed(images)
         dense_inputs: List[Tensor] = []
         attn_weights = {}
         for index, block in enumerate(self.blocks):
             if index >= first_dense:
                 dense_inputs.append(x)
-                if not run_tail:
-                    break
+            if index > last_run:
+                break
             if index in attention_layers:
                 x, attn_weights[index] = block_forward_with_attention(block, x)
             else:
@@ -149,7 +199,7 @@ class DenseCLIPVisionEncoder(nn.Module):
         return DenseCLIPFeatures(
             patch_tokens=patches,
             images=images,
-            patch_size=self.patch_size,
+            patch_size=self.output_patch_size(images, grid, out_grid),
             cls_token=cls_token,
             attn_weights={k: v.float() for k, v in attn_weights.items()},
             encode_image=self.encode_cls)

@@ -1,7 +1,10 @@
 # ClearCLIP: q-q attention, no residual, no FFN; short side 448, 448/224
 # windows (repository values), tau 50.
 _base_ = ['./clip_dense.py']
+# Position embeddings: DINO-style scale-factor interpolation as in the
+# SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
+    clip=dict(pos_interp='dino'),
     strategy=dict(type='ClearCLIP', residual=False, ffn=False),
     decode_head=dict(logit_scale=50.0),
     test_cfg=dict(mode='slide', crop_size=(448, 448), stride=(224, 224)))

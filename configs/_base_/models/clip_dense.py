@@ -20,7 +20,10 @@ model = dict(
         # local weights file, e.g. --cfg-options model.clip.checkpoint=...
         checkpoint=None,
         precision='fp32',
-        random_init=False),
+        random_init=False,
+        # position-embedding resize: 'size', 'size_antialias' (GEM) or
+        # 'dino' (SCLIP lineage); set per method in clip_<method>.py
+        pos_interp='size'),
     strategy=dict(type='Vanilla'),
     decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
     text=dict(

@@ -2,7 +2,10 @@
 # Resolution as in the ClearCLIP repository: short side 448, 448/224 windows.
 # FreeCP's variant keeps the FFN: strategy=dict(type='MaskCLIP', ffn=True).
 _base_ = ['./clip_dense.py']
+# Position embeddings: DINO-style scale-factor interpolation as in the
+# SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
+    clip=dict(pos_interp='dino'),
     strategy=dict(type='MaskCLIP', residual=False, ffn=False),
     decode_head=dict(logit_scale=50.0),
     test_cfg=dict(mode='slide', crop_size=(448, 448), stride=(224, 224)))

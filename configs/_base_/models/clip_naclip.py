@@ -2,7 +2,10 @@
 # residual, no FFN; short side 336, 224/112 windows, tau 40, PAMR (10 steps,
 # dilations 8 and 16) as in the published "+PAMR" numbers.
 _base_ = ['./clip_dense.py']
+# Position embeddings: DINO-style scale-factor interpolation as in the
+# SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
+    clip=dict(pos_interp='dino'),
     strategy=dict(type='NACLIP', sigma=5.0, residual=False, ffn=False),
     decode_head=dict(logit_scale=40.0),
     pamr=dict(num_iter=10, dilations=(8, 16)),

@@ -3,7 +3,10 @@
 # The DINO weights come from a local file only: set OVSS_DINO_CHECKPOINT or
 # --cfg-options model.strategy.vfm_checkpoint=/path/dino_vitbase8_pretrain.pth
 _base_ = ['./clip_dense.py']
+# Position embeddings: DINO-style scale-factor interpolation as in the
+# SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
+    clip=dict(pos_interp='dino'),
     strategy=dict(
         type='ProxyCLIP',
         vfm_model='vit_base_patch8_224',

@@ -29,14 +29,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def proxy_attention(features: Tensor, beta: float, gamma: float) -> Tensor:
-    """W = softmax(gamma (S - beta mean S)), S<... masked: (B, N, N).
+    """W = softmax(S'), S' = gamma (S - beta mean S), negatives -> -inf.
 
-    ``features`` (B, C, N); the mean is taken per image.
+    ``features`` (B, C, N); the mean is taken per image. The diagonal is
+    never masked: in a near-uniform window every S' is negative (S ~ mean S
+    and beta > 1), and a fully masked row would give NaN; such a token then
+    attends to itself only. (The ProxyCLIP code masks every negative entry,
+    diagonal included, and returns NaN rows there.)
     """
     feats = F.normalize(features.float(), dim=1)
     sim = torch.einsum('bcm,bcn->bmn', feats, feats)
     sim = (sim - sim.mean(dim=(1, 2), keepdim=True) * beta) * gamma
-    sim = sim.masked_fill(sim < 0, float('-inf'))
+    eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
+    sim = sim.masked_fill((sim < 0) & ~eye, float('-inf'))
     return sim.softmax(dim=-1)
 
 
@@ -67,7 +72,8 @@ class ProxyCLIPStrategy(DenseStrategy):
             ``random_init`` (tests, benchmarks).
         vfm_model (str): timm architecture (``vit_base_patch8_224``).
         beta, gamma (float): 1.2 and 3.0 (paper).
-        random_init (bool): build the VFM without weights.
+        random_init (bool): build the VFM without weights, ignoring
+            ``vfm_checkpoint``.
     """
 
     def __init__(self, vfm_checkpoint: Optional[str] = None,
@@ -82,7 +88,9 @@ class ProxyCLIPStrategy(DenseStrategy):
                 'exercise the path without weights')
         if gamma <= 0:
             raise OVSSConfigError(f'ProxyCLIP gamma must be > 0, got {gamma}')
-        self.vfm = build_vfm(vfm_model, vfm_checkpoint).eval()
+        # random_init wins over a configured checkpoint (tests, benchmarks)
+        self.vfm = build_vfm(vfm_model,
+                             None if random_init else vfm_checkpoint).eval()
         self.vfm.requires_grad_(False)
         self.beta = float(beta)
         self.gamma = float(gamma)

@@ -71,7 +71,11 @@ class CLIPDenseSegmentor(BaseSegmentor):
     Args:
         clip (dict): :func:`~mmseg_ovss.clip.loading.build_clip_model`
             arguments (``model_name``, ``pretrained``, ``checkpoint``,
-            ``precision``, ``random_init``).
+            ``precision``, ``random_init``) and ``pos_interp``, how the
+            position embeddings are resized to a window ('size',
+            'size_antialias' as GEM's code, 'dino' as the SCLIP, NACLIP,
+            ClearCLIP and ProxyCLIP code; see
+            ``vision_encoder.interpolate_position_embedding``).
         strategy (dict): dense strategy, e.g. ``dict(type='SCLIP')``.
         decode_head (dict): a registered ``DenseCLIPHead``.
         text (dict): ``templates`` ('openai' ...), ``class_names`` (a
@@ -107,10 +111,12 @@ class CLIPDenseSegmentor(BaseSegmentor):
         super().__init__(data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         clip = dict(clip)
+        pos_interp = clip.pop('pos_interp', 'size')
         self.clip_cfg = clip
         self.clip_model = build_clip_model(**clip)
         self.backbone = DenseCLIPVisionEncoder(self.clip_model.visual,
-                                               build_dense_strategy(strategy))
+                                               build_dense_strategy(strategy),
+                                               pos_interp=pos_interp)
         head = MODELS.build(decode_head or dict(type='CosineSimilarityHead'))
         if not isinstance(head, DenseCLIPHead):
             raise OVSSConfigError(
@@ -197,7 +203,11 @@ class CLIPDenseSegmentor(BaseSegmentor):
     def _encode_windows(self, windows: Tensor, vocab: VocabularyEmbeddings):
         """Yield head maps (n, C, h, w) at window pixel size, per chunk of
         ``window_batch_size`` windows (so that stitching never holds the
-        maps of all windows at once)."""
+        maps of all windows at once).
+
+        Windows are zero-padded bottom/right to a multiple of the patch and
+        the maps cropped back (NACLIP's own whole-image code drops the
+        remainder pixels instead)."""
         patch = self.backbone.patch_size
         height, width = windows.shape[-2:]
         pad_h, pad_w = -height % patch, -width % patch
