@@ -15,8 +15,9 @@ from mmseg_ovss.testing.tools import run_tool
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'configs' / 'baselines').glob('*.py'))
 METHODS = ('maskclip', 'sclip', 'clearclip', 'gem', 'naclip', 'proxyclip')
-DATASETS = ('voc21', 'pc60', 'coco_object', 'voc20', 'cityscapes', 'pc59',
-            'ade150', 'coco_stuff171')
+# benchmark short names, as in the config file names
+DATASETS = ('voc21', 'pc60', 'object', 'voc20', 'city', 'pc59', 'ade',
+            'stuff')
 
 
 def test_every_method_has_every_benchmark():
@@ -51,8 +52,9 @@ def test_class_name_file_matches_dataset_classes(config):
     assert Vocabulary.from_file(str(path)).num_classes == len(classes)
 
 
-@pytest.mark.parametrize('dataset', ['ade150', 'coco_stuff171'])
-def test_reference_spellings_join_words_in_dataset_order(dataset):
+@pytest.mark.parametrize('dataset,short', [('ade150', 'ade'),
+                                           ('coco_stuff171', 'stuff')])
+def test_reference_spellings_join_words_in_dataset_order(dataset, short):
     """The reference-repo files differ from ours only by joined words."""
     ours = (REPO / 'data' / 'class_names' / f'{dataset}.txt').read_text()
     ref = (REPO / 'data' / 'class_names' / 'reference' /
@@ -61,7 +63,7 @@ def test_reference_spellings_join_words_in_dataset_order(dataset):
     assert [n.replace(' ', '') for n in ours] == ref
     assert 'chestofdrawers' in ref or 'diningtable' in ref
     for method in METHODS:
-        assert load(f'{method}_{dataset}').model.text.class_names == \
+        assert load(f'{method}_{short}').model.text.class_names == \
             f'data/class_names/reference/{dataset}.txt'
 
 
@@ -71,15 +73,16 @@ def test_clearclip_and_proxyclip_vocabularies():
     17 of them on Object."""
     from mmseg_ovss.clip.vocabulary import Vocabulary
     for method in ('clearclip', 'proxyclip'):
-        for dataset in ('voc21', 'voc20', 'coco_object'):
+        for dataset, base in (('voc21', 'voc21'), ('voc20', 'voc20'),
+                              ('object', 'coco_object')):
             path = load(f'{method}_{dataset}').model.text.class_names
             assert path == (f'data/class_names/reference/{method}_'
-                            f'{dataset}.txt')
+                            f'{base}.txt')
             vocab = Vocabulary.from_file(str(REPO / path))
             names = [s[0] for s in vocab.synonyms]
             assert 'person' in names and all(
                 len(s) == 1 for s in vocab.synonyms[1:])
-            if dataset != 'coco_object':
+            if dataset != 'object':
                 assert names[-1] == 'tvmonitor'
     clear = Vocabulary.from_file(
         str(REPO / 'data/class_names/reference/clearclip_coco_object.txt'))
@@ -100,7 +103,7 @@ def test_clearclip_and_proxyclip_vocabularies():
     ('clearclip', 224, 224), ('maskclip', 224, 224), ('gem', 224, 224),
     ('proxyclip', 224, 112)])
 def test_cityscapes_resolution(method, crop, stride):
-    cfg = load(f'{method}_cityscapes')
+    cfg = load(f'{method}_city')
     assert short_side(cfg) == 448
     assert cfg.model.test_cfg.mode == 'slide'
     assert tuple(cfg.model.test_cfg.crop_size) == (crop, crop)

@@ -3,7 +3,7 @@ from mmseg_ovss.testing.tools import run_tool
 
 
 def test_benchmark_reports_stages(repo_root, tmp_path):
-    config = repo_root / 'configs' / 'baselines' / 'naclip_ade150.py'
+    config = repo_root / 'configs' / 'baselines' / 'naclip_ade.py'
     out = tmp_path / 'bench.json'
     result = run_tool('benchmark', [
         config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',

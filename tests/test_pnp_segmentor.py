@@ -224,8 +224,7 @@ def test_missing_crf_is_a_clear_error(blip_folder, monkeypatch):
         build(blip_folder, crf=dict(iterations=10))
 
 
-@pytest.mark.parametrize('name', ['voc20', 'pc59', 'coco_object',
-                                  'coco_stuff171', 'ade150'])
+@pytest.mark.parametrize('name', ['voc20', 'pc59', 'object', 'stuff', 'ade'])
 def test_config_vocabularies_match_their_datasets(repo_root, name):
     """Captions use the dataset's raw class names (VOC20: "boat",
     "diningtable", "tvmonitor", as the authors; not SCLIP's names)."""
@@ -245,7 +244,7 @@ def test_config_vocabularies_match_their_datasets(repo_root, name):
         assert first == classes
         # SCLIP's names stay usable in per-image JSON class lists
         assert 'ship' in synonyms[3] and 'tv monitor' in synonyms[19]
-    elif name != 'coco_object':  # its row 0 is background's stuff words
+    elif name != 'object':  # its row 0 is background's stuff words
         assert [n.strip() for n in first] == [c.strip() for c in classes]
 
 

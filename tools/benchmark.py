@@ -1,6 +1,6 @@
 """Latency, throughput, peak memory and a per-stage breakdown of a segmentor.
 
-    python tools/benchmark.py configs/baselines/sclip_ade150.py \
+    python tools/benchmark.py configs/baselines/sclip_ade.py \
         --random-init --num-images 3 --short-side 448 --num-classes 150
 
 Images are generated (smoothed noise of the chosen size); the vocabulary is
