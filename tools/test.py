@@ -7,17 +7,16 @@ Trained models:
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.launch import (  # noqa: E402
-    configure_distributed, default_work_dir, init_cpu_process_group,
-    merge_cfg_options, use_fresh_visualizer)
+    add_runner_arguments, init_cpu_process_group, load_runner_config,
+    parse_runner_args)
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError  # noqa: E402
 
 
@@ -27,7 +26,6 @@ def parse_args(argv=None):
     parser.add_argument(
         'checkpoint', nargs='?', default=None,
         help='checkpoint file (not needed for training-free models)')
-    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument(
         '--out', help='directory to save predicted label maps (PNG)')
     parser.add_argument(
@@ -40,18 +38,9 @@ def parse_args(argv=None):
         help='paint every n-th test image (default: all)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings, e.g. model.decode_head.prob_thd=0.1; keys '
-        'must exist (prefix a key with "+" to add a new one)')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test time aug')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser, 'model.decode_head.logit_scale=50')
+    return parse_runner_args(parser, argv)
 
 
 def enable_visualization(cfg: Config, args) -> None:
@@ -86,15 +75,8 @@ def keep_test_loop_only(cfg: Config) -> None:
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    merge_cfg_options(cfg, args.cfg_options)
+    cfg = load_runner_config(args)
     keep_test_loop_only(cfg)
-    configure_distributed(cfg, args.launcher)
-    use_fresh_visualizer(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = default_work_dir(args.config)
     if args.checkpoint is not None:
         if not osp.isfile(args.checkpoint):
             raise OVSSWeightsError(

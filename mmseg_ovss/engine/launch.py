@@ -9,9 +9,47 @@ import uuid
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 
 from mmseg_ovss.utils.errors import OVSSConfigError
+
+
+def add_runner_arguments(parser, cfg_options_example: str) -> None:
+    """Arguments shared by the train and test tools."""
+    parser.add_argument('--work-dir', help='the dir to save logs and outputs')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help=f'override settings, e.g. {cfg_options_example}; keys must '
+        'exist (prefix a key with "+" to add a new one)')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_args(parser, argv=None):
+    """Parse, and export LOCAL_RANK for launchers that pass --local-rank."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_runner_config(args) -> Config:
+    """Read the config and apply the shared arguments.
+
+    ``--cfg-options`` (checked keys), launcher and backend, a visualizer of
+    this run's own and the work dir (``work_dirs/<config name>`` unless
+    given or set by the config).
+    """
+    cfg = Config.fromfile(args.config)
+    merge_cfg_options(cfg, args.cfg_options)
+    configure_distributed(cfg, args.launcher)
+    use_fresh_visualizer(cfg)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = default_work_dir(args.config)
+    return cfg
 
 
 def init_cpu_process_group(launcher: str) -> None:
