@@ -1,0 +1,4 @@
+# Table 4: FreeCP + MaskCLIP on ADE20K-150 with templates everywhere
+# (FreeCP default: templates for the initial vocabulary, descriptions for AP).
+_base_ = ['../maskclip_ade.py']
+model = dict(decode_head=dict(initial_text='templates', ap_text='templates'))

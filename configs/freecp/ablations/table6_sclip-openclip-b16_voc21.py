@@ -1,0 +1,3 @@
+# Table 6: FreeCP + SCLIP on PASCAL VOC 21 with OpenCLIP ViT-B/16 (LAION-2B).
+_base_ = ['../sclip_voc21.py']
+model = dict(clip=dict(model_name='ViT-B-16', pretrained='laion2b_s34b_b88k'))

@@ -1,0 +1,28 @@
+# FreeCP + ProxyCLIP on PASCAL Context 60 (FACTS §3: short side 448, 384/112
+# windows, T_rp 0.1, T_ap 0.7; no PAMR, no prob_thd: the background is 1 - max).
+# ProxyCLIP (DINO weights from a local file, see _base_/models/clip_proxyclip.py).
+_base_ = [
+    '../_base_/models/clip_proxyclip.py',
+    '../_base_/datasets/pc60.py',
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 448), keep_ratio=True),
+    dict(type='LoadCheckedAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+val_dataloader = test_dataloader
+train_dataloader = None  # training-free
+model = dict(
+    decode_head=dict(
+        _delete_=True,
+        type='FreeCPHead',
+        rp_threshold=0.1,
+        ap_threshold=0.7,
+        descriptions='data/descriptions/pc60.json',
+    ),
+    text=dict(templates='openai', class_names='data/class_names/pc60.txt', background_class=0),
+    prob_thd=0.0,
+    area_thd=None,
+    test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -1,0 +1,30 @@
+# FreeCP + SCLIP on PASCAL VOC 21 (FACTS §3: short side 448, 384/112
+# windows, T_rp 0.15, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
+# SCLIP as the authors ran it: no residual, FFN kept (official SCLIP:
+# residual=True).
+_base_ = [
+    '../_base_/models/clip_sclip.py',
+    '../_base_/datasets/voc21.py',
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 448), keep_ratio=True),
+    dict(type='LoadCheckedAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+val_dataloader = test_dataloader
+train_dataloader = None  # training-free
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(
+        _delete_=True,
+        type='FreeCPHead',
+        rp_threshold=0.15,
+        ap_threshold=0.8,
+        descriptions='data/descriptions/voc21.json',
+    ),
+    text=dict(templates='openai', class_names='data/class_names/voc21.txt', background_class=0),
+    prob_thd=0.0,
+    area_thd=None,
+    test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -1,0 +1,205 @@
+"""FreeCP on a batch of sliding windows (FACTS §3, steps 1-6).
+
+``FreeCPWindowPipeline`` holds the method's options; ``__call__`` turns the
+query activation maps of B windows, their attention affinity and their
+pixels into purified refined class maps. Text handling (templates or
+descriptions) lives in the head.
+"""
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from mmseg_ovss.utils.errors import OVSSConfigError
+from .affinity import attention_affinity, transition_matrix
+from .cam import minmax_normalize, queries_to_classes
+from .consistency import SC_METRICS
+from .purification import (ELIMINATION_MODES, ambiguity_groups,
+                           classify_group_crops, eliminate_ambiguity,
+                           redundancy_purification)
+from .refinement import class_box_masks, refine_activations
+
+# Table 3: which purification steps run, in order.
+PURIFICATION_ORDERS = {
+    'none': (),
+    'rp': ('rp', ),
+    'ap': ('ap', ),
+    'ap_rp': ('ap', 'rp'),
+    'rp_ap': ('rp', 'ap'),
+}
+CAM_NORMALIZATIONS = ('global', 'per_class', 'none')
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise OVSSConfigError(
+            f'FreeCP option {name}={value!r} is not one of {tuple(allowed)}')
+
+
+class FreeCPWindowPipeline:
+    """The method's steps with every option of the paper and the code.
+
+    Args:
+        rp_threshold: T_rp of Eq. 5.
+        ap_threshold: T_ap of Eq. 7.
+        purification: ``'rp_ap'`` (FreeCP), ``'rp'``, ``'ap'``, ``'ap_rp'``
+            or ``'none'`` (refinement only), Table 3.
+        cam_normalization: normalisation of the CAMs fed to the box masks
+            and the refinement: ``'global'`` (authors: one min-max over all
+            queries and positions of a window), ``'per_class'`` or
+            ``'none'`` (the paper's plain softmax maps).
+        affinity_head: None averages heads (paper); an int uses one head
+            (the authors' GEM runs use head 0).
+        affinity_normalize_rounds, affinity_symmetrize, affinity_power:
+            CLIP-ES transition matrix (authors: 3, True, 2); ``0, False, 1``
+            gives the paper's raw Eq. 2 average.
+        box_mask: mask the affinity with each class's CAM boxes before
+            propagating (authors, CLIP-ES); False is the paper's Eq. 3.
+        box_threshold: relative threshold of box extraction (0.4).
+        clip_box_border: CLIP-ES clips box ends to ``size - 1``.
+        rp_metric: ``'half_dice'`` (authors) or ``'iou'`` (paper Eq. 4).
+        ap_metric: ``'soft_iou'`` (authors) or ``'iou'`` (paper Eq. 4).
+        ap_elimination: ``'window'`` (authors: a member that wins no crop is
+            dropped from the window) or ``'local'`` (paper: losers are
+            zeroed inside each box).
+        crop_size: side of the resized crops (112).
+        crop_holes: also classify the boxes of hole contours (CLIP-ES's
+            ``RETR_TREE``, authors and paper); False classifies the outer
+            contours' boxes only (fewer crops, a speed option).
+    """
+
+    def __init__(self,
+                 rp_threshold: float = 0.15,
+                 ap_threshold: float = 0.7,
+                 purification: str = 'rp_ap',
+                 cam_normalization: str = 'global',
+                 affinity_head: Optional[int] = None,
+                 affinity_normalize_rounds: int = 3,
+                 affinity_symmetrize: bool = True,
+                 affinity_power: int = 2,
+                 box_mask: bool = True,
+                 box_threshold: float = 0.4,
+                 clip_box_border: bool = True,
+                 rp_metric: str = 'half_dice',
+                 ap_metric: str = 'soft_iou',
+                 ap_elimination: str = 'window',
+                 crop_size: int = 112,
+                 crop_holes: bool = True):
+        _choice('purification', purification, PURIFICATION_ORDERS)
+        _choice('cam_normalization', cam_normalization, CAM_NORMALIZATIONS)
+        _choice('rp_metric', rp_metric, SC_METRICS)
+        _choice('ap_metric', ap_metric, SC_METRICS)
+        _choice('ap_elimination', ap_elimination, ELIMINATION_MODES)
+        if affinity_power < 1 or affinity_normalize_rounds < 0:
+            raise OVSSConfigError(
+                'affinity_power must be >= 1 and affinity_normalize_rounds '
+                f'>= 0, got {affinity_power} and {affinity_normalize_rounds}')
+        self.rp_threshold = float(rp_threshold)
+        self.ap_threshold = float(ap_threshold)
+        self.steps = PURIFICATION_ORDERS[purification]
+        self.cam_normalization = cam_normalization
+        self.affinity_head = affinity_head
+        self.affinity_normalize_rounds = affinity_normalize_rounds
+        self.affinity_symmetrize = affinity_symmetrize
+        self.affinity_power = affinity_power
+        self.box_mask = box_mask
+        self.box_threshold = box_threshold
+        self.clip_box_border = clip_box_border
+        self.rp_metric = rp_metric
+        self.ap_metric = ap_metric
+        self.ap_elimination = ap_elimination
+        self.crop_size = crop_size
+        self.crop_holes = crop_holes
+
+    @property
+    def uses_crops(self) -> bool:
+        return 'ap' in self.steps
+
+    def normalize_cams(self, query_maps: Tensor) -> Tensor:
+        """Normalise (B, Q, h, w) softmax maps as configured."""
+        if self.cam_normalization == 'none':
+            return query_maps
+        return minmax_normalize(
+            query_maps, per_channel=self.cam_normalization == 'per_class')
+
+    def affinity(self, attn_weights, layers: Sequence[int]) -> Tensor:
+        """Eq. 2 and the transition matrix: (B, N, N)."""
+        affinity = attention_affinity(attn_weights, layers,
+                                      self.affinity_head)
+        return transition_matrix(affinity, self.affinity_normalize_rounds,
+                                 self.affinity_symmetrize,
+                                 self.affinity_power)
+
+    def __call__(self,
+                 query_maps: Tensor,
+                 query_to_class: Tensor,
+                 classes: Union[Tensor, Sequence[int]],
+                 transition: Tensor,
+                 images: Optional[Tensor] = None,
+                 patch_size: int = 16,
+                 encode_image: Optional[Callable[[Tensor], Tensor]] = None,
+                 class_embeddings: Optional[Tensor] = None) -> Tensor:
+        """Purified refined maps of the chosen classes.
+
+        Args:
+            query_maps: (B, Q, h, w) Eq. 1 softmax maps over all queries
+                (background synonyms included).
+            query_to_class: (Q, ) class of each query.
+            classes: the K' classes to refine and purify (the foreground).
+            transition: (B, N, N) from :meth:`affinity`.
+            images, patch_size, encode_image, class_embeddings: what the
+                crop classifier needs (ambiguity purification only);
+                ``class_embeddings`` has one row per class of the
+                vocabulary.
+        Returns:
+            (B, K', h, w) maps in [0, 1]; removed classes are zero.
+        """
+        classes = torch.as_tensor(classes, device=query_maps.device)
+        num_classes = int(query_to_class.max()) + 1
+        cams = queries_to_classes(query_maps, query_to_class,
+                                  num_classes)[:, classes]
+        normed = queries_to_classes(self.normalize_cams(query_maps),
+                                    query_to_class, num_classes)[:, classes]
+        masks = class_box_masks(normed, self.box_threshold,
+                                self.clip_box_border) \
+            if self.box_mask else None
+        refined = refine_activations(normed, transition, masks)
+        keep = torch.ones(refined.shape[:2], dtype=torch.bool,
+                          device=refined.device)
+        suppress = None
+        current = refined
+        for step in self.steps:
+            if step == 'rp':
+                keep = redundancy_purification(cams, current, keep,
+                                               self.rp_threshold,
+                                               self.rp_metric)
+            else:
+                keep, local = self._ambiguity(current, keep, images,
+                                              patch_size, encode_image,
+                                              class_embeddings, classes)
+                if local is not None:
+                    suppress = local if suppress is None else suppress | local
+            current = refined * keep[:, :, None, None]
+            if suppress is not None:
+                current = current.masked_fill(suppress, 0)
+        return current
+
+    def _ambiguity(self, maps, keep, images, patch_size, encode_image,
+                   class_embeddings, classes):
+        groups = ambiguity_groups(maps, keep, self.ap_threshold,
+                                  self.ap_metric)
+        if len(groups) == 0:
+            return keep, None
+        if images is None or encode_image is None or class_embeddings is None:
+            raise OVSSConfigError(
+                'ambiguity purification needs the window images, the '
+                'unmodified CLIP image encoder and class embeddings; use a '
+                'backbone that fills DenseCLIPFeatures.encode_image')
+        votes = classify_group_crops(groups, maps, images, patch_size,
+                                     encode_image,
+                                     class_embeddings[classes],
+                                     self.crop_size, self.box_threshold,
+                                     self.clip_box_border, self.crop_holes,
+                                     self.ap_elimination == 'window')
+        return eliminate_ambiguity(groups, votes, keep, maps.shape[-2:],
+                                   self.ap_elimination)

@@ -1,0 +1,218 @@
+"""Class purification: redundancy (Eq. 5) and ambiguity (Eqs. 6-8).
+
+All functions work on a batch of windows; the per-window candidate sets are
+boolean ``keep`` masks of shape (B, K) and nothing loops over classes.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch import Tensor
+
+from mmseg_ovss.utils.boxes import score_map_boxes
+from .consistency import pairwise_consistency, spatial_consistency
+from .crops import crop_and_resize
+
+ELIMINATION_MODES = ('window', 'local')
+
+
+def redundancy_purification(cams: Tensor, refined: Tensor, keep: Tensor,
+                            threshold: float,
+                            metric: str = 'half_dice') -> Tensor:
+    """Eq. 5: keep class c where SC(M_c, refined_c) > ``threshold``.
+
+    Args:
+        cams: (B, K, h, w) activation maps (the authors use the softmax
+            maps of Eq. 1 here, before normalisation).
+        refined: (B, K, h, w) refined maps.
+        keep: (B, K) current candidates.
+    Returns:
+        (B, K) updated candidates.
+    """
+    scores = spatial_consistency(cams.float(), refined.float(), metric)
+    return keep & (scores > threshold)
+
+
+@dataclass
+class AmbiguityGroups:
+    """Connected groups (size > 1) of mutually ambiguous classes.
+
+    Attributes:
+        window: (G, ) window index of each group.
+        members: (G, K) bool, the classes of each group.
+    """
+    window: Tensor
+    members: Tensor
+
+    def __len__(self) -> int:
+        return self.window.numel()
+
+
+def ambiguity_groups(refined: Tensor, keep: Tensor, threshold: float,
+                     metric: str = 'soft_iou') -> AmbiguityGroups:
+    """Eqs. 6-7: pairwise consistency among candidates, thresholded
+    (``P >= threshold`` as the authors' code), and the connected components
+    of that graph with more than one class (``scipy.sparse.csgraph``; all
+    windows of the batch form one block-diagonal graph, one call).
+    """
+    b, k = keep.shape
+    device = refined.device
+    counts = keep.sum(dim=1)
+    width = int(counts.max()) if b else 0
+    if width < 2:
+        return AmbiguityGroups(
+            torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, k, dtype=torch.bool, device=device))
+    # candidates first, in class order, padded to ``width``
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)
+    slots = order[:, :width]
+    valid = torch.arange(width, device=device)[None] < counts[:, None]
+    maps = torch.gather(
+        refined.float(), 1,
+        slots[:, :, None, None].expand(-1, -1, *refined.shape[2:]))
+    maps = maps * valid[:, :, None, None]
+    edges = pairwise_consistency(maps, metric) >= threshold
+    edges &= valid[:, :, None] & valid[:, None, :]
+    edges &= ~torch.eye(width, dtype=torch.bool, device=device)
+    win, src, dst = (t.cpu().numpy()
+                     for t in torch.nonzero(edges, as_tuple=True))
+    num_nodes = b * width
+    graph = coo_matrix(
+        (np.ones(len(win)), (win * width + src, win * width + dst)),
+        shape=(num_nodes, num_nodes))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels, minlength=num_nodes)
+    node_ok = valid.reshape(-1).cpu().numpy() & (sizes[labels] > 1)
+    nodes = np.flatnonzero(node_ok)
+    _, group_of_node = np.unique(labels[nodes], return_inverse=True)
+    num_groups = int(group_of_node.max()) + 1 if len(nodes) else 0
+    node_t = torch.from_numpy(nodes).to(device)
+    group_t = torch.from_numpy(group_of_node.reshape(-1)).to(device)
+    node_win = node_t // width
+    node_cls = slots.reshape(-1)[node_t]
+    members = torch.zeros(num_groups, k, dtype=torch.bool, device=device)
+    members[group_t, node_cls] = True
+    window = torch.zeros(num_groups, dtype=torch.long, device=device)
+    window[group_t] = node_win
+    return AmbiguityGroups(window, members)
+
+
+@dataclass
+class CropVotes:
+    """The outcome of classifying every box of every ambiguity group.
+
+    Attributes:
+        group: (n, ) group of each box.
+        boxes: (n, 4) patch-grid boxes ``(x0, y0, x1, y1)``.
+        degenerate: (n, ) boxes with no area (not classified).
+        winner: (n, ) class chosen for each box (-1 when degenerate).
+    """
+    group: Tensor
+    boxes: Tensor
+    degenerate: Tensor
+    winner: Tensor
+
+
+def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
+                         images: Tensor, patch_size: int,
+                         encode_image: Callable[[Tensor], Tensor],
+                         class_embeddings: Tensor,
+                         crop_size: int = 112,
+                         box_threshold: float = 0.4,
+                         clip_last: bool = True,
+                         include_holes: bool = True,
+                         skip_spoiled_groups: bool = False) -> CropVotes:
+    """Eq. 8 for every box of every group, with all crops in one batch.
+
+    Each group's refined maps are averaged, boxed like CLIP-ES (at
+    ``box_threshold`` x max, every contour), the boxes scaled by the patch
+    size are cropped from the window image and resized to ``crop_size``,
+    encoded by the unmodified CLIP path, and matched against the group
+    members' description embeddings; the best member wins the box.
+
+    ``include_holes`` keeps the hole contours' boxes (``RETR_TREE``, the
+    reference). ``skip_spoiled_groups`` leaves the boxes of groups that
+    have a degenerate box unclassified: with the ``'window'`` elimination
+    such a group is kept whole anyway, so the result is unchanged.
+    """
+    device = refined.device
+    fused = torch.einsum('gk,gkhw->ghw', groups.members.float(),
+                         refined[groups.window].float())
+    fused = fused / groups.members.sum(dim=1).clamp(min=1)[:, None, None]
+    boxes, box_group = score_map_boxes(fused, box_threshold,
+                                       include_holes=include_holes,
+                                       clip_last=clip_last)
+    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    winner = torch.full((len(boxes), ), -1, dtype=torch.long, device=device)
+    todo = ~degenerate
+    if skip_spoiled_groups:
+        spoiled = torch.zeros(len(groups), dtype=torch.bool, device=device)
+        spoiled[box_group[degenerate]] = True
+        todo &= ~spoiled[box_group]
+    usable = torch.nonzero(todo, as_tuple=True)[0]
+    if usable.numel():
+        crops = crop_and_resize(images, groups.window[box_group[usable]],
+                                boxes[usable] * patch_size, crop_size)
+        feats = F.normalize(encode_image(crops.to(images.dtype)).float(),
+                            dim=-1)
+        text = F.normalize(class_embeddings.float().to(device), dim=-1)
+        scores = feats @ text.t()
+        allowed = groups.members[box_group[usable]]
+        scores = scores.masked_fill(~allowed, float('-inf'))
+        winner[usable] = scores.argmax(dim=1)
+    return CropVotes(box_group, boxes, degenerate, winner)
+
+
+def eliminate_ambiguity(groups: AmbiguityGroups, votes: CropVotes,
+                        keep: Tensor, grid: Tuple[int, int],
+                        mode: str = 'window'
+                        ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Apply the crop votes.
+
+    ``mode='window'`` (the authors' code): a group member that wins no box
+    is removed from the window; if a group has no box or a degenerate one,
+    the whole group stays. ``mode='local'`` (the paper): inside each box
+    the members that lost are zeroed; elsewhere nothing changes.
+
+    Returns:
+        keep: (B, K) updated candidates.
+        suppress: (B, K, h, w) bool, positions to zero (``'local'`` only,
+            else None).
+    """
+    if mode not in ELIMINATION_MODES:
+        raise ValueError(f'unknown ambiguity elimination {mode!r}; choose '
+                         f'one of {ELIMINATION_MODES}.')
+    num_groups, k = groups.members.shape
+    device = keep.device
+    h, w = grid
+    won = torch.zeros(num_groups, k, dtype=torch.bool, device=device)
+    ok = votes.winner >= 0
+    won[votes.group[ok], votes.winner[ok]] = True
+    if mode == 'window':
+        has_box = torch.zeros(num_groups, dtype=torch.bool, device=device)
+        has_box[votes.group] = True
+        spoiled = torch.zeros_like(has_box)
+        spoiled[votes.group[votes.degenerate]] = True
+        keep_all = ~has_box | spoiled
+        dropped = groups.members & ~won & ~keep_all[:, None]
+        g_idx, c_idx = torch.nonzero(dropped, as_tuple=True)
+        keep = keep.clone()
+        keep[groups.window[g_idx], c_idx] = False
+        return keep, None
+    ys = torch.arange(h, device=device).view(1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, w)
+    x0, y0, x1, y1 = (votes.boxes[ok][:, i].view(-1, 1, 1) for i in range(4))
+    region = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    box_group = votes.group[ok]
+    losers = groups.members[box_group].clone()
+    rows = torch.arange(len(box_group), device=device)
+    losers[rows, votes.winner[ok]] = False
+    suppress = torch.zeros(keep.shape[0], k, h * w, device=device)
+    suppress.index_add_(
+        0, groups.window[box_group],
+        losers[:, :, None].float() * region.flatten(1)[:, None].float())
+    return keep, suppress.view(-1, k, h, w) > 0

@@ -1,0 +1,233 @@
+"""Write FreeCP's fine-grained class descriptions with an LLM.
+
+The recipe of the paper (Sec. 4.2): three instructions per class name -
+appearance, distinguishing parts, typical context - and several sampled
+answers to each (5 by default: 15 sentences per class). The output is
+``{class name: [sentence, ...]}`` as ``data/descriptions/<vocab>.json``.
+
+The LLM is reached either through an OpenAI-compatible chat endpoint
+(vLLM, llama.cpp server, FastChat, OpenAI, ...)::
+
+    python tools/generate_descriptions.py data/class_names/ade150.txt \
+        data/descriptions/ade150.json \
+        --api-base http://localhost:8000/v1 --model lmsys/vicuna-13b-v1.5
+
+or through a local transformers model folder (no download)::
+
+    python tools/generate_descriptions.py data/class_names/voc20.txt \
+        out.json --hf-model /models/vicuna-13b-v1.5
+
+A class for which the LLM returns nothing usable is left out with a
+warning; ``FreeCPHead`` then uses that class's template embedding (and
+warns). The background line of VOC21/COCO-Object (stuff words) is skipped
+unless ``--include-background``.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+# One instruction per kind of description (paper: appearance, parts, context).
+INSTRUCTIONS = (
+    'Describe in one sentence what a {name} looks like in a photo: its '
+    'shape, colours and material.',
+    'In one sentence, name the visible parts or features that distinguish a '
+    '{name} from similar things.',
+    'In one sentence, describe the typical place, surroundings or objects '
+    'next to which a {name} appears in a photo.',
+)
+SYSTEM_PROMPT = ('You write short, factual, visual descriptions of object '
+                 'and scene categories for an image recognition system. '
+                 'Answer with a single sentence and nothing else.')
+
+Generator = Callable[[str, int], List[str]]
+
+
+def read_class_lines(path: str) -> List[List[str]]:
+    """Class-name file -> synonyms per class (one class a line)."""
+    lines = Path(path).read_text(encoding='utf-8').splitlines()
+    return [[n.strip() for n in line.split(', ') if n.strip()]
+            for line in lines if line.strip()]
+
+
+def clean_answer(text: str) -> Optional[str]:
+    """First sentence of an answer, without numbering, quotes or labels."""
+    text = text.strip().split('\n')[0].strip()
+    text = re.sub(r'^(\d+[.)]|[-*•])\s*', '', text)
+    text = re.sub(r'^(answer|description)\s*:\s*', '', text, flags=re.I)
+    text = text.strip(' "\'')
+    match = re.match(r'(.+?[.!?])(\s|$)', text)
+    if match:
+        text = match.group(1)
+    if len(text.split()) < 3:
+        return None
+    return text[0].upper() + text[1:] if text[-1] in '.!?' else text + '.'
+
+
+def openai_generator(api_base: str, model: str, api_key: Optional[str],
+                     temperature: float, max_tokens: int,
+                     timeout: float = 120.0) -> Generator:
+    """Sample answers from an OpenAI-compatible ``/chat/completions``."""
+    url = api_base.rstrip('/') + '/chat/completions'
+
+    def generate(prompt: str, num: int) -> List[str]:
+        answers = []
+        for _ in range(num):  # many servers ignore n > 1
+            body = json.dumps({
+                'model': model,
+                'messages': [{'role': 'system', 'content': SYSTEM_PROMPT},
+                             {'role': 'user', 'content': prompt}],
+                'temperature': temperature,
+                'max_tokens': max_tokens,
+            }).encode('utf-8')
+            headers = {'Content-Type': 'application/json'}
+            if api_key:
+                headers['Authorization'] = f'Bearer {api_key}'
+            request = urllib.request.Request(url, data=body, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                data = json.loads(reply.read().decode('utf-8'))
+            answers += [choice['message']['content']
+                        for choice in data.get('choices', [])]
+        return answers
+
+    return generate
+
+
+def transformers_generator(model_path: str, temperature: float,
+                           max_tokens: int, device: str = 'cpu'
+                           ) -> Generator:
+    """Sample answers from a local transformers causal LM folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(
+            f'--hf-model {model_path!r} is not a local folder; download the '
+            'model (e.g. lmsys/vicuna-13b-v1.5) and pass its path')
+    tokenizer = AutoTokenizer.from_pretrained(model_path,
+                                              local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, local_files_only=True).to(device).eval()
+
+    def generate(prompt: str, num: int) -> List[str]:
+        import torch
+        if getattr(tokenizer, 'chat_template', None):
+            text = tokenizer.apply_chat_template(
+                [{'role': 'system', 'content': SYSTEM_PROMPT},
+                 {'role': 'user', 'content': prompt}],
+                tokenize=False, add_generation_prompt=True)
+        else:
+            text = f'{SYSTEM_PROMPT}\nUSER: {prompt}\nASSISTANT:'
+        inputs = tokenizer(text, return_tensors='pt').to(device)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id
+        with torch.no_grad():
+            out = model.generate(**inputs, do_sample=True,
+                                 temperature=temperature,
+                                 max_new_tokens=max_tokens,
+                                 num_return_sequences=num,
+                                 pad_token_id=pad)
+        start = inputs['input_ids'].shape[1]
+        return tokenizer.batch_decode(out[:, start:],
+                                      skip_special_tokens=True)
+
+    return generate
+
+
+def describe_class(name: str, generate: Generator,
+                   answers: int) -> List[str]:
+    """The paper's recipe for one class name: 3 instructions x answers."""
+    sentences = []
+    for instruction in INSTRUCTIONS:
+        prompt = instruction.format(name=name)
+        for raw in generate(prompt, answers):
+            sentence = clean_answer(raw)
+            if sentence and sentence not in sentences:
+                sentences.append(sentence)
+    return sentences
+
+
+def generate_descriptions(classes: Sequence[Sequence[str]],
+                          generate: Generator, answers: int = 5,
+                          existing: Optional[Dict[str, List[str]]] = None,
+                          skip_first: bool = False) -> Dict[str, List[str]]:
+    """Descriptions of every class (keyed by its first synonym)."""
+    table = dict(existing or {})
+    for index, names in enumerate(classes):
+        if skip_first and index == 0:
+            continue
+        key = names[0]
+        if table.get(key):
+            continue
+        try:
+            sentences = describe_class(key, generate, answers)
+        except OSError as err:  # endpoint unreachable, timeout, ...
+            warnings.warn(f'LLM request for {key!r} failed: {err}')
+            sentences = []
+        if sentences:
+            table[key] = sentences
+        else:
+            warnings.warn(
+                f'no usable description for class {key!r}; it is left out '
+                'and FreeCPHead will use its template embedding instead')
+    return table
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Generate FreeCP class descriptions with an LLM')
+    parser.add_argument('class_names', help='class-name file (one a line)')
+    parser.add_argument('output', help='description JSON to write')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--api-base', help='OpenAI-compatible base URL, '
+                        'e.g. http://localhost:8000/v1')
+    source.add_argument('--hf-model', help='local transformers model folder')
+    parser.add_argument('--model', default='vicuna-13b-v1.5',
+                        help='model name sent to the endpoint')
+    parser.add_argument('--api-key-env', default='OPENAI_API_KEY',
+                        help='environment variable holding the API key')
+    parser.add_argument('--answers', type=int, default=5,
+                        help='answers sampled per instruction (paper: 5)')
+    parser.add_argument('--temperature', type=float, default=0.7)
+    parser.add_argument('--max-tokens', type=int, default=60)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--include-background', action='store_true',
+                        help='also describe the first line when it holds '
+                        'background stuff words')
+    parser.add_argument('--resume', action='store_true',
+                        help='keep classes already in the output file')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, List[str]]:
+    args = parse_args(argv)
+    classes = read_class_lines(args.class_names)
+    if args.api_base:
+        generate = openai_generator(args.api_base, args.model,
+                                    os.environ.get(args.api_key_env),
+                                    args.temperature, args.max_tokens)
+    else:
+        generate = transformers_generator(args.hf_model, args.temperature,
+                                          args.max_tokens, args.device)
+    output = Path(args.output)
+    existing = None
+    if args.resume and output.is_file():
+        existing = json.loads(output.read_text(encoding='utf-8'))
+    first = [n.lower() for n in classes[0]] if classes else []
+    skip_first = not args.include_background and (
+        'background' in first or len(first) > 5)
+    table = generate_descriptions(classes, generate, args.answers, existing,
+                                  skip_first)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(table, indent=1, ensure_ascii=False) + '\n',
+                      encoding='utf-8')
+    print(f'wrote {len(table)} classes to {output}')
+    return table
+
+
+if __name__ == '__main__':
+    sys.exit(0 if main() is not None else 1)
