@@ -167,6 +167,46 @@ def test_head_interface_receives_requested_features():
                                num_classes=3))
 
 
+class ImageHookHead(DenseCLIPHead):
+    """Window maps = their patch-grid y index; image_maps records its
+    arguments and keeps one channel."""
+    required_attention_layers = [1]
+    attention_heads = 'mean'
+    window_resize_mode = 'nearest'
+    seen = {}
+
+    def forward(self, features, vocab):
+        ImageHookHead.seen['features'] = features
+        b, _, h, w = features.patch_tokens.shape
+        rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+        return rows.expand(b, vocab.num_classes, h, w)
+
+    def image_maps(self, maps, images, vocab, encode_image, patch_size):
+        ImageHookHead.seen.update(maps=maps, images=images,
+                                  encode_image=encode_image,
+                                  patch_size=patch_size)
+        return maps[:, :1]
+
+
+@torch.no_grad()
+def test_image_hook_resize_mode_and_head_mean_attention():
+    MODELS.register_module(module=ImageHookHead, force=True)
+    model = build(decode_head=dict(type='ImageHookHead'),
+                  test_cfg=dict(mode='whole'))
+    image = torch.randn(1, 3, 32, 48)
+    scores = model.class_scores(image, model.vocabulary_embeddings(),
+                                (32, 48))
+    seen = ImageHookHead.seen
+    assert seen['features'].attn_weights[1].shape == (1, 1, 7, 7)
+    assert seen['features'].attn_heads == 'mean'
+    assert seen['images'] is image and seen['patch_size'] == 16
+    assert seen['encode_image'] == model.backbone.encode_cls
+    # nearest resizing: each 16-pixel row band keeps its grid row index
+    expected = torch.arange(32).div(16, rounding_mode='floor').float()
+    torch.testing.assert_close(seen['maps'][0, 2, :, 0], expected)
+    assert scores.shape == (1, 32, 48)  # the hook's output is what's scored
+
+
 def test_vocabulary_errors():
     model = build()
     with pytest.raises(OVSSConfigError, match='duplicate'):

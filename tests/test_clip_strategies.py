@@ -199,6 +199,28 @@ def test_attention_capture_is_vanilla_softmax(clip_model, images):
         torch.testing.assert_close(feats.attn_weights[layer], sm(q, k))
 
 
+@torch.no_grad()
+def test_attention_capture_head_mean_and_single_head(clip_model, images):
+    full = run(clip_model, 'SCLIP', images, attention_layers=[0, 5])
+    mean = run(clip_model, 'SCLIP', images, attention_layers=[0, 5],
+               attention_heads='mean')
+    one = run(clip_model, 'SCLIP', images, attention_layers=[0, 5],
+              attention_heads=-1)
+    assert (full.attn_heads, mean.attn_heads, one.attn_heads) == \
+        (None, 'mean', -1)
+    for layer in (0, 5):
+        assert mean.attn_weights[layer].shape == (2, 1, 17, 17)
+        torch.testing.assert_close(mean.attn_weights[layer],
+                                   full.attn_weights[layer].mean(1, True))
+        torch.testing.assert_close(one.attn_weights[layer],
+                                   full.attn_weights[layer][:, 3:])
+    torch.testing.assert_close(mean.patch_tokens, full.patch_tokens)
+    for bad in (4, 'max', True):
+        with pytest.raises(OVSSConfigError, match='attention_heads'):
+            run(clip_model, 'SCLIP', images, attention_layers=[0],
+                attention_heads=bad)
+
+
 def test_position_embedding_interpolation(clip_model):
     pos = clip_model.visual.positional_embedding
     assert interpolate_position_embedding(pos, (4, 4), (4, 4)) is pos

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_ovss  # noqa: F401
@@ -13,6 +15,7 @@ from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
 from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
+from mmseg_ovss.freecp.consistency import spatial_consistency
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.testing.tools import run_tool
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
@@ -108,6 +111,137 @@ def test_head_option_errors():
     assert head.required_attention_layers == [-3, -2]
 
 
+@pytest.mark.filterwarnings('ignore:no FreeCP description')
+def test_head_mean_capture_gives_the_same_maps(parts):
+    encoder, vocab, windows = parts
+    head = build_head()
+    assert head.attention_heads == 'mean'
+    assert build_head(affinity_head=0).attention_heads == 0
+    layers = resolve_layer_indices(head.required_attention_layers,
+                                   encoder.num_layers)
+    with torch.no_grad():
+        full = head(features(encoder, head, windows), vocab)
+        mean = head(encoder(windows, attention_layers=layers,
+                            attention_heads='mean'), vocab)
+        gem = build_head(affinity_head=2)
+        full_gem = gem(features(encoder, gem, windows), vocab)
+        one = gem(encoder(windows, attention_layers=layers,
+                          attention_heads=2), vocab)
+        wrong = encoder(windows, attention_layers=layers,
+                        attention_heads=1)
+    torch.testing.assert_close(mean, full)
+    torch.testing.assert_close(one, full_gem)
+    with pytest.raises(OVSSConfigError, match='head 2'):
+        gem(wrong, vocab)
+
+
+def test_attention_grid_must_match_token_grid(parts):
+    encoder, vocab, windows = parts
+    head = build_head(ap_text='templates', descriptions=None)
+    feats = features(encoder, head, windows[:1])
+    # ProxyCLIP: tokens on an 8-pixel grid, attention on CLIP's 16-pixel one
+    feats.patch_tokens = F.interpolate(feats.patch_tokens, scale_factor=2)
+    with pytest.raises(OVSSConfigError,
+                       match='same patch grid.*vit_base_patch16_224'):
+        head(feats, vocab)
+
+
+# ------------------------------------------------------ purification scope
+def build_segmentor(scope, test_cfg, **head):
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='CLIPDenseSegmentor',
+        clip=dict(model_name=MODEL, random_init=True),
+        strategy=dict(type='SCLIP', residual=False),
+        decode_head=dict(type='FreeCPHead', descriptions=None,
+                         ap_text='templates', crop_size=32,
+                         purification_scope=scope, **head),
+        text=dict(templates='single'),
+        test_cfg=test_cfg)).eval()
+    model.set_vocabulary(['background', 'cat, kitten', 'dog', 'grass',
+                          'car', 'tree'])
+    return model
+
+
+@pytest.mark.parametrize('elimination', ['window', 'local'])
+@pytest.mark.parametrize('test_cfg', [
+    dict(mode='whole'),
+    dict(mode='slide', crop_size=(64, 96), stride=(32, 32))])
+@torch.no_grad()
+def test_image_scope_equals_window_scope_on_one_window(test_cfg,
+                                                       elimination):
+    opts = dict(rp_threshold=0.05, ap_threshold=0.2,
+                ap_elimination=elimination)
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, 56, 72)  # not a multiple of the patch
+    outs = {}
+    for scope in ('window', 'image'):
+        model = build_segmentor(scope, test_cfg, **opts)
+        outs[scope] = model.predict(images)
+    for window, image in zip(outs['window'], outs['image']):
+        torch.testing.assert_close(image.seg_logits.data,
+                                   window.seg_logits.data)
+        assert torch.equal(image.pred_sem_seg.data, window.pred_sem_seg.data)
+    logits = outs['image'][0].seg_logits.data
+    assert logits.shape == (6, 56, 72)
+    removed = (logits[1:] == 0).flatten(1).all(dim=1)
+    assert removed.any() and not removed.all()  # purification did act
+
+
+@torch.no_grad()
+def test_image_scope_purifies_once_per_image_on_slide():
+    slide = dict(mode='slide', crop_size=(32, 32), stride=(16, 16))
+    model = build_segmentor('image', slide, purification='rp')
+    head = model.decode_head
+    vocab = model.vocabulary_embeddings()
+    torch.manual_seed(3)
+    image = torch.randn(1, 3, 56, 72)  # 12 windows, last ones off-grid
+    stitched = model._stitched_maps(image, vocab)
+    assert stitched.shape == (1, 10, 56, 72)  # refined + softmax, 5 classes
+    grid = F.avg_pool2d(F.pad(stitched, (0, 8, 0, 8), mode='replicate'), 16)
+    scores = spatial_consistency(grid[:, 5:], grid[:, :5], 'half_dice')[0]
+    threshold = scores.median().item()
+    head.pipeline.rp_threshold = threshold
+    calls = []
+    purify = head.pipeline.purify
+
+    def spy(cams, refined, *args, **kwargs):
+        calls.append(tuple(refined.shape))
+        return purify(cams, refined, *args, **kwargs)
+
+    head.pipeline.purify = spy
+    maps = model.inference_maps(image, vocab)
+    assert calls == [(1, 5, 4, 5)]  # once, on the image's patch grid
+    removed = scores <= threshold
+    assert removed.any() and not removed.all()
+    foreground = maps[0, 1:]
+    assert torch.all(foreground[removed] == 0)  # removed everywhere
+    assert torch.all(foreground[~removed].flatten(1).amax(1) > 0)
+    assert torch.all(maps[0, 0] == 0)
+    # per window, the same threshold removes classes in some windows only
+    window = build_segmentor('window', slide, purification='rp',
+                             rp_threshold=threshold)
+    assert not torch.allclose(window.inference_maps(image, vocab), maps)
+    # the hook is batched: two images at once == one by one
+    other = model._stitched_maps(image.flip(-1), vocab)
+    images = torch.cat([image, image.flip(-1)])
+    both = head.image_maps(torch.cat([stitched, other]), images, vocab,
+                           model.backbone.encode_cls, 16)
+    torch.testing.assert_close(both[:1], maps)
+    torch.testing.assert_close(
+        both[1:], head.image_maps(other, images[1:], vocab,
+                                  model.backbone.encode_cls, 16))
+
+
+def test_purification_scope_option_errors():
+    with pytest.raises(OVSSConfigError, match='purification_scope'):
+        build_head(purification_scope='dataset')
+    assert build_head(purification_scope='image').window_resize_mode == \
+        'nearest-exact'
+    assert build_head().window_resize_mode == 'bilinear'
+
+
 # ----------------------------------------------------------------- configs
 FREECP = sorted((REPO / 'configs' / 'freecp').glob('*.py'))
 ABLATIONS = sorted((REPO / 'configs' / 'freecp' / 'ablations').glob('*.py'))
@@ -182,6 +316,10 @@ def shrink(cfg: Config) -> Config:
     model.text.templates = 'single'
     model.test_cfg.update(crop_size=(32, 32), stride=(16, 16))
     model.decode_head.crop_size = 32
+    if model.strategy.type == 'ProxyCLIP':
+        # a tiny random DINO on the same 16-px grid as CLIP's attention
+        model.strategy.update(random_init=True,
+                              vfm_model='vit_tiny_patch16_224')
     for loader in ('test_dataloader', 'val_dataloader'):
         cfg[loader].update(num_workers=0, persistent_workers=False)
         for step in cfg[loader].dataset.pipeline:
@@ -190,8 +328,13 @@ def shrink(cfg: Config) -> Config:
     return cfg
 
 
-@pytest.mark.parametrize('name', ['sclip_ade', 'gem_voc21', 'maskclip_city'])
+FREECP_CONFIGS = sorted(p.stem for p in (REPO / 'configs' / 'freecp').glob(
+    '*.py'))
+
+
+@pytest.mark.parametrize('name', FREECP_CONFIGS)
 def test_tools_test_end_to_end(name, tiny_data_root, tmp_path):
+    """Every FreeCP config runs tools/test.py (tiny random CLIP/DINO)."""
     cfg = shrink(Config.fromfile(str(REPO / 'configs' / 'freecp' /
                                      f'{name}.py')))
     path = tmp_path / f'{name}.py'

@@ -1,6 +1,10 @@
 # FreeCP + ProxyCLIP on PASCAL VOC 20 (FACTS §3: short side 448, 384/112
 # windows, T_rp 0.15, T_ap 0.7; no PAMR, no prob_thd: the background is 1 - max).
-# ProxyCLIP (DINO weights from a local file, see _base_/models/clip_proxyclip.py).
+# ProxyCLIP with DINO ViT-B/16 (not the baseline's B/8): FreeCP refines the
+# token maps with CLIP's 16-px attention, so the proxy tokens must lie on the
+# same grid (FreeCPHead refuses mismatched grids). DINO weights come from a
+# local file: set OVSS_DINO16_CHECKPOINT or --cfg-options
+# model.strategy.vfm_checkpoint=/path/dino_vitbase16_pretrain.pth
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/voc20.py',
@@ -15,6 +19,9 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
+    strategy=dict(
+        vfm_model='vit_base_patch16_224',
+        vfm_checkpoint='{{$OVSS_DINO16_CHECKPOINT:checkpoints/dino_vitbase16_pretrain.pth}}'),
     decode_head=dict(
         _delete_=True,
         type='FreeCPHead',

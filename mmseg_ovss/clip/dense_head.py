@@ -19,8 +19,13 @@ How to write a head (see ``docs/baselines.md``):
 4. Optionally override :meth:`class_scores`, which maps stitched maps
    (N, C, H, W) at image size to per-class scores (N, num_classes, H, W) whose
    argmax is the prediction (e.g. softmax over queries, background rules).
+5. Optionally override :meth:`image_maps`, called once per image on the
+   stitched maps with the whole normalised image and the unmodified CLIP
+   image encoder (FreeCP's per-image purification); it may change the number
+   of channels. Window maps are resized to window pixels with
+   ``window_resize_mode`` before stitching.
 """
-from typing import List, Sequence, Union
+from typing import Callable, List, Sequence, Union
 
 from mmengine.model import BaseModule
 from torch import Tensor
@@ -61,6 +66,10 @@ class DenseCLIPHead(BaseModule):
             ``features.attn_weights`` (key: 0-based block index).
         requires_cls_token: fill ``features.cls_token`` with the projected
             CLS embedding of the unmodified CLIP path.
+        attention_heads: keep every attention head (None), only their mean
+            (``'mean'``) or one head (an int); see ``DenseCLIPFeatures``.
+        window_resize_mode: ``F.interpolate`` mode that resizes window maps
+            to window pixels before stitching (``'bilinear'``).
 
     ``features.encode_image`` (crops -> projected CLS of the unmodified
     path) and ``vocab.encode_text`` (raw sentences -> L2-normalised
@@ -68,6 +77,8 @@ class DenseCLIPHead(BaseModule):
     """
     required_attention_layers: LayerSpec = ()
     requires_cls_token: bool = False
+    attention_heads: Union[None, str, int] = None
+    window_resize_mode: str = 'bilinear'
 
     def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:
         """Channels of the window maps; one per class by default."""
@@ -83,5 +94,18 @@ class DenseCLIPHead(BaseModule):
         """Map stitched maps (N, C, H, W) to per-class scores.
 
         The default treats the window maps as per-class scores already.
+        """
+        return maps
+
+    def image_maps(self, maps: Tensor, images: Tensor,
+                   vocab: VocabularyEmbeddings,
+                   encode_image: Callable[[Tensor], Tensor],
+                   patch_size: int) -> Tensor:
+        """Turn stitched window maps (N, C, H, W) of N whole images into the
+        maps given to :meth:`class_scores` (N, C', H, W); identity here.
+
+        ``images`` are the (N, 3, H, W) normalised images, ``encode_image``
+        maps crops to the projected CLS of the unmodified CLIP path and
+        ``patch_size`` is the backbone's patch in pixels.
         """
         return maps

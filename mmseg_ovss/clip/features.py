@@ -4,7 +4,7 @@ These two containers are the contract between ``mmseg_ovss.clip`` (which
 produces them) and every head that consumes them (cosine head, FreeCP head).
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from torch import Tensor
 
@@ -20,11 +20,15 @@ class DenseCLIPFeatures:
             block, or None when not requested.
         attn_weights: layer index (0-based) -> (B, heads, 1 + h*w, 1 + h*w)
             softmax(q k^T / sqrt(d)) of the vanilla attention of that block,
-            captured only for the layers a head asks for.
+            captured only for the layers a head asks for. With
+            ``attn_heads`` set, the heads are reduced to one map:
+            (B, 1, 1 + h*w, 1 + h*w).
         images: (B, 3, H, W) the normalised window pixels given to CLIP.
         patch_size: pixels per patch side.
         encode_image: callable mapping normalised crops (N, 3, h, w) to the
             (N, D) projected CLS embeddings of the unmodified CLIP path.
+        attn_heads: how ``attn_weights`` were reduced over heads: None
+            (every head kept), ``'mean'`` (their average) or a head index.
     """
     patch_tokens: Tensor
     images: Tensor
@@ -32,6 +36,7 @@ class DenseCLIPFeatures:
     cls_token: Optional[Tensor] = None
     attn_weights: Dict[int, Tensor] = field(default_factory=dict)
     encode_image: Optional[Callable[[Tensor], Tensor]] = None
+    attn_heads: Union[None, str, int] = None
 
 
 @dataclass

@@ -5,7 +5,7 @@ position embeddings are interpolated to any window, the vanilla attention of
 chosen blocks is captured, the last block(s) are replaced by a dense strategy
 for the patch output, and the CLS embedding of the unmodified path is read.
 """
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,22 @@ class DenseCLIPVisionEncoder(nn.Module):
             x = self.run_block(block, x)
         return self.project(x[:, 0]).float()
 
+    def _head_reduction(self, attention_heads: Union[None, str, int]):
+        """The map applied to captured (B, heads, N, N) attention."""
+        if attention_heads is None:
+            return lambda weights: weights
+        if attention_heads == 'mean':
+            return lambda weights: weights.mean(dim=1, keepdim=True)
+        heads = self.blocks[0].attn.num_heads
+        if (isinstance(attention_heads, bool)
+                or not isinstance(attention_heads, int)
+                or not -heads <= attention_heads < heads):
+            raise OVSSConfigError(
+                f'attention_heads={attention_heads!r} is not None, '
+                f"'mean' or a head index in [{-heads}, {heads - 1}]")
+        index = attention_heads % heads
+        return lambda weights: weights[:, index:index + 1].clone()
+
     def output_patch_size(self, images: Tensor, grid: Tuple[int, int],
                           out_grid: Tuple[int, int]) -> int:
         """Pixels per output token: CLIP's patch, or the pixel pitch of
@@ -162,13 +178,18 @@ class DenseCLIPVisionEncoder(nn.Module):
         return images.shape[-1] // out_grid[1]
 
     def forward(self, images: Tensor, attention_layers: Iterable[int] = (),
-                with_cls: bool = False) -> DenseCLIPFeatures:
+                with_cls: bool = False,
+                attention_heads: Union[None, str, int] = None
+                ) -> DenseCLIPFeatures:
         """Dense features of (B, 3, H, W) normalised windows.
 
         H and W must be multiples of the patch size (the segmentor pads).
         ``attention_layers`` are 0-based block indices whose vanilla
-        attention is returned.
+        attention is returned; ``attention_heads`` keeps every head (None),
+        only their mean (``'mean'``) or one head (an int), see
+        :class:`DenseCLIPFeatures`.
         """
+        reduce_heads = self._head_reduction(attention_heads)
         num_layers, num_dense = self.num_layers, self.strategy.num_blocks
         attention_layers = set(int(i) % num_layers for i in attention_layers)
         first_dense = num_layers - num_dense
@@ -187,7 +208,8 @@ class DenseCLIPVisionEncoder(nn.Module):
             if index > last_run:
                 break
             if index in attention_layers:
-                x, attn_weights[index] = block_forward_with_attention(block, x)
+                x, weights = block_forward_with_attention(block, x)
+                attn_weights[index] = reduce_heads(weights).float()
             else:
                 x = self.run_block(block, x)
         tokens, out_grid = self.strategy(self.blocks[first_dense:],
@@ -201,5 +223,6 @@ class DenseCLIPVisionEncoder(nn.Module):
             images=images,
             patch_size=self.output_patch_size(images, grid, out_grid),
             cls_token=cls_token,
-            attn_weights={k: v.float() for k, v in attn_weights.items()},
-            encode_image=self.encode_cls)
+            attn_weights=attn_weights,
+            encode_image=self.encode_cls,
+            attn_heads=attention_heads)

@@ -5,15 +5,18 @@ code (FACTS §3, step 2; the CLIP-ES recipe) then turns the average into a
 transition matrix: alternate column/row normalisation (3 rounds),
 symmetrise, and raise to a power (square once).
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from mmseg_ovss.utils.errors import OVSSConfigError
+
 
 def attention_affinity(attn_weights: Dict[int, Tensor],
                        layers: Sequence[int],
-                       head: Optional[int] = None) -> Tensor:
+                       head: Optional[int] = None,
+                       captured: Union[None, str, int] = None) -> Tensor:
     """Eq. 2: mean of the chosen layers' patch-to-patch attention.
 
     Args:
@@ -22,6 +25,9 @@ def attention_affinity(attn_weights: Dict[int, Tensor],
         layers: layer indices to average.
         head: average all heads when None; else use this head only (the
             authors' code does this with GEM, a quirk).
+        captured: ``DenseCLIPFeatures.attn_heads``: None when every head
+            was kept; ``'mean'`` or a head index when the backbone already
+            reduced the heads to one map (B, 1, 1 + N, 1 + N).
     Returns:
         (B, N, N) affinity without the CLS row and column.
     """
@@ -30,10 +36,20 @@ def attention_affinity(attn_weights: Dict[int, Tensor],
         raise KeyError(
             f'attention of layers {missing} was not captured; request them '
             f'from the backbone (captured: {sorted(attn_weights)}).')
+    if captured is not None and captured != ('mean' if head is None
+                                             else head):
+        wanted = 'the head mean' if head is None else f'head {head}'
+        raise OVSSConfigError(
+            f'the affinity needs {wanted} but the backbone captured '
+            f'attention_heads={captured!r}; set the head\'s '
+            'attention_heads to match affinity_head')
     total = None
     for layer in layers:
         attn = attn_weights[layer].float()
-        attn = attn.mean(dim=1) if head is None else attn[:, head]
+        if captured is not None:
+            attn = attn[:, 0]
+        else:
+            attn = attn.mean(dim=1) if head is None else attn[:, head]
         total = attn if total is None else total + attn
     return (total / len(layers))[:, 1:, 1:]
 

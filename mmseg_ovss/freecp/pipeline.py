@@ -2,10 +2,11 @@
 
 ``FreeCPWindowPipeline`` holds the method's options; ``__call__`` turns the
 query activation maps of B windows, their attention affinity and their
-pixels into purified refined class maps. Text handling (templates or
-descriptions) lives in the head.
+pixels into purified refined class maps: :meth:`refine` (Eqs. 1-3) then
+:meth:`purify` (Eqs. 5-8), which the head can also run once per image on
+stitched maps. Text handling (templates or descriptions) lives in the head.
 """
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -122,37 +123,25 @@ class FreeCPWindowPipeline:
         return minmax_normalize(
             query_maps, per_channel=self.cam_normalization == 'per_class')
 
-    def affinity(self, attn_weights, layers: Sequence[int]) -> Tensor:
-        """Eq. 2 and the transition matrix: (B, N, N)."""
+    def affinity(self, attn_weights, layers: Sequence[int],
+                 captured: Union[None, str, int] = None) -> Tensor:
+        """Eq. 2 and the transition matrix: (B, N, N). ``captured`` is
+        ``DenseCLIPFeatures.attn_heads``."""
         affinity = attention_affinity(attn_weights, layers,
-                                      self.affinity_head)
+                                      self.affinity_head, captured)
         return transition_matrix(affinity, self.affinity_normalize_rounds,
                                  self.affinity_symmetrize,
                                  self.affinity_power)
 
-    def __call__(self,
-                 query_maps: Tensor,
-                 query_to_class: Tensor,
-                 classes: Union[Tensor, Sequence[int]],
-                 transition: Tensor,
-                 images: Optional[Tensor] = None,
-                 patch_size: int = 16,
-                 encode_image: Optional[Callable[[Tensor], Tensor]] = None,
-                 class_embeddings: Optional[Tensor] = None) -> Tensor:
-        """Purified refined maps of the chosen classes.
+    def refine(self, query_maps: Tensor, query_to_class: Tensor,
+               classes: Union[Tensor, Sequence[int]],
+               transition: Tensor) -> Tuple[Tensor, Tensor]:
+        """Eqs. 1 and 3: class CAMs and their refined maps.
 
-        Args:
-            query_maps: (B, Q, h, w) Eq. 1 softmax maps over all queries
-                (background synonyms included).
-            query_to_class: (Q, ) class of each query.
-            classes: the K' classes to refine and purify (the foreground).
-            transition: (B, N, N) from :meth:`affinity`.
-            images, patch_size, encode_image, class_embeddings: what the
-                crop classifier needs (ambiguity purification only);
-                ``class_embeddings`` has one row per class of the
-                vocabulary.
         Returns:
-            (B, K', h, w) maps in [0, 1]; removed classes are zero.
+            cams: (B, K', h, w) softmax maps of the chosen classes (what
+                RP compares against, Eq. 5).
+            refined: (B, K', h, w) refined maps in [0, 1].
         """
         classes = torch.as_tensor(classes, device=query_maps.device)
         num_classes = int(query_to_class.max()) + 1
@@ -163,7 +152,28 @@ class FreeCPWindowPipeline:
         masks = class_box_masks(normed, self.box_threshold,
                                 self.clip_box_border) \
             if self.box_mask else None
-        refined = refine_activations(normed, transition, masks)
+        return cams, refine_activations(normed, transition, masks)
+
+    def purify(self,
+               cams: Tensor,
+               refined: Tensor,
+               classes: Union[Tensor, Sequence[int]],
+               images: Optional[Tensor] = None,
+               patch_size: int = 16,
+               encode_image: Optional[Callable[[Tensor], Tensor]] = None,
+               class_embeddings: Optional[Tensor] = None) -> Tensor:
+        """Eqs. 5-8 in the configured order on B windows (or images).
+
+        Args:
+            cams, refined: (B, K', h, w) from :meth:`refine` (or stitched
+                over the windows of an image).
+            classes: the vocabulary index of each of the K' channels.
+            images: (B, 3, h * patch_size, w * patch_size) the pixels the
+                maps cover (crops of ambiguity purification).
+        Returns:
+            (B, K', h, w) purified maps; removed classes are zero.
+        """
+        classes = torch.as_tensor(classes, device=refined.device)
         keep = torch.ones(refined.shape[:2], dtype=torch.bool,
                           device=refined.device)
         suppress = None
@@ -183,6 +193,36 @@ class FreeCPWindowPipeline:
             if suppress is not None:
                 current = current.masked_fill(suppress, 0)
         return current
+
+    def __call__(self,
+                 query_maps: Tensor,
+                 query_to_class: Tensor,
+                 classes: Union[Tensor, Sequence[int]],
+                 transition: Tensor,
+                 images: Optional[Tensor] = None,
+                 patch_size: int = 16,
+                 encode_image: Optional[Callable[[Tensor], Tensor]] = None,
+                 class_embeddings: Optional[Tensor] = None) -> Tensor:
+        """Purified refined maps of the chosen classes, per window
+        (:meth:`refine` then :meth:`purify`).
+
+        Args:
+            query_maps: (B, Q, h, w) Eq. 1 softmax maps over all queries
+                (background synonyms included).
+            query_to_class: (Q, ) class of each query.
+            classes: the K' classes to refine and purify (the foreground).
+            transition: (B, N, N) from :meth:`affinity`.
+            images, patch_size, encode_image, class_embeddings: what the
+                crop classifier needs (ambiguity purification only);
+                ``class_embeddings`` has one row per class of the
+                vocabulary.
+        Returns:
+            (B, K', h, w) maps in [0, 1]; removed classes are zero.
+        """
+        cams, refined = self.refine(query_maps, query_to_class, classes,
+                                    transition)
+        return self.purify(cams, refined, classes, images, patch_size,
+                           encode_image, class_embeddings)
 
     def _ambiguity(self, maps, keep, images, patch_size, encode_image,
                    class_embeddings, classes):

@@ -8,6 +8,7 @@ text side (templates or descriptions, Table 4) and the background rule.
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
@@ -21,6 +22,7 @@ from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 TEXT_SOURCES = ('templates', 'descriptions')
+PURIFICATION_SCOPES = ('window', 'image')
 
 
 @MODELS.register_module()
@@ -43,6 +45,11 @@ class FreeCPHead(DenseCLIPHead):
         affinity_layers: blocks whose attention forms the affinity;
             ``'all_but_last'`` (authors) or a list of indices (e.g.
             ``[-9, -8, ..., -2]`` for CLIP-ES's last eight).
+        purification_scope: ``'window'`` (authors: Eqs. 5-8 per sliding
+            window) or ``'image'``: Eqs. 1-3 per window, the refined and
+            softmax maps stitched to the image's patch grid, then Eqs. 5-8
+            once per image with crops of the whole image
+            (:meth:`image_maps`).
         **pipeline: options of
             :class:`mmseg_ovss.freecp.pipeline.FreeCPWindowPipeline`
             (thresholds, purification order, metrics, ...).
@@ -55,6 +62,7 @@ class FreeCPHead(DenseCLIPHead):
                  ap_text: str = 'descriptions',
                  logit_scale: float = 100.0,
                  affinity_layers: Union[str, Sequence[int]] = 'all_but_last',
+                 purification_scope: str = 'window',
                  init_cfg=None,
                  **pipeline):
         super().__init__(init_cfg=init_cfg)
@@ -69,12 +77,25 @@ class FreeCPHead(DenseCLIPHead):
                     f"FreeCPHead {name}='descriptions' needs a description "
                     "file: set descriptions='data/descriptions/<vocab>.json' "
                     f"or {name}='templates'")
+        if purification_scope not in PURIFICATION_SCOPES:
+            raise OVSSConfigError(
+                f'FreeCPHead purification_scope={purification_scope!r} is '
+                f'not one of {PURIFICATION_SCOPES}')
+        self.purification_scope = purification_scope
         self.descriptions = descriptions
         self.initial_text = initial_text
         self.ap_text = ap_text
         self.logit_scale = float(logit_scale)
         self.required_attention_layers = affinity_layers
         self.pipeline = FreeCPWindowPipeline(**pipeline)
+        # Eq. 2 reads one map per layer: let the backbone keep only that
+        # (the head mean, or the one head of the GEM configs).
+        head = self.pipeline.affinity_head
+        self.attention_heads = 'mean' if head is None else int(head)
+        if purification_scope == 'image':
+            # nearest resizing lets image_maps recover the window grids
+            # exactly where windows sit on the image's patch grid
+            self.window_resize_mode = 'nearest-exact'
         self._table = None
         self._cache: Dict[Tuple, Tuple] = {}
 
@@ -127,29 +148,96 @@ class FreeCPHead(DenseCLIPHead):
         return torch.cat(rows), torch.tensor(owners, device=described.device)
 
     # ---------------------------------------------------------- image side
+    def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:
+        """One map per class; ``'image'`` scope: refined and softmax maps
+        of each foreground class (what :meth:`image_maps` purifies)."""
+        if self.purification_scope == 'window':
+            return vocab.num_classes
+        return 2 * len(self._foreground(vocab))
+
+    @staticmethod
+    def _foreground(vocab: VocabularyEmbeddings):
+        return [c for c in range(vocab.num_classes)
+                if c != vocab.background_class]
+
+    @staticmethod
+    def _check_grid(features: DenseCLIPFeatures, layers) -> None:
+        h, w = features.patch_tokens.shape[-2:]
+        patches = features.attn_weights[layers[0]].shape[-1] - 1
+        if patches != h * w:
+            raise OVSSConfigError(
+                f'FreeCPHead: the captured CLIP attention covers {patches} '
+                f'patches but the dense tokens form a {h}x{w} grid '
+                f'({h * w} patches); the '
+                'affinity (Eq. 2) refines the token maps (Eq. 3), so both '
+                'must be on the same patch grid. ProxyCLIP with DINO '
+                'ViT-B/8 puts the tokens on an 8-pixel grid and the '
+                "attention on CLIP's 16-pixel grid: use a VFM with CLIP's "
+                "patch size (strategy=dict(vfm_model='vit_base_patch16_224',"
+                ' vfm_checkpoint=<DINO ViT-B/16 weights>)) or another '
+                'baseline')
+
     def forward(self, features: DenseCLIPFeatures,
                 vocab: VocabularyEmbeddings) -> Tensor:
         queries, owners, crop_text = self._text(vocab)
         query_maps = query_activation_maps(features.patch_tokens, queries,
                                            self.logit_scale)
         owners = owners.to(query_maps.device)
-        foreground = [c for c in range(vocab.num_classes)
-                      if c != vocab.background_class]
+        foreground = self._foreground(vocab)
         layers = sorted(features.attn_weights)
         if not layers:
             raise OVSSConfigError(
                 'FreeCPHead got no attention weights; the backbone must '
                 'capture the layers in head.required_attention_layers')
-        transition = self.pipeline.affinity(features.attn_weights, layers)
+        self._check_grid(features, layers)
+        transition = self.pipeline.affinity(features.attn_weights, layers,
+                                            features.attn_heads)
+        if self.purification_scope == 'image':
+            cams, refined = self.pipeline.refine(query_maps, owners,
+                                                 foreground, transition)
+            return torch.cat([refined, cams], dim=1)
         purified = self.pipeline(
             query_maps, owners, foreground, transition,
             images=features.images, patch_size=features.patch_size,
             encode_image=features.encode_image,
             class_embeddings=crop_text)
+        return self._with_background(purified, vocab)
+
+    @staticmethod
+    def _with_background(purified: Tensor,
+                         vocab: VocabularyEmbeddings) -> Tensor:
+        """(B, K', h, w) foreground maps -> (B, K, h, w), background 0."""
         b, _, h, w = purified.shape
         maps = purified.new_zeros(b, vocab.num_classes, h, w)
-        maps[:, foreground] = purified
+        maps[:, FreeCPHead._foreground(vocab)] = purified
         return maps
+
+    def image_maps(self, maps: Tensor, images: Tensor,
+                   vocab: VocabularyEmbeddings, encode_image,
+                   patch_size: int) -> Tensor:
+        """``'image'`` scope: Eqs. 5-8 once per image.
+
+        The stitched (N, 2K', H, W) refined and softmax maps are averaged
+        over each patch of the image's grid (ceil(H / p) x ceil(W / p),
+        border replicated), purified with crops of the zero-padded image
+        and resized back to (N, K, H, W) as the window maps are.
+        """
+        if self.purification_scope == 'window':
+            return maps
+        _, _, crop_text = self._text(vocab)
+        foreground = self._foreground(vocab)
+        k = len(foreground)
+        height, width = maps.shape[-2:]
+        pad = (0, -width % patch_size, 0, -height % patch_size)
+        grid = F.avg_pool2d(F.pad(maps, pad, mode='replicate'), patch_size)
+        purified = self.pipeline.purify(
+            grid[:, k:], grid[:, :k], foreground,
+            images=F.pad(images, pad), patch_size=patch_size,
+            encode_image=encode_image, class_embeddings=crop_text)
+        out = F.interpolate(self._with_background(purified, vocab),
+                            size=(height + pad[3], width + pad[1]),
+                            mode='bilinear', align_corners=False)
+        return out[..., :height, :width]
 
     def class_scores(self, maps: Tensor,
                      vocab: VocabularyEmbeddings) -> Tensor:

@@ -5,10 +5,11 @@ prompt-ensembled class queries, decode head = any
 :class:`~mmseg_ovss.clip.dense_head.DenseCLIPHead` (cosine head, FreeCP).
 Inference follows mmseg's ``test_cfg`` (``mode='slide'`` with ``crop_size``
 and ``stride``, or ``'whole'``) with all windows of an image batched; the
-window maps are averaged where windows overlap, resized to the original
-image, optionally refined by PAMR, turned into class scores by the head and
-post-processed with the background rules of FACTS §1 (``area_thd``,
-``prob_thd``).
+window maps are averaged where windows overlap, passed once per image through
+the head's ``image_maps`` hook (identity except for FreeCP's per-image
+purification), resized to the original image, optionally refined by PAMR,
+turned into class scores by the head and post-processed with the background
+rules of FACTS §1 (``area_thd``, ``prob_thd``).
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -215,18 +216,35 @@ class CLIPDenseSegmentor(BaseSegmentor):
             windows = F.pad(windows, (0, pad_w, 0, pad_h))
         for chunk in windows.split(self.window_batch_size):
             with profile_stage('backbone'):
-                feats = self.backbone(
-                    chunk, attention_layers=self._attention_layers,
-                    with_cls=self.decode_head.requires_cls_token)
+                feats = self._backbone_features(chunk)
             with profile_stage('head'):
                 maps = self.decode_head(feats, vocab)
-                maps = F.interpolate(maps.float(), size=windows.shape[-2:],
-                                     mode='bilinear', align_corners=False)
+                mode = self.decode_head.window_resize_mode
+                maps = F.interpolate(
+                    maps.float(), size=windows.shape[-2:], mode=mode,
+                    align_corners=False if mode in ('bilinear', 'bicubic')
+                    else None)
             yield maps[..., :height, :width]
+
+    def _backbone_features(self, images: Tensor):
+        head = self.decode_head
+        return self.backbone(images, attention_layers=self._attention_layers,
+                             with_cls=head.requires_cls_token,
+                             attention_heads=head.attention_heads)
 
     def inference_maps(self, image: Tensor,
                        vocab: VocabularyEmbeddings) -> Tensor:
-        """Stitched head maps (1, C, H, W) of one normalised image."""
+        """Head maps (1, C, H, W) of one normalised image: the stitched
+        window maps passed through ``decode_head.image_maps``."""
+        maps = self._stitched_maps(image, vocab)
+        with profile_stage('head'):
+            return self.decode_head.image_maps(
+                maps, image, vocab, self.backbone.encode_cls,
+                self.backbone.patch_size)
+
+    def _stitched_maps(self, image: Tensor,
+                       vocab: VocabularyEmbeddings) -> Tensor:
+        """Window maps (1, C, H, W) stitched with mmseg's slide rule."""
         height, width = image.shape[-2:]
         if self.test_cfg.get('mode', 'whole') == 'whole':
             return torch.cat(list(self._encode_windows(image, vocab)))
@@ -318,9 +336,7 @@ class CLIPDenseSegmentor(BaseSegmentor):
     # ------------------------------------------------- BaseSegmentor API
     def extract_feat(self, inputs: Tensor):
         """Dense CLIP features of whole (B, 3, H, W) inputs."""
-        return self.backbone(inputs,
-                             attention_layers=self._attention_layers,
-                             with_cls=self.decode_head.requires_cls_token)
+        return self._backbone_features(inputs)
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]):
         """Stitched head maps at input size, one image after another."""
