@@ -15,3 +15,21 @@ def test_benchmark_reports_stages(repo_root, tmp_path):
     stages = result['stages_s_per_image']
     assert {'backbone', 'head', 'postprocess'} <= set(stages)
     assert sum(stages.values()) <= result['latency_s_mean'] * 1.05
+
+
+def test_random_init_is_seeded(repo_root):
+    """Base and FreeCP configs are timed on the same random CLIP weights."""
+    from mmseg_ovss.testing.tools import load_tool
+    tool = load_tool('benchmark')
+    weights = []
+    for name in ('benchmark/sclip_ade_base', 'sclip_ade'):
+        args = tool.parse_args([
+            str(repo_root / 'configs' / 'freecp' / f'{name}.py'),
+            '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+            '--device', 'cpu', '--seed', '3'])
+        _, model = tool.build_model(args)
+        weights.append(model.state_dict())
+    shared = weights[0].keys() & weights[1].keys()
+    assert any('visual' in key for key in shared)
+    for key in shared:
+        assert (weights[0][key] == weights[1][key]).all(), key

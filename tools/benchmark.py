@@ -48,6 +48,9 @@ def parse_args(argv=None):
                         "80-template text encoding)")
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the random weights (--random-init), so '
+                        'that two configs are timed on the same model')
     parser.add_argument('--json', help='write the results to this file')
     return parser.parse_args(argv)
 
@@ -59,6 +62,7 @@ def build_model(args):
     import mmseg_ovss  # noqa: F401
     cfg = Config.fromfile(args.config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
+    torch.manual_seed(args.seed)  # the same random model for every config
     model_cfg = cfg.model
     if 'clip' in model_cfg:
         if args.random_init:
