@@ -100,9 +100,8 @@ def merge_cfg_options(cfg: Config, options: dict) -> None:
     """Merge ``--cfg-options``, refusing keys that do not exist.
 
     A typo such as ``model.decode_head.prob_thr`` would otherwise be added
-    silently and never read. New keys are allowed only under a dict that
-    already exists *and* is a known place for free options
-    (``env_cfg``, ``custom_hooks`` ...) or when prefixed with ``+``.
+    silently and never read. A new key is added only when it is prefixed
+    with ``+`` (``+custom_hooks=...``); list entries are addressed by index.
     """
     if not options:
         return
