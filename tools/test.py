@@ -57,7 +57,6 @@ def enable_visualization(cfg: Config, args) -> None:
     if args.show_dir:
         # Relative show dirs live under the work dir, as in mmseg.
         cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
-        cfg.visualizer.alpha = cfg.visualizer.get('alpha', 0.8)
 
 
 def keep_test_loop_only(cfg: Config) -> None:
