@@ -407,3 +407,61 @@ def test_patch_size_follows_the_output_grid(clip_model, images):
     feats = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
     assert feats.patch_tokens.shape[-2:] == (8, 8)
     assert feats.patch_size == 8
+
+
+@torch.no_grad()
+@pytest.mark.parametrize('heads_kept', [None, 'mean', 2])
+def test_attention_capture_in_window_blocks(clip_model, images, monkeypatch,
+                                            heads_kept):
+    """On the CPU the scores are formed a few windows at a time (cache
+    blocking); one window per block gives the batched result."""
+    import mmseg_ovss.clip.attention as attention
+    batch = torch.cat([images, images.flip(-1), images * 0.5])
+    whole = run(clip_model, 'SCLIP', batch, attention_layers=[0, 3],
+                attention_heads=heads_kept)
+    monkeypatch.setattr(attention, 'CPU_SCORE_ELEMENTS', 1)
+    assert attention.score_batch_size(torch.zeros(6, 4, 17, 16)) == 1
+    blocked = run(clip_model, 'SCLIP', batch, attention_layers=[0, 3],
+                  attention_heads=heads_kept)
+    torch.testing.assert_close(blocked.patch_tokens, whole.patch_tokens)
+    for layer in (0, 3):
+        torch.testing.assert_close(blocked.attn_weights[layer],
+                                   whole.attn_weights[layer])
+
+
+@torch.no_grad()
+def test_cls_only_last_block_equals_the_full_block(clip_model, images):
+    from mmseg_ovss.clip.attention import cls_block_forward
+    inputs, _ = stream_inputs(clip_model, images)
+    block = last_block(clip_model)
+    torch.testing.assert_close(cls_block_forward(block, inputs[-1]),
+                               block(inputs[-1])[:, :1])
+
+
+@torch.no_grad()
+def test_encode_cls_in_another_dtype_uses_a_cast_copy():
+    model = build_tiny_clip('ovss-tiny-ViT-16', seed=0)
+    encoder = DenseCLIPVisionEncoder(model.visual,
+                                     build_dense_strategy('SCLIP'))
+    crops = torch.randn(5, 3, 64, 64)  # native size, as open_clip needs
+    exact = encoder.encode_cls(crops)
+    torch.testing.assert_close(exact, model.encode_image(crops))
+    assert encoder.encode_cls(crops, dtype=torch.float32).equal(exact)
+    half = encoder.encode_cls(crops, dtype=torch.bfloat16)
+    assert half.dtype == torch.float32 and half.shape == exact.shape
+    assert F.cosine_similarity(half, exact).min() > 0.99
+    copy = encoder.cast_copy(torch.bfloat16, crops.device)
+    assert copy is encoder.cast_copy(torch.bfloat16, crops.device)
+    assert copy.dtype == torch.bfloat16 and encoder.dtype == torch.float32
+    # the copy is not part of the model: no parameters, no checkpoint keys
+    names = set(encoder.state_dict())
+    assert not any('cast' in name for name in names)
+    assert sum(p.numel() for p in encoder.parameters()) == \
+        sum(p.numel() for p in model.visual.parameters())
+    # new weights (a loaded checkpoint) rebuild the copy
+    state = {k: v * 0.5 for k, v in model.visual.state_dict().items()}
+    model.visual.load_state_dict(state)
+    rebuilt = encoder.cast_copy(torch.bfloat16, crops.device)
+    assert rebuilt is not copy
+    torch.testing.assert_close(rebuilt.visual.proj.float(),
+                               model.visual.proj.to(torch.bfloat16).float())

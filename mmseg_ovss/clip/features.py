@@ -26,7 +26,9 @@ class DenseCLIPFeatures:
         images: (B, 3, H, W) the normalised window pixels given to CLIP.
         patch_size: pixels per patch side.
         encode_image: callable mapping normalised crops (N, 3, h, w) to the
-            (N, D) projected CLS embeddings of the unmodified CLIP path.
+            (N, D) projected CLS embeddings of the unmodified CLIP path;
+            it takes an optional ``dtype=`` to encode at another precision
+            (``DenseCLIPVisionEncoder.encode_cls``).
         attn_heads: how ``attn_weights`` were reduced over heads: None
             (every head kept), ``'mean'`` (their average) or a head index.
     """

@@ -5,13 +5,15 @@ position embeddings are interpolated to any window, the vanilla attention of
 chosen blocks is captured, the last block(s) are replaced by a dense strategy
 for the patch output, and the CLS embedding of the unmodified path is read.
 """
-from typing import Iterable, List, Tuple, Union
+import copy
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmseg_ovss.clip.attention import block_forward_with_attention
+from mmseg_ovss.clip.attention import (block_forward_with_attention,
+                                       cls_block_forward)
 from mmseg_ovss.clip.features import DenseCLIPFeatures
 from mmseg_ovss.clip.strategies import DenseStrategy
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
@@ -146,12 +148,46 @@ class DenseCLIPVisionEncoder(nn.Module):
             tokens = tokens @ self.visual.proj
         return tokens
 
-    def encode_cls(self, images: Tensor) -> Tensor:
-        """(N, D) projected CLS embeddings of the unmodified CLIP path."""
-        x, _ = self.embed(images)
-        for block in self.blocks:
-            x = self.run_block(block, x)
-        return self.project(x[:, 0]).float()
+    def encode_cls(self, images: Tensor,
+                   dtype: Optional[torch.dtype] = None) -> Tensor:
+        """(N, D) projected CLS embeddings of the unmodified CLIP path.
+
+        The last block runs for the CLS query only (exact, see
+        :func:`cls_block_forward`). ``dtype`` other than the tower's runs a
+        copy of the tower cast to it (:meth:`cast_copy`), e.g. bf16 crops
+        on a CPU with AMX while the dense path stays fp32.
+        """
+        encoder = self
+        if dtype is not None and dtype != self.dtype:
+            encoder = self.cast_copy(dtype, images.device)
+        x, _ = encoder.embed(images)
+        for block in encoder.blocks[:-1]:
+            x = encoder.run_block(block, x)
+        if encoder._batch_first():
+            x = cls_block_forward(encoder.blocks[-1], x)
+        else:
+            x = encoder.run_block(encoder.blocks[-1], x)
+        return encoder.project(x[:, 0]).float()
+
+    def cast_copy(self, dtype: torch.dtype,
+                  device: torch.device) -> 'DenseCLIPVisionEncoder':
+        """A copy of the image tower in ``dtype`` on ``device``.
+
+        Kept out of the module tree (no parameters, no state-dict keys) and
+        rebuilt when the tower's weights change (loading a checkpoint bumps
+        their versions) or another dtype/device is asked for.
+        """
+        params = list(self.visual.parameters())
+        key = (dtype, torch.device(device),
+               tuple((p.data_ptr(), p._version) for p in params))
+        cache = self.__dict__.setdefault('_cast_copies', {})
+        if key not in cache:
+            cache.clear()
+            visual = copy.deepcopy(self.visual).to(device=device,
+                                                   dtype=dtype)
+            cache[key] = DenseCLIPVisionEncoder(visual, self.strategy,
+                                                self.pos_interp)
+        return cache[key]
 
     def _head_reduction(self, attention_heads: Union[None, str, int]):
         """The map applied to captured (B, heads, N, N) attention."""
@@ -208,8 +244,9 @@ class DenseCLIPVisionEncoder(nn.Module):
             if index > last_run:
                 break
             if index in attention_layers:
-                x, weights = block_forward_with_attention(block, x)
-                attn_weights[index] = reduce_heads(weights).float()
+                x, weights = block_forward_with_attention(
+                    block, x, reduce_heads)
+                attn_weights[index] = weights.float()
             else:
                 x = self.run_block(block, x)
         tokens, out_grid = self.strategy(self.blocks[first_dense:],
