@@ -98,6 +98,30 @@ def test_text_options_change_only_their_part(parts):
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.filterwarnings('ignore:no FreeCP description')
+def test_crop_precision_reaches_the_crop_encoder(parts):
+    encoder, vocab, windows = parts
+    asked = []
+
+    def encode_recording_dtype(crops, dtype=None):
+        asked.append(dtype)
+        return encoder.encode_cls(crops, dtype=dtype)
+
+    # ap_threshold 0: every candidate pair is ambiguous, so crops are encoded
+    for precision, dtype in (('model', None), ('fp32', torch.float32),
+                             ('bf16', torch.bfloat16)):
+        head = build_head(crop_precision=precision, ap_threshold=0.0)
+        feats = features(encoder, head, windows[:1])
+        feats.encode_image = encode_recording_dtype
+        asked.clear()
+        with torch.no_grad():
+            maps = head(feats, vocab)
+        assert asked and set(asked) == {dtype}, precision
+        assert maps.shape == (1, 5, 4, 5)
+    with pytest.raises(OVSSConfigError, match='crop_precision'):
+        build_head(crop_precision='int8')
+
+
 def test_head_option_errors():
     with pytest.raises(OVSSConfigError, match='description file'):
         MODELS.build(dict(type='FreeCPHead', descriptions=None))

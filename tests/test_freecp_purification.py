@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmseg_ovss.freecp.crops import crop_and_resize
+from mmseg_ovss.freecp import crops as crops_module
+from mmseg_ovss.freecp.crops import crop_and_resize, crop_dtype
 from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
 from mmseg_ovss.freecp.purification import (ambiguity_groups,
                                             classify_group_crops,
@@ -201,7 +202,7 @@ def test_hole_boxes_and_spoiled_groups(clip_model):
     with torch.no_grad():
         votes = classify_group_crops(groups, spoiled, images, PATCH,
                                      clip_model.encode_image, text,
-                                     skip_spoiled_groups=True, **kwargs)
+                                     winner_sets_only=True, **kwargs)
     assert votes.degenerate.all() and (votes.winner == -1).all()
     new_keep, _ = eliminate_ambiguity(groups, votes, keep, GRID, 'window')
     assert torch.equal(new_keep, keep)
@@ -227,3 +228,49 @@ def test_paper_refinement_options_equal_direct_formula():
     authors = FreeCPWindowPipeline(purification='none')
     assert not torch.allclose(authors(query_maps, torch.arange(4), [1, 2],
                                       affinity), out)
+
+
+def test_crop_precision_names(monkeypatch):
+    assert crop_dtype('model', 'cpu') is None
+    assert crop_dtype('fp32', 'cpu') is torch.float32
+    assert crop_dtype('fp16', 'cpu') is torch.float16
+    assert crop_dtype('bf16', 'cuda') is torch.bfloat16
+    # 'half': the authors' fp16 on CUDA; bf16 only on CPUs with bf16 units
+    assert crop_dtype('half', torch.device('cuda', 0)) is torch.float16
+    monkeypatch.setattr(crops_module, 'cpu_has_native_bf16', lambda: True)
+    assert crop_dtype('half', 'cpu') is torch.bfloat16
+    monkeypatch.setattr(crops_module, 'cpu_has_native_bf16', lambda: False)
+    assert crop_dtype('half', 'cpu') is None
+    assert crop_dtype('half', 'mps') is None
+    with pytest.raises(OVSSConfigError, match='crop_precision'):
+        crop_dtype('int8', 'cpu')
+
+
+def test_winner_sets_only_stops_early_with_the_same_outcome(clip_model):
+    """'window' elimination reads only who wins a box: classifying a group's
+    boxes in rounds until every member has won gives the same result as
+    classifying every box, with fewer crops on noisy (holed) maps."""
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 2, *GRID, generator=gen)   # noise: many holes
+    keep = torch.ones(3, 2, dtype=torch.bool)
+    groups = ambiguity_groups(maps, keep, 0.0)       # one pair per window
+    images = torch.randn(3, 3, GRID[0] * PATCH, GRID[1] * PATCH,
+                         generator=gen)
+    text = torch.randn(2, 32, generator=gen)
+    with torch.no_grad():
+        full = classify_group_crops(groups, maps, images, PATCH,
+                                    clip_model.encode_image, text,
+                                    crop_size=64)
+        fast = classify_group_crops(groups, maps, images, PATCH,
+                                    clip_model.encode_image, text,
+                                    crop_size=64, winner_sets_only=True,
+                                    first_round=1)
+    assert torch.equal(fast.boxes, full.boxes)
+    done = fast.winner >= 0
+    assert 0 < done.sum() < (full.winner >= 0).sum()
+    assert torch.equal(fast.winner[done], full.winner[done])
+    for votes in (full, fast):
+        assert len(votes.group.unique()) == 3
+    assert torch.equal(
+        eliminate_ambiguity(groups, fast, keep, GRID, 'window')[0],
+        eliminate_ambiguity(groups, full, keep, GRID, 'window')[0])

@@ -1,7 +1,51 @@
-"""Batched crop-and-resize of boxes from a batch of images."""
+"""Crops of ambiguity purification: batched crop-and-resize, precision."""
+from typing import Optional, Union
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mmseg_ovss.utils.errors import OVSSConfigError
+
+# FreeCPHead(crop_precision=...): 'model' keeps the CLIP model's dtype;
+# 'half' is fp16 on CUDA (the authors' fp16 model) and bf16 on CPUs with
+# native bf16 matrix units (AMX / AVX512-BF16), else the model's dtype.
+CROP_PRECISIONS = {
+    'model': None,
+    'half': None,
+    'fp32': torch.float32,
+    'fp16': torch.float16,
+    'bf16': torch.bfloat16,
+}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware."""
+    cpu = getattr(torch._C, '_cpu', None)
+    checks = ('_is_amx_tile_supported', '_is_avx512_bf16_supported')
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def crop_dtype(precision: str,
+               device: Union[str, torch.device]) -> Optional[torch.dtype]:
+    """The dtype crops are encoded in (None: the model's own).
+
+    Args:
+        precision: a key of :data:`CROP_PRECISIONS`.
+        device: where the crops are encoded.
+    """
+    if precision not in CROP_PRECISIONS:
+        raise OVSSConfigError(
+            f'crop_precision={precision!r} is not one of '
+            f'{tuple(CROP_PRECISIONS)}')
+    if precision != 'half':
+        return CROP_PRECISIONS[precision]
+    device_type = torch.device(device).type
+    if device_type == 'cuda':
+        return torch.float16
+    if device_type == 'cpu' and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
 
 
 def crop_and_resize(images: Tensor, image_index: Tensor, boxes: Tensor,

@@ -240,6 +240,7 @@ class FreeCPWindowPipeline:
                                      class_embeddings[classes],
                                      self.crop_size, self.box_threshold,
                                      self.clip_box_border, self.crop_holes,
-                                     self.ap_elimination == 'window')
+                                     winner_sets_only=(
+                                         self.ap_elimination == 'window'))
         return eliminate_ambiguity(groups, votes, keep, maps.shape[-2:],
                                    self.ap_elimination)

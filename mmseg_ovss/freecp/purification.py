@@ -103,18 +103,28 @@ def ambiguity_groups(refined: Tensor, keep: Tensor, threshold: float,
 
 @dataclass
 class CropVotes:
-    """The outcome of classifying every box of every ambiguity group.
+    """The outcome of classifying the boxes of every ambiguity group.
 
     Attributes:
         group: (n, ) group of each box.
         boxes: (n, 4) patch-grid boxes ``(x0, y0, x1, y1)``.
         degenerate: (n, ) boxes with no area (not classified).
-        winner: (n, ) class chosen for each box (-1 when degenerate).
+        winner: (n, ) class chosen for each box; -1 when degenerate or not
+            needed (``winner_sets_only``).
     """
     group: Tensor
     boxes: Tensor
     degenerate: Tensor
     winner: Tensor
+
+
+def _rank_in_group(box_group: Tensor, selected: Tensor,
+                   num_groups: int) -> Tensor:
+    """Position of each selected box among its group's selected boxes
+    (boxes sorted by group, as :func:`score_map_boxes` returns them)."""
+    counts = torch.bincount(box_group[selected], minlength=num_groups)
+    first = torch.cumsum(counts, 0) - counts
+    return torch.cumsum(selected.long(), 0) - 1 - first[box_group]
 
 
 def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
@@ -125,8 +135,9 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
                          box_threshold: float = 0.4,
                          clip_last: bool = True,
                          include_holes: bool = True,
-                         skip_spoiled_groups: bool = False) -> CropVotes:
-    """Eq. 8 for every box of every group, with all crops in one batch.
+                         winner_sets_only: bool = False,
+                         first_round: int = 8) -> CropVotes:
+    """Eq. 8 for the boxes of every group, crops batched across groups.
 
     Each group's refined maps are averaged, boxed like CLIP-ES (at
     ``box_threshold`` x max, every contour), the boxes scaled by the patch
@@ -135,9 +146,14 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     members' description embeddings; the best member wins the box.
 
     ``include_holes`` keeps the hole contours' boxes (``RETR_TREE``, the
-    reference). ``skip_spoiled_groups`` leaves the boxes of groups that
-    have a degenerate box unclassified: with the ``'window'`` elimination
-    such a group is kept whole anyway, so the result is unchanged.
+    reference). ``winner_sets_only`` is for the ``'window'`` elimination,
+    which reads only which members win at least one box: a group with a
+    degenerate box is kept whole there, so its boxes are not classified,
+    and the other groups' boxes are classified in rounds of ``first_round``,
+    then twice as many, ... boxes per group (outer contours first), a group
+    leaving as soon as every member has won a box. The winners' sets equal
+    those of classifying every box; the crops saved are the hole boxes of
+    noisy maps (hundreds per window with random weights).
     """
     device = refined.device
     fused = torch.einsum('gk,gkhw->ghw', groups.members.float(),
@@ -148,23 +164,40 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
                                        clip_last=clip_last)
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     winner = torch.full((len(boxes), ), -1, dtype=torch.long, device=device)
+    votes = CropVotes(box_group, boxes, degenerate, winner)
     todo = ~degenerate
-    if skip_spoiled_groups:
-        spoiled = torch.zeros(len(groups), dtype=torch.bool, device=device)
-        spoiled[box_group[degenerate]] = True
-        todo &= ~spoiled[box_group]
-    usable = torch.nonzero(todo, as_tuple=True)[0]
-    if usable.numel():
-        crops = crop_and_resize(images, groups.window[box_group[usable]],
-                                boxes[usable] * patch_size, crop_size)
+    text = F.normalize(class_embeddings.float().to(device), dim=-1)
+
+    def classify(index: Tensor) -> None:
+        crops = crop_and_resize(images, groups.window[box_group[index]],
+                                boxes[index] * patch_size, crop_size)
         feats = F.normalize(encode_image(crops.to(images.dtype)).float(),
                             dim=-1)
-        text = F.normalize(class_embeddings.float().to(device), dim=-1)
-        scores = feats @ text.t()
-        allowed = groups.members[box_group[usable]]
-        scores = scores.masked_fill(~allowed, float('-inf'))
-        winner[usable] = scores.argmax(dim=1)
-    return CropVotes(box_group, boxes, degenerate, winner)
+        scores = (feats @ text.t()).masked_fill(
+            ~groups.members[box_group[index]], float('-inf'))
+        winner[index] = scores.argmax(dim=1)
+
+    if not winner_sets_only:
+        usable = torch.nonzero(todo, as_tuple=True)[0]
+        if usable.numel():
+            classify(usable)
+        return votes
+    spoiled = torch.zeros(len(groups), dtype=torch.bool, device=device)
+    spoiled[box_group[degenerate]] = True
+    todo &= ~spoiled[box_group]
+    rank = _rank_in_group(box_group, todo, len(groups))
+    won = torch.zeros_like(groups.members)
+    start, size = 0, max(int(first_round), 1)
+    while True:
+        undecided = (groups.members & ~won).any(dim=1)
+        pick = todo & undecided[box_group] & (rank >= start) & \
+            (rank < start + size)
+        index = torch.nonzero(pick, as_tuple=True)[0]  # one sync per round
+        if index.numel() == 0:
+            return votes
+        classify(index)
+        won[box_group[index], winner[index]] = True
+        start, size = start + size, 2 * size
 
 
 def eliminate_ambiguity(groups: AmbiguityGroups, votes: CropVotes,
