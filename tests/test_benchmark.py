@@ -33,3 +33,25 @@ def test_random_init_is_seeded(repo_root):
     assert any('visual' in key for key in shared)
     for key in shared:
         assert (weights[0][key] == weights[1][key]).all(), key
+
+
+def test_benchmark_against_a_baseline(repo_root):
+    """--baseline times a second config on the same images, alternately,
+    and reports the time ratio."""
+    freecp = repo_root / 'configs' / 'freecp'
+    result = run_tool('benchmark', [
+        freecp / 'sclip_ade.py', '--baseline',
+        freecp / 'benchmark' / 'sclip_ade_base.py', '--random-init',
+        '--model-name', 'ovss-tiny-ViT-16', '--num-images', '3',
+        '--warmup', '1', '--short-side', '32', '--num-classes', '6',
+        '--templates', 'single', '--device', 'cpu'])
+    base = result['baseline']
+    assert base['config'].endswith('sclip_ade_base.py')
+    assert len(result['latencies_s']) == len(base['latencies_s']) == 3
+    ratio = result['ratio']
+    assert ratio['of_means'] == result['latency_s_mean'] / \
+        base['latency_s_mean']
+    assert ratio['per_image'] == [a / b for a, b in zip(
+        result['latencies_s'], base['latencies_s'])]
+    assert 'head' in result['stages_s_per_image']
+    assert 'head' in base['stages_s_per_image']

@@ -9,14 +9,24 @@ the config's class-name file (or ``--class-file``) cut or cycled to
 ``mmseg_ovss.utils.profiler.profile_stage`` (``text``, ``backbone``,
 ``head``, ``postprocess``); any segmentor of the package can be measured.
 The text stage runs once per vocabulary and is reported separately.
+
+``--baseline OTHER_CONFIG`` times a second config on the same images and
+random weights, alternating the two per image (A B, B A, ...) so that a
+noisy machine slows both alike, and reports ``ratio`` = this config's time
+over the baseline's (of the means, of the medians and per image)::
+
+    python tools/benchmark.py configs/freecp/sclip_ade.py \
+        --baseline configs/freecp/benchmark/sclip_ade_base.py \
+        --random-init --num-images 10 --templates single
 """
 import argparse
 import json
 import os.path as osp
 import resource
+import statistics
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -51,16 +61,20 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the random weights (--random-init), so '
                         'that two configs are timed on the same model')
+    parser.add_argument('--baseline', help='a second config timed on the '
+                        'same images, alternating with CONFIG; adds the '
+                        'time ratio CONFIG / BASELINE')
     parser.add_argument('--json', help='write the results to this file')
     return parser.parse_args(argv)
 
 
-def build_model(args):
+def build_model(args, config: Optional[str] = None):
+    """Build ``config`` (default ``args.config``) with the tool's overrides."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     import mmseg_ovss  # noqa: F401
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(config or args.config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(args.seed)  # the same random model for every config
     model_cfg = cfg.model
@@ -121,16 +135,72 @@ def run_one(model, image, metainfo):
         model.predict(data['inputs'], data['data_samples'])
 
 
+class Subject:
+    """One config under measurement: its model, vocabulary and timings."""
+
+    def __init__(self, config: str, args):
+        self.config = config
+        self.device = args.device
+        self.cfg, self.model = build_model(args, config)
+        self.names = vocabulary(self.cfg, args)
+        if hasattr(self.model, 'set_vocabulary'):
+            self.model.set_vocabulary(self.names, background_class=None)
+        self.profiler = StageProfiler()
+        self.latencies: List[float] = []
+        self.text_seconds = 0.0
+
+    def _sync(self):
+        if self.device.startswith('cuda'):
+            torch.cuda.synchronize()
+
+    def encode_vocabulary(self):
+        with self.profiler:
+            start = time.perf_counter()
+            if hasattr(self.model, 'vocabulary_embeddings'):
+                self.model.vocabulary_embeddings()  # encode and cache
+            self._sync()
+            self.text_seconds = time.perf_counter() - start
+
+    def run(self, image, meta, timed: bool = True):
+        with self.profiler:
+            start = time.perf_counter()
+            run_one(self.model, image, meta)
+            self._sync()
+            if timed:
+                self.latencies.append(time.perf_counter() - start)
+
+    def result(self, args, image_size) -> Dict:
+        num = len(self.latencies)
+        total = sum(self.latencies)
+        stages = {name: seconds / num
+                  for name, seconds in sorted(self.profiler.seconds.items())}
+        # 'text' is the per-image vocabulary lookup: the encoding itself
+        # ran before the timed images and is reported as text_encoding_s.
+        return dict(
+            config=self.config, device=self.device,
+            templates=args.templates or self.cfg.model.get('text', {}).get(
+                'templates'),
+            image_size=list(image_size), num_classes=len(self.names),
+            num_images=num, random_init=args.random_init,
+            threads=torch.get_num_threads(),
+            text_encoding_s=self.text_seconds,
+            latency_s_mean=total / num,
+            latency_s_median=statistics.median(self.latencies),
+            latency_s_min=min(self.latencies),
+            latencies_s=self.latencies,
+            images_per_s=num / total,
+            stages_s_per_image=stages)
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     if args.num_images < 1:
         raise OVSSConfigError('--num-images must be at least 1')
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, model = build_model(args)
-    names = vocabulary(cfg, args)
-    if hasattr(model, 'set_vocabulary'):
-        model.set_vocabulary(names, background_class=None)
+    subjects = [Subject(args.config, args)]
+    if args.baseline:
+        subjects.append(Subject(args.baseline, args))
     height = args.short_side
     width = max(height, round(height * args.aspect))
     meta = dict(ori_shape=(height, width), img_shape=(height, width),
@@ -138,42 +208,25 @@ def main(argv=None) -> Dict:
     images = make_images(args.warmup + args.num_images, height, width)
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
-    profiler = StageProfiler()
-    with profiler:
-        start = time.perf_counter()
-        if hasattr(model, 'vocabulary_embeddings'):
-            model.vocabulary_embeddings()  # encode (and cache) the vocabulary
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
-        text_seconds = time.perf_counter() - start
+    for subject in subjects:
+        subject.encode_vocabulary()
         for image in images[:args.warmup]:
-            run_one(model, image, meta)
-        profiler.reset()
-        latencies = []
-        for image in images[args.warmup:]:
-            start = time.perf_counter()
-            run_one(model, image, meta)
-            if args.device.startswith('cuda'):
-                torch.cuda.synchronize()
-            latencies.append(time.perf_counter() - start)
-    total = sum(latencies)
-    stages = {name: seconds / args.num_images
-              for name, seconds in sorted(profiler.seconds.items())}
-    # 'text' is the per-image vocabulary lookup: the encoding itself ran
-    # before the timed images and is reported as text_encoding_s.
-    result = dict(
-        config=args.config, device=args.device,
-        templates=args.templates or cfg.model.get('text', {}).get(
-            'templates'),
-        image_size=[height, width], num_classes=len(names),
-        num_images=args.num_images, random_init=args.random_init,
-        threads=torch.get_num_threads(),
-        text_encoding_s=text_seconds,
-        latency_s_mean=total / args.num_images,
-        latency_s_min=min(latencies),
-        images_per_s=args.num_images / total,
-        stages_s_per_image=stages,
-        **peak_memory_mb(args.device))
+            subject.run(image, meta, timed=False)
+        subject.profiler.reset()
+    for index, image in enumerate(images[args.warmup:]):
+        # alternate the order so that neither config always runs first
+        for subject in (subjects if index % 2 == 0 else subjects[::-1]):
+            subject.run(image, meta)
+    result = subjects[0].result(args, (height, width))
+    if args.baseline:
+        base = subjects[1].result(args, (height, width))
+        result['baseline'] = base
+        result['ratio'] = dict(
+            of_means=result['latency_s_mean'] / base['latency_s_mean'],
+            of_medians=result['latency_s_median'] / base['latency_s_median'],
+            per_image=[a / b for a, b in zip(subjects[0].latencies,
+                                             subjects[1].latencies)])
+    result.update(peak_memory_mb(args.device))
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, 'w') as f:

@@ -1,0 +1,8 @@
+# Timing reference for configs/freecp/naclip_ade.py (docs/benchmarks.md):
+# the same model, strategy, resolution and 384/112 windows with the
+# baseline's cosine head instead of FreeCPHead (PAMR off in both, as the
+# FreeCP config: FACTS §3).
+_base_ = ['../naclip_ade.py']
+model = dict(
+    decode_head=dict(
+        _delete_=True, type='CosineSimilarityHead', logit_scale=40.0))
