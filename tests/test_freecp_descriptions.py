@@ -44,7 +44,7 @@ def test_shipped_descriptions_cover_their_vocabulary(names, vocab):
     matched = match_descriptions(synonyms, table)
     skip = UNDESCRIBED.get(vocab)
     if isinstance(skip, str):
-        skip = [names[0] for names in synonyms].index(skip)
+        skip = [synonym[0] for synonym in synonyms].index(skip)
         assert matched[skip] is None
     for index, sentences in enumerate(matched):
         if index == skip:

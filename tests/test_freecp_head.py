@@ -118,6 +118,14 @@ def test_crop_precision_reaches_the_crop_encoder(parts):
             maps = head(feats, vocab)
         assert asked and set(asked) == {dtype}, precision
         assert maps.shape == (1, 5, 4, 5)
+    # an encoder that takes no dtype is used as it is
+    head = build_head(crop_precision='bf16', ap_threshold=0.0)
+    feats = features(encoder, head, windows[:1])
+    feats.encode_image = lambda crops: encode_recording_dtype(crops)
+    asked.clear()
+    with torch.no_grad():
+        head(feats, vocab)
+    assert asked and set(asked) == {None}
     with pytest.raises(OVSSConfigError, match='crop_precision'):
         build_head(crop_precision='int8')
 

@@ -242,6 +242,9 @@ def test_crop_precision_names(monkeypatch):
     monkeypatch.setattr(crops_module, 'cpu_has_native_bf16', lambda: False)
     assert crop_dtype('half', 'cpu') is None
     assert crop_dtype('half', 'mps') is None
+    # a 16-bit model keeps its own dtype
+    assert crop_dtype('half', 'cuda', torch.float16) is None
+    assert crop_dtype('half', 'cuda', torch.bfloat16) is None
     with pytest.raises(OVSSConfigError, match='crop_precision'):
         crop_dtype('int8', 'cpu')
 
@@ -271,6 +274,15 @@ def test_winner_sets_only_stops_early_with_the_same_outcome(clip_model):
     assert torch.equal(fast.winner[done], full.winner[done])
     for votes in (full, fast):
         assert len(votes.group.unique()) == 3
+    # a group whose boxes all go to one member is classified completely
+    # (its other member is dropped) ...
+    fast_votes = [fast.winner[fast.group == g] for g in range(3)]
+    full_votes = [full.winner[full.group == g] for g in range(3)]
+    complete = [g for g in range(3) if (fast_votes[g] >= 0).all()
+                and len(full_votes[g].unique()) == 1]
+    # ... while a group whose members both won stops early
+    early = [g for g in range(3) if (fast_votes[g] < 0).any()]
+    assert complete and early
     assert torch.equal(
         eliminate_ambiguity(groups, fast, keep, GRID, 'window')[0],
         eliminate_ambiguity(groups, full, keep, GRID, 'window')[0])

@@ -63,7 +63,8 @@ def parse_args(argv=None):
                         'that two configs are timed on the same model')
     parser.add_argument('--baseline', help='a second config timed on the '
                         'same images, alternating with CONFIG; adds the '
-                        'time ratio CONFIG / BASELINE')
+                        'time ratio CONFIG / BASELINE (peak memory then '
+                        'covers both models)')
     parser.add_argument('--json', help='write the results to this file')
     return parser.parse_args(argv)
 

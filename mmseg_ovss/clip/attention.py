@@ -86,9 +86,11 @@ def block_forward_with_attention(
         outputs.append(torch.matmul(weights, v[window]))
         captured.append(weights if reduce_heads is None
                         else reduce_heads(weights))
-    x = x + block.ls_1(project_out(block, torch.cat(outputs)))
+    if len(outputs) > 1:
+        outputs, captured = [torch.cat(outputs)], [torch.cat(captured)]
+    x = x + block.ls_1(project_out(block, outputs[0]))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, torch.cat(captured)
+    return x, captured[0]
 
 
 def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ chosen blocks is captured, the last block(s) are replaced by a dense strategy
 for the patch output, and the CLS embedding of the unmodified path is read.
 """
 import copy
+import weakref
 from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -20,6 +21,10 @@ from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 
 POS_INTERP_MODES = ('size', 'size_antialias', 'dino')
+
+# encoder -> {key: copy of its tower in another dtype}; outside the modules,
+# so copies are never saved, pickled, deep-copied or shared by replicas
+_CAST_COPIES: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 
 
 def interpolate_position_embedding(pos_embed: Tensor, src_grid: Tuple[int, int],
@@ -175,19 +180,28 @@ class DenseCLIPVisionEncoder(nn.Module):
 
         Kept out of the module tree (no parameters, no state-dict keys) and
         rebuilt when the tower's weights change (loading a checkpoint bumps
-        their versions) or another dtype/device is asked for.
+        their versions; edits through ``.data`` do not) or another
+        dtype/device is asked for. Weights are cast one by one, so the tower
+        is never duplicated at its own precision.
         """
-        params = list(self.visual.parameters())
-        key = (dtype, torch.device(device),
-               tuple((p.data_ptr(), p._version) for p in params))
-        cache = self.__dict__.setdefault('_cast_copies', {})
-        if key not in cache:
+        device = torch.device(device)
+        key = (dtype, device, tuple((p.data_ptr(), p._version)
+                                    for p in self.visual.parameters()))
+        cache = _CAST_COPIES.setdefault(self, {})
+        encoder = cache.get(key)
+        if encoder is None:
+            memo = {}
+            for tensor in (*self.visual.parameters(), *self.visual.buffers()):
+                cast = tensor.detach().to(
+                    device, dtype if tensor.is_floating_point() else None)
+                memo[id(tensor)] = nn.Parameter(cast, requires_grad=False) \
+                    if isinstance(tensor, nn.Parameter) else cast
+            encoder = DenseCLIPVisionEncoder(
+                copy.deepcopy(self.visual, memo), self.strategy,
+                self.pos_interp)
             cache.clear()
-            visual = copy.deepcopy(self.visual).to(device=device,
-                                                   dtype=dtype)
-            cache[key] = DenseCLIPVisionEncoder(visual, self.strategy,
-                                                self.pos_interp)
-        return cache[key]
+            cache[key] = encoder
+        return encoder
 
     def _head_reduction(self, attention_heads: Union[None, str, int]):
         """The map applied to captured (B, heads, N, N) attention."""

@@ -8,8 +8,9 @@ from torch import Tensor
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 # FreeCPHead(crop_precision=...): 'model' keeps the CLIP model's dtype;
-# 'half' is fp16 on CUDA (the authors' fp16 model) and bf16 on CPUs with
-# native bf16 matrix units (AMX / AVX512-BF16), else the model's dtype.
+# 'half' (a speed choice) is fp16 on CUDA and bf16 on CPUs with native bf16
+# matrix units (AMX / AVX512-BF16), the model's dtype elsewhere or when the
+# model is already 16-bit.
 CROP_PRECISIONS = {
     'model': None,
     'half': None,
@@ -27,12 +28,15 @@ def cpu_has_native_bf16() -> bool:
 
 
 def crop_dtype(precision: str,
-               device: Union[str, torch.device]) -> Optional[torch.dtype]:
+               device: Union[str, torch.device],
+               model_dtype: Optional[torch.dtype] = None
+               ) -> Optional[torch.dtype]:
     """The dtype crops are encoded in (None: the model's own).
 
     Args:
         precision: a key of :data:`CROP_PRECISIONS`.
         device: where the crops are encoded.
+        model_dtype: the image tower's dtype, if known.
     """
     if precision not in CROP_PRECISIONS:
         raise OVSSConfigError(
@@ -40,6 +44,8 @@ def crop_dtype(precision: str,
             f'{tuple(CROP_PRECISIONS)}')
     if precision != 'half':
         return CROP_PRECISIONS[precision]
+    if model_dtype in (torch.float16, torch.bfloat16):
+        return None
     device_type = torch.device(device).type
     if device_type == 'cuda':
         return torch.float16

@@ -152,8 +152,9 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     and the other groups' boxes are classified in rounds of ``first_round``,
     then twice as many, ... boxes per group (outer contours first), a group
     leaving as soon as every member has won a box. The winners' sets equal
-    those of classifying every box; the crops saved are the hole boxes of
-    noisy maps (hundreds per window with random weights).
+    those of classifying every box (up to batch-size effects of the
+    encoder's floating point on near ties); the crops saved are the hole
+    boxes of noisy maps (hundreds per window with random weights).
     """
     device = refined.device
     fused = torch.einsum('gk,gkhw->ghw', groups.members.float(),

@@ -5,6 +5,7 @@ and its FreeCP config differ only in ``decode_head`` (and thresholds). The
 method's steps live in :mod:`mmseg_ovss.freecp`; this module handles the
 text side (templates or descriptions, Table 4) and the background rule.
 """
+import inspect
 from functools import partial
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -53,10 +54,11 @@ class FreeCPHead(DenseCLIPHead):
             once per image with crops of the whole image
             (:meth:`image_maps`).
         crop_precision: dtype of the crop encoder of ambiguity
-            purification (Eq. 8): ``'half'`` (default: fp16 on CUDA, as the
-            authors' fp16 CLIP; bf16 on a CPU with AMX/AVX512-BF16, about
-            3.5x faster than fp32 there; elsewhere the model's dtype),
-            ``'model'`` (the CLIP model's dtype), ``'fp32'``, ``'fp16'`` or
+            purification (Eq. 8), a speed choice: ``'half'`` (default: fp16
+            on CUDA, the authors' whole model being fp16; bf16 on a CPU with
+            AMX/AVX512-BF16, about 3.5x faster than fp32 there; the model's
+            dtype elsewhere or when it is 16-bit already), ``'model'`` (the
+            CLIP model's dtype: exact), ``'fp32'``, ``'fp16'`` or
             ``'bf16'``. Only the crops' CLS embeddings change precision;
             the dense path keeps the model's.
         **pipeline: options of
@@ -218,9 +220,15 @@ class FreeCPHead(DenseCLIPHead):
 
     def _crop_encoder(self, encode_image: Optional[Callable],
                       device: torch.device) -> Optional[Callable]:
-        """``encode_image`` run at ``crop_precision``."""
-        dtype = crop_dtype(self.crop_precision, device)
-        if encode_image is None or dtype is None:
+        """``encode_image`` at ``crop_precision``; unchanged when it takes
+        no ``dtype`` (e.g. a plain open_clip ``encode_image``)."""
+        if encode_image is None or \
+                'dtype' not in inspect.signature(encode_image).parameters:
+            return encode_image
+        tower = getattr(encode_image, '__self__', None)
+        dtype = crop_dtype(self.crop_precision, device,
+                           getattr(tower, 'dtype', None))
+        if dtype is None:
             return encode_image
         return partial(encode_image, dtype=dtype)
 
