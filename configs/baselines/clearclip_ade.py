@@ -1,4 +1,4 @@
-# ClearCLIP on ADE20K-150 (values: FACTS §1-2).
+# ClearCLIP on ADE20K-150 (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_ade20k.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/ade150.py',

@@ -1,4 +1,4 @@
-# ClearCLIP on Cityscapes (values: FACTS §1-2).
+# ClearCLIP on Cityscapes (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_city_scapes.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/cityscapes.py',

@@ -1,4 +1,4 @@
-# ClearCLIP on COCO-Object (values: FACTS §1-2).
+# ClearCLIP on COCO-Object (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_coco_object.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/coco_object.py',

@@ -1,4 +1,4 @@
-# ClearCLIP on COCO-Stuff 171 (values: FACTS §1-2).
+# ClearCLIP on COCO-Stuff 171 (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_coco_stuff164k.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/coco_stuff171.py',

@@ -1,4 +1,4 @@
-# ClearCLIP on PASCAL VOC 20 (values: FACTS §1-2).
+# ClearCLIP on PASCAL VOC 20 (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_voc20.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/voc20.py',

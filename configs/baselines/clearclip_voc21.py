@@ -1,4 +1,4 @@
-# ClearCLIP on PASCAL VOC 21 (values: FACTS §1-2).
+# ClearCLIP on PASCAL VOC 21 (Lan et al., ECCV 2024): values of mc-lan/ClearCLIP configs/cfg_voc21.py and clearclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_clearclip.py',
     '../_base_/datasets/voc21.py',

@@ -1,4 +1,4 @@
-# GEM on ADE20K-150 (values: FACTS §1-2).
+# GEM on ADE20K-150 (Bousselham et al., CVPR 2024; WalBouss/GEM gem/gem_utils.py) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_ade20k.py).
 _base_ = [
     '../_base_/models/clip_gem.py',
     '../_base_/datasets/ade150.py',

@@ -1,4 +1,4 @@
-# GEM on COCO-Stuff 171 (values: FACTS §1-2).
+# GEM on COCO-Stuff 171 (Bousselham et al., CVPR 2024; WalBouss/GEM gem/gem_utils.py) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_coco_stuff164k.py).
 _base_ = [
     '../_base_/models/clip_gem.py',
     '../_base_/datasets/coco_stuff171.py',

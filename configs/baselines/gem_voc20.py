@@ -1,4 +1,4 @@
-# GEM on PASCAL VOC 20 (values: FACTS §1-2).
+# GEM on PASCAL VOC 20 (Bousselham et al., CVPR 2024; WalBouss/GEM gem/gem_utils.py) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_voc20.py).
 _base_ = [
     '../_base_/models/clip_gem.py',
     '../_base_/datasets/voc20.py',

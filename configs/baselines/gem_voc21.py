@@ -1,4 +1,4 @@
-# GEM on PASCAL VOC 21 (values: FACTS §1-2).
+# GEM on PASCAL VOC 21 (Bousselham et al., CVPR 2024; WalBouss/GEM gem/gem_utils.py) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_voc21.py).
 _base_ = [
     '../_base_/models/clip_gem.py',
     '../_base_/datasets/voc21.py',

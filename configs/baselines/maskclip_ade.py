@@ -1,4 +1,4 @@
-# MaskCLIP on ADE20K-150 (values: FACTS §1-2).
+# MaskCLIP on ADE20K-150 (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_ade20k.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/ade150.py',

@@ -1,4 +1,4 @@
-# MaskCLIP on Cityscapes (values: FACTS §1-2).
+# MaskCLIP on Cityscapes (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_city_scapes.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/cityscapes.py',

@@ -1,4 +1,4 @@
-# MaskCLIP on COCO-Object (values: FACTS §1-2).
+# MaskCLIP on COCO-Object (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_coco_object.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/coco_object.py',

@@ -1,4 +1,4 @@
-# MaskCLIP on PASCAL Context 59 (values: FACTS §1-2).
+# MaskCLIP on PASCAL Context 59 (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_context59.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/pc59.py',

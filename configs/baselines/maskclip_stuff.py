@@ -1,4 +1,4 @@
-# MaskCLIP on COCO-Stuff 171 (values: FACTS §1-2).
+# MaskCLIP on COCO-Stuff 171 (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_coco_stuff164k.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/coco_stuff171.py',

@@ -1,4 +1,4 @@
-# MaskCLIP on PASCAL VOC 21 (values: FACTS §1-2).
+# MaskCLIP on PASCAL VOC 21 (Zhou et al., ECCV 2022) at the resolution mc-lan/ClearCLIP runs it (configs/cfg_voc21.py, model_type='MaskCLIP').
 _base_ = [
     '../_base_/models/clip_maskclip.py',
     '../_base_/datasets/voc21.py',

@@ -1,4 +1,4 @@
-# NACLIP on ADE20K-150 (values: FACTS §1-2).
+# NACLIP on ADE20K-150 (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_ade20k.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/ade150.py',

@@ -1,4 +1,4 @@
-# NACLIP on Cityscapes (values: FACTS §1-2).
+# NACLIP on Cityscapes (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_city_scapes.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/cityscapes.py',

@@ -1,4 +1,4 @@
-# NACLIP on COCO-Object (values: FACTS §1-2).
+# NACLIP on COCO-Object (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_coco_object.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/coco_object.py',

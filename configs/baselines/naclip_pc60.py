@@ -1,4 +1,4 @@
-# NACLIP on PASCAL Context 60 (values: FACTS §1-2).
+# NACLIP on PASCAL Context 60 (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_context60.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/pc60.py',

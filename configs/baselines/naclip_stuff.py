@@ -1,4 +1,4 @@
-# NACLIP on COCO-Stuff 171 (values: FACTS §1-2).
+# NACLIP on COCO-Stuff 171 (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_coco_stuff164k.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/coco_stuff171.py',

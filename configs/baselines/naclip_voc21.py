@@ -1,4 +1,4 @@
-# NACLIP on PASCAL VOC 21 (values: FACTS §1-2).
+# NACLIP on PASCAL VOC 21 (Hajimiri et al., WACV 2025): values of sinahmr/NACLIP configs/cfg_voc21.py and naclip.py.
 _base_ = [
     '../_base_/models/clip_naclip.py',
     '../_base_/datasets/voc21.py',

@@ -1,4 +1,4 @@
-# ProxyCLIP on ADE20K-150 (values: FACTS §1-2).
+# ProxyCLIP on ADE20K-150 (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_ade20k.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/ade150.py',

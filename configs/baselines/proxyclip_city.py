@@ -1,4 +1,4 @@
-# ProxyCLIP on Cityscapes (values: FACTS §1-2).
+# ProxyCLIP on Cityscapes (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_city_scapes.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/cityscapes.py',

@@ -1,4 +1,4 @@
-# ProxyCLIP on COCO-Object (values: FACTS §1-2).
+# ProxyCLIP on COCO-Object (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_coco_object.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/coco_object.py',

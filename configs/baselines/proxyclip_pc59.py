@@ -1,4 +1,4 @@
-# ProxyCLIP on PASCAL Context 59 (values: FACTS §1-2).
+# ProxyCLIP on PASCAL Context 59 (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_context59.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/pc59.py',

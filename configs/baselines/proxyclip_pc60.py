@@ -1,4 +1,4 @@
-# ProxyCLIP on PASCAL Context 60 (values: FACTS §1-2).
+# ProxyCLIP on PASCAL Context 60 (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_context60.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/pc60.py',

@@ -1,4 +1,4 @@
-# ProxyCLIP on COCO-Stuff 171 (values: FACTS §1-2).
+# ProxyCLIP on COCO-Stuff 171 (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_coco_stuff164k.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/coco_stuff171.py',

@@ -1,4 +1,4 @@
-# ProxyCLIP on PASCAL VOC 21 (values: FACTS §1-2).
+# ProxyCLIP on PASCAL VOC 21 (Lan et al., ECCV 2024): values of mc-lan/ProxyCLIP configs/cfg_voc21.py and proxyclip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/voc21.py',

@@ -1,4 +1,4 @@
-# SCLIP on ADE20K-150 (values: FACTS §1-2).
+# SCLIP on ADE20K-150 (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_ade20k.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/ade150.py',

@@ -1,4 +1,4 @@
-# SCLIP on Cityscapes (values: FACTS §1-2).
+# SCLIP on Cityscapes (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_city_scapes.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/cityscapes.py',

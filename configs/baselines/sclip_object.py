@@ -1,4 +1,4 @@
-# SCLIP on COCO-Object (values: FACTS §1-2).
+# SCLIP on COCO-Object (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_coco_object.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/coco_object.py',

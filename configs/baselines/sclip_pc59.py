@@ -1,4 +1,4 @@
-# SCLIP on PASCAL Context 59 (values: FACTS §1-2).
+# SCLIP on PASCAL Context 59 (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_context59.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/pc59.py',

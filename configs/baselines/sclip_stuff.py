@@ -1,4 +1,4 @@
-# SCLIP on COCO-Stuff 171 (values: FACTS §1-2).
+# SCLIP on COCO-Stuff 171 (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_coco_stuff164k.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/coco_stuff171.py',

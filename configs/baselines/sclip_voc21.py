@@ -1,4 +1,4 @@
-# SCLIP on PASCAL VOC 21 (values: FACTS §1-2).
+# SCLIP on PASCAL VOC 21 (Wang et al., ECCV 2024): values of wangf3014/SCLIP configs/cfg_voc21.py and clip_segmentor.py.
 _base_ = [
     '../_base_/models/clip_sclip.py',
     '../_base_/datasets/voc21.py',

@@ -1,4 +1,4 @@
-# FreeCP + ClearCLIP on PASCAL VOC 21 (FACTS §3: short side 448, 384/112
+# FreeCP + ClearCLIP on PASCAL VOC 21 (FreeCP paper Sec. 4.2, Eqs. 5 and 7; chenqi1126/FreeCP configs/cfg_voc21.py: short side 448, 384/112
 # windows, T_rp 0.15, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
 # ClearCLIP as published.
 _base_ = [

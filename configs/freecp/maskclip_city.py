@@ -1,4 +1,4 @@
-# FreeCP + MaskCLIP on Cityscapes (FACTS §3: short side 560, 224/112
+# FreeCP + MaskCLIP on Cityscapes (chenqi1126/FreeCP configs/cfg_city_scapes.py; the FreeCP paper's Sec. 4.2 says 384 windows: short side 560, 224/112
 # windows, T_rp 0.1, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
 # MaskCLIP as the authors ran it: value embeddings with the FFN kept
 # (official MaskCLIP: ffn=False).

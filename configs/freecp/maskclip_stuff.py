@@ -1,4 +1,4 @@
-# FreeCP + MaskCLIP on COCO-Stuff 171 (FACTS §3: short side 448, 384/112
+# FreeCP + MaskCLIP on COCO-Stuff 171 (FreeCP paper Sec. 4.2, Eqs. 5 and 7; chenqi1126/FreeCP configs/cfg_coco_stuff164k.py: short side 448, 384/112
 # windows, T_rp 0.05, T_ap 0.7; no PAMR, no prob_thd: the background is 1 - max).
 # MaskCLIP as the authors ran it: value embeddings with the FFN kept
 # (official MaskCLIP: ffn=False).

@@ -1,4 +1,4 @@
-# FreeCP + NACLIP on PASCAL Context 60 (FACTS §3: short side 448, 384/112
+# FreeCP + NACLIP on PASCAL Context 60 (FreeCP paper Sec. 4.2, Eqs. 5 and 7; chenqi1126/FreeCP configs/cfg_context60.py: short side 448, 384/112
 # windows, T_rp 0.1, T_ap 0.7; no PAMR, no prob_thd: the background is 1 - max).
 # NACLIP without PAMR (FreeCP uses no post-processing).
 _base_ = [

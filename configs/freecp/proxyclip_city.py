@@ -1,4 +1,4 @@
-# FreeCP + ProxyCLIP on Cityscapes (FACTS §3: short side 560, 224/112
+# FreeCP + ProxyCLIP on Cityscapes (chenqi1126/FreeCP configs/cfg_city_scapes.py; the FreeCP paper's Sec. 4.2 says 384 windows: short side 560, 224/112
 # windows, T_rp 0.1, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
 # ProxyCLIP with DINO ViT-B/16 (not the baseline's B/8): FreeCP refines the
 # token maps with CLIP's 16-px attention, so the proxy tokens must lie on the

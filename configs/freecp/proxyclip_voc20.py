@@ -1,4 +1,4 @@
-# FreeCP + ProxyCLIP on PASCAL VOC 20 (FACTS §3: short side 448, 384/112
+# FreeCP + ProxyCLIP on PASCAL VOC 20 (FreeCP paper Sec. 4.2, Eqs. 5 and 7; chenqi1126/FreeCP configs/cfg_voc20.py: short side 448, 384/112
 # windows, T_rp 0.15, T_ap 0.7; no PAMR, no prob_thd: the background is 1 - max).
 # ProxyCLIP with DINO ViT-B/16 (not the baseline's B/8): FreeCP refines the
 # token maps with CLIP's 16-px attention, so the proxy tokens must lie on the

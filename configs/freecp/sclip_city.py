@@ -1,4 +1,4 @@
-# FreeCP + SCLIP on Cityscapes (FACTS §3: short side 560, 224/112
+# FreeCP + SCLIP on Cityscapes (chenqi1126/FreeCP configs/cfg_city_scapes.py; the FreeCP paper's Sec. 4.2 says 384 windows: short side 560, 224/112
 # windows, T_rp 0.1, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
 # SCLIP as the authors ran it: no residual, FFN kept (official SCLIP:
 # residual=True).

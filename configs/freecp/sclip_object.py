@@ -1,4 +1,4 @@
-# FreeCP + SCLIP on COCO-Object (FACTS §3: short side 448, 384/112
+# FreeCP + SCLIP on COCO-Object (FreeCP paper Sec. 4.2, Eqs. 5 and 7; chenqi1126/FreeCP configs/cfg_coco_object.py: short side 448, 384/112
 # windows, T_rp 0.15, T_ap 0.8; no PAMR, no prob_thd: the background is 1 - max).
 # SCLIP as the authors ran it: no residual, FFN kept (official SCLIP:
 # residual=True).

@@ -1,4 +1,6 @@
-# Training-free dense CLIP segmentor (SCLIP lineage, FACTS §1): open_clip
+# Training-free dense CLIP segmentor (SCLIP lineage: CLIP mean/std, slide
+# inference and tau 40 of wangf3014/SCLIP clip_segmentor.py, the 80 OpenAI
+# ImageNet templates of its prompts/imagenet_template.py): open_clip
 # ViT-B/16 with OpenAI weights, a dense strategy for the last block(s), a
 # cosine head over prompt-ensembled class queries, mmseg slide inference.
 # A method file sets `strategy`, `decode_head.logit_scale` and `test_cfg`;

@@ -2,8 +2,11 @@
 
 mmseg's ``SegDataPreProcessor`` requires equal image sizes at test time, or
 pads the ground truth together with the images (``test_cfg``), which breaks
-the protocol of FACTS §1 where the ground truth stays at the original size.
-This subclass pads only the images.
+the SCLIP-lineage protocol: the ground truth stays at its original size and
+the predictions are resized to ``ori_shape`` (SCLIP, Wang et al., ECCV 2024:
+``wangf3014/SCLIP`` ``configs/cfg_*.py`` load the annotations after
+``Resize``, ``clip_segmentor.py`` interpolates to ``ori_shape``). This
+subclass pads only the images.
 """
 from typing import Any, Dict
 
