@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmseg-ovss-installed
 REQS := requirements/build.txt requirements/runtime.txt requirements/tests.txt requirements/optional.txt setup.py
 PYTEST_ARGS ?=
+# OpenCV wheels other than opencv-python-headless (requirements/runtime.txt)
+OTHER_OPENCV := opencv-python opencv-contrib-python opencv-contrib-python-headless
 
 .PHONY: env test demo benchmark clean-env
 
@@ -24,7 +26,15 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install -q --no-build-isolation -r requirements/optional.txt || \
 	    echo "warning: optional DenseCRF (pydensecrf2) did not build; PnP-OVSS runs without CRF"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -c "import mmcv.ops, mmseg, mmseg_ovss, open_clip, transformers; print('environment ready')"
+	# mmengine's wheel requires opencv-python; two OpenCV wheels overwrite
+	# each other's cv2: remove the others, then reinstall the same headless
+	# version (the removal deleted the cv2 files the two shared).
+	if $(PY) -m pip show -q $(OTHER_OPENCV) >/dev/null 2>&1; then \
+	    $(PY) -m pip uninstall -q -y $(OTHER_OPENCV) && \
+	    $(PY) -m pip install -q --force-reinstall --no-deps \
+	        "opencv-python-headless==$$($(PY) -m pip show opencv-python-headless | sed -n 's/^Version: //p')"; \
+	fi
+	$(PY) -c "import cv2, mmcv.ops, mmseg, mmseg_ovss, open_clip, timm, transformers; print('environment ready')"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,4 +1,4 @@
-"""The package outside its checkout: sdist, wheel, editable links.
+"""The package outside its checkout: sdist, wheel, editable links, OpenCV.
 
 A wheel (``pip install .``) has no repository root next to it: the class
 names, descriptions, splits, samples, configs and tools must travel inside it
@@ -6,6 +6,7 @@ names, descriptions, splits, samples, configs and tools must travel inside it
 test covers ``MANIFEST.in`` too, and installed into a private target that is
 the only place ``mmseg_ovss`` can be imported from.
 """
+import importlib.metadata
 import json
 import os
 import shutil
@@ -23,6 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ITEMS = ('setup.py', 'MANIFEST.in', 'README.md', 'requirements',
                 'mmseg_ovss', 'configs', 'tools', 'data/class_names',
                 'data/descriptions', 'data/splits', 'data/samples')
+OPENCV_DISTRIBUTIONS = ('opencv-python', 'opencv-python-headless',
+                        'opencv-contrib-python',
+                        'opencv-contrib-python-headless')
+
 # Run by the installed package from a directory that has no data/.
 PROBE = r'''
 import json
@@ -155,3 +160,20 @@ def test_checkout_data_found_first(tmp_path, monkeypatch):
     assert (paths.resolve_data_path('data/splits/voc_15_5.json')
             == REPO_ROOT / 'data/splits/voc_15_5.json')
 
+
+def test_exactly_one_opencv_distribution():
+    """Two OpenCV wheels overwrite each other's ``cv2`` package."""
+    found = sorted({
+        (dist.metadata['Name'].lower().replace('_', '-'), dist.version)
+        for dist in importlib.metadata.distributions()
+        if dist.metadata['Name'] and dist.metadata['Name'].lower().replace(
+            '_', '-') in OPENCV_DISTRIBUTIONS})
+    assert len(found) == 1, (
+        f'expected exactly one OpenCV distribution, found {found or "none"}; '
+        'keep only the headless one: pip uninstall -y opencv-python '
+        'opencv-contrib-python opencv-contrib-python-headless && pip install '
+        "--force-reinstall --no-deps 'opencv-python-headless>=4.10' "
+        '(make env does this after the dependency installs)')
+    assert found[0][0] == 'opencv-python-headless', (
+        f'{found[0][0]} is installed; requirements/runtime.txt asks for '
+        'opencv-python-headless')
