@@ -17,10 +17,15 @@ or through a local transformers model folder (no download)::
     python tools/generate_descriptions.py data/class_names/voc20.txt \
         out.json --hf-model /models/vicuna-13b-v1.5
 
-A class for which the LLM returns nothing usable is left out with a
-warning; ``FreeCPHead`` then uses that class's template embedding (and
-warns). The background line of VOC21/COCO-Object (stuff words) is skipped
-unless ``--include-background``.
+Every usable answer is kept, repeats included (the paper averages all 15;
+a repeated answer weighs more), unless ``--unique``. A class for which the
+LLM returns nothing usable is left out with a warning; ``FreeCPHead`` then
+uses that class's template embedding (and warns). The class-name file is
+read and checked as everywhere else
+(:class:`mmseg_ovss.clip.vocabulary.Vocabulary`). The background class is
+skipped unless ``--include-background``: the class named "background"
+(:func:`mmseg_ovss.clip.vocabulary.find_background_class`), or else a first
+line of more than five synonyms (the stuff words of VOC21/COCO-Object).
 """
 import argparse
 import json
@@ -31,6 +36,12 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..'))
+from mmseg_ovss.clip.vocabulary import (Vocabulary,  # noqa: E402
+                                        find_background_class)
+from mmseg_ovss.freecp.descriptions import load_descriptions  # noqa: E402
 
 # One instruction per kind of description (paper: appearance, parts, context).
 INSTRUCTIONS = (
@@ -49,10 +60,19 @@ Generator = Callable[[str, int], List[str]]
 
 
 def read_class_lines(path: str) -> List[List[str]]:
-    """Class-name file -> synonyms per class (one class a line)."""
-    lines = Path(path).read_text(encoding='utf-8').splitlines()
-    return [[n.strip() for n in line.split(', ') if n.strip()]
-            for line in lines if line.strip()]
+    """Class-name file -> synonyms per class (one class a line); a shared
+    synonym is allowed here (the file only names what to describe)."""
+    vocabulary = Vocabulary.from_file(path, shared_synonyms='allow')
+    return [list(names) for names in vocabulary.synonyms]
+
+
+def background_lines(classes: Sequence[Sequence[str]]) -> List[int]:
+    """Classes not to describe: the one named "background", or else a
+    first line of stuff words (more than five synonyms)."""
+    background = find_background_class(classes)
+    if background is not None:
+        return [background]
+    return [0] if classes and len(classes[0]) > 5 else []
 
 
 def clean_answer(text: str) -> Optional[str]:
@@ -138,15 +158,16 @@ def transformers_generator(model_path: str, temperature: float,
     return generate
 
 
-def describe_class(name: str, generate: Generator,
-                   answers: int) -> List[str]:
-    """The paper's recipe for one class name: 3 instructions x answers."""
+def describe_class(name: str, generate: Generator, answers: int,
+                   unique: bool = False) -> List[str]:
+    """The paper's recipe for one class name: 3 instructions x answers
+    (repeated answers kept unless ``unique``)."""
     sentences = []
     for instruction in INSTRUCTIONS:
         prompt = instruction.format(name=name)
         for raw in generate(prompt, answers):
             sentence = clean_answer(raw)
-            if sentence and sentence not in sentences:
+            if sentence and not (unique and sentence in sentences):
                 sentences.append(sentence)
     return sentences
 
@@ -154,17 +175,19 @@ def describe_class(name: str, generate: Generator,
 def generate_descriptions(classes: Sequence[Sequence[str]],
                           generate: Generator, answers: int = 5,
                           existing: Optional[Dict[str, List[str]]] = None,
-                          skip_first: bool = False) -> Dict[str, List[str]]:
-    """Descriptions of every class (keyed by its first synonym)."""
+                          skip: Sequence[int] = (),
+                          unique: bool = False) -> Dict[str, List[str]]:
+    """Descriptions of every class but ``skip`` (keyed by its first
+    synonym)."""
     table = dict(existing or {})
     for index, names in enumerate(classes):
-        if skip_first and index == 0:
+        if index in skip:
             continue
         key = names[0]
         if table.get(key):
             continue
         try:
-            sentences = describe_class(key, generate, answers)
+            sentences = describe_class(key, generate, answers, unique)
         except OSError as err:  # endpoint unreachable, timeout, ...
             warnings.warn(f'LLM request for {key!r} failed: {err}')
             sentences = []
@@ -196,8 +219,11 @@ def parse_args(argv=None):
     parser.add_argument('--max-tokens', type=int, default=60)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--include-background', action='store_true',
-                        help='also describe the first line when it holds '
-                        'background stuff words')
+                        help='also describe the background class (named '
+                        '"background", or a first line of stuff words)')
+    parser.add_argument('--unique', action='store_true',
+                        help='drop repeated answers (default: keep them, '
+                        'as the paper averages all answers)')
     parser.add_argument('--resume', action='store_true',
                         help='keep classes already in the output file')
     return parser.parse_args(argv)
@@ -216,12 +242,10 @@ def main(argv=None) -> Dict[str, List[str]]:
     output = Path(args.output)
     existing = None
     if args.resume and output.is_file():
-        existing = json.loads(output.read_text(encoding='utf-8'))
-    first = [n.lower() for n in classes[0]] if classes else []
-    skip_first = not args.include_background and (
-        'background' in first or len(first) > 5)
+        existing = load_descriptions(output)
+    skip = [] if args.include_background else background_lines(classes)
     table = generate_descriptions(classes, generate, args.answers, existing,
-                                  skip_first)
+                                  skip, args.unique)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(table, indent=1, ensure_ascii=False) + '\n',
                       encoding='utf-8')

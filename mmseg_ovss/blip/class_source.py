@@ -1,8 +1,11 @@
 """Which classes go into an image's caption.
 
 - ``vocabulary`` (the paper): every class of the dataset vocabulary.
-- ``json``: per-image class lists from a JSON file ``{image key: [class name
-  or index, ...]}``; the key is the image file name without extension. The
+- ``json``: per-image class lists from a UTF-8 JSON file ``{image key:
+  [class name or index, ...]}``; the key is the image file name without
+  extension; names match any synonym, compared as in
+  :func:`mmseg_ovss.clip.vocabulary.name_key` (case, spacing and Unicode
+  normalisation ignored). The
   authors' later version captioned only the classes an external model
   (GPT-4o) listed for each image.
 - ``oracle_ground_truth``: the classes present in the image's ground truth.
@@ -14,6 +17,7 @@ import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Sequence
 
+from mmseg_ovss.clip.vocabulary import name_key, read_utf8_text
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.paths import resolve_data_path
 
@@ -61,8 +65,7 @@ class ClassSource:
             resolved = resolve_data_path(path, must_exist=False)
             if not osp.isfile(resolved):
                 raise OVSSDataError(f'class list file "{path}" not found.')
-            with open(resolved) as f:
-                self.table = json.load(f)
+            self.table = self._read(resolved)
             if not isinstance(self.table, dict):
                 raise OVSSDataError(
                     f'{path} must hold a JSON object {{image key: [...]}}.')
@@ -70,6 +73,27 @@ class ClassSource:
             warnings.warn('PnP-OVSS class source "oracle_ground_truth" reads '
                           'the ground-truth labels: analysis only, not a '
                           'zero-shot result.')
+
+    @staticmethod
+    def _read(path) -> dict:
+        """The class list file; a key listed twice is an error (JSON would
+        keep only its last list)."""
+        def no_repeated_keys(pairs):
+            keys = [key for key, _ in pairs]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise OVSSDataError(
+                    f'class list file "{path}" lists "{repeated[0]}" twice; '
+                    'merge its entries')
+            return dict(pairs)
+
+        text = read_utf8_text(path, 'class list file')
+        try:
+            return json.loads(text, object_pairs_hook=no_repeated_keys)
+        except json.JSONDecodeError as err:
+            raise OVSSDataError(
+                f'class list file "{path}" is not valid JSON ({err}); fix it '
+                '(an object {image key: [class names or indices]})') from err
 
     def __call__(self, data_sample, synonyms: Sequence[Sequence[str]]
                  ) -> List[int]:
@@ -99,7 +123,7 @@ class ClassSource:
         lookup = {}
         for idx, names in enumerate(synonyms):
             for name in names:
-                lookup.setdefault(name.strip().lower(), idx)
+                lookup.setdefault(name_key(name), idx)
         out = set()
         for entry in entries:
             if isinstance(entry, int) and not isinstance(entry, bool):
@@ -108,8 +132,8 @@ class ClassSource:
                         f'image "{key}": class index {entry} is outside the '
                         f'vocabulary (0..{len(synonyms) - 1}).')
                 out.add(entry)
-            elif isinstance(entry, str) and entry.strip().lower() in lookup:
-                out.add(lookup[entry.strip().lower()])
+            elif isinstance(entry, str) and name_key(entry) in lookup:
+                out.add(lookup[name_key(entry)])
             else:
                 raise OVSSDataError(
                     f'image "{key}": "{entry}" is not a class of the '

@@ -2,17 +2,20 @@
 
 ``'openai'``: the 80 ImageNet templates of CLIP (Radford et al., 2021), as
 shipped by open_clip; ``'simple'``: open_clip's short list; ``'single'``:
-``'a photo of a {}.'``; a list of ``'{}'`` strings; or a text file with one
-template per line (``data/templates/*.txt``).
+``'a photo of a {}.'``; a list of ``'{}'`` strings; or a UTF-8 text file
+with one template per line (``data/templates/*.txt``; empty lines and a
+byte-order mark are ignored).
 """
+from pathlib import Path
 from typing import Callable, List, Sequence, Union
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from mmseg_ovss.clip.vocabulary import read_utf8_text
 from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.paths import resolve_data_path
 
-TemplateSpec = Union[str, Sequence[str]]
+TemplateSpec = Union[str, Path, Sequence[str]]
 NAMED_TEMPLATES = ('openai', 'simple', 'single')
 
 
@@ -29,6 +32,8 @@ def _from_strings(templates: Sequence[str], origin: str) -> List[Callable]:
 
 def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
     """Templates as callables ``name -> prompt``."""
+    if isinstance(spec, Path):
+        spec = str(spec)
     if isinstance(spec, str):
         if spec == 'openai':
             return list(OPENAI_IMAGENET_TEMPLATES)
@@ -39,7 +44,7 @@ def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
         if spec.endswith('.txt'):
             path = resolve_data_path(spec)
             lines = [ln.strip() for ln in
-                     path.read_text(encoding='utf-8').splitlines()]
+                     read_utf8_text(path, 'template file').split('\n')]
             return _from_strings([ln for ln in lines if ln], str(path))
         raise OVSSConfigError(
             f'unknown prompt templates {spec!r}; use one of '
@@ -50,4 +55,4 @@ def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
 
 def templates_key(spec: TemplateSpec) -> tuple:
     """Hashable identity of a template spec (for caching)."""
-    return (spec,) if isinstance(spec, str) else tuple(spec)
+    return (str(spec), ) if isinstance(spec, (str, Path)) else tuple(spec)

@@ -1,12 +1,14 @@
 """Text side of dense CLIP: prompt-ensembled query embeddings.
 
 For each query (class name or synonym) q: e_q = normalise(mean_t
-normalise(E_text(t(q)))) over the templates t (CLIP's prompt ensembling;
-FACTS §1). Embeddings are cached per (model, vocabulary, templates).
+normalise(E_text(t(q)))) over the templates t (CLIP's prompt ensembling,
+Radford et al., 2021, Sec. 3.1.4; computed so in SCLIP, ``wangf3014/SCLIP``,
+``clip_segmentor.py``). Embeddings are cached per (model, vocabulary,
+templates).
 """
-import json
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,6 @@ from mmseg_ovss.clip.templates import (TemplateSpec, load_templates,
                                        templates_key)
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
-from mmseg_ovss.utils.paths import resolve_data_path
 
 
 class CLIPTextEncoder:
@@ -128,27 +129,31 @@ class CLIPTextEncoder:
 
     @torch.no_grad()
     def encode_descriptions(
-            self, descriptions: Union[str, Dict[str, List[str]]],
+            self, descriptions: Union[str, Path, Mapping],
             class_names: Sequence[str]) -> Tensor:
         """(K, D) per-class mean of raw description embeddings.
 
-        ``descriptions`` maps a class name to sentences (or is a JSON file
-        of that mapping); each class's sentences are encoded without
-        templates, averaged and L2-normalised (FreeCP §3.3).
+        ``descriptions`` is a table ``{class name: [sentence, ...]}`` or a
+        description file (or ``dict(path=..., deduplicate=...)``) read by
+        :func:`mmseg_ovss.freecp.descriptions.load_descriptions`; names
+        match as there. Each class's sentences are encoded without
+        templates, averaged and L2-normalised (FreeCP Sec. 4.2, Eq. 8).
         """
-        if isinstance(descriptions, str):
-            path = resolve_data_path(descriptions)
-            descriptions = json.loads(path.read_text(encoding='utf-8'))
-        rows = []
-        for name in class_names:
-            sentences = descriptions.get(name)
-            if not sentences:
+        from mmseg_ovss.freecp.descriptions import (load_descriptions,
+                                                    match_descriptions,
+                                                    mean_sentence_embeddings)
+        if isinstance(descriptions, (str, Path)) or isinstance(
+                descriptions.get('path'), (str, Path)):
+            descriptions = load_descriptions(descriptions)
+        matched = match_descriptions([[n] for n in class_names],
+                                     descriptions)
+        for name, sentences in zip(class_names, matched):
+            if sentences is None:
                 raise OVSSDataError(
                     f'no description sentences for class {name!r}; add them '
                     'to the description file (class name -> list of '
                     'sentences)')
-            rows.append(F.normalize(self.encode_text(sentences).mean(0), dim=0))
-        return torch.stack(rows)
+        return mean_sentence_embeddings(self.encode_text, matched)
 
 
 def build_tokenizer(model_name: str):
@@ -159,12 +164,17 @@ def build_tokenizer(model_name: str):
 
 def vocabulary_from(classes: Optional[Sequence] = None,
                     class_names_file: Optional[str] = None,
-                    background_class: Optional[int] = None) -> Vocabulary:
-    """The config's class-name file wins over a list of classes."""
+                    background_class: Union[int, str, None] = None,
+                    shared_synonyms: str = 'error') -> Vocabulary:
+    """The config's class-name file wins over a list of classes
+    (``background_class`` and ``shared_synonyms`` as in
+    :class:`~mmseg_ovss.clip.vocabulary.Vocabulary`)."""
     if class_names_file:
-        return Vocabulary.from_file(class_names_file, background_class)
+        return Vocabulary.from_file(class_names_file, background_class,
+                                    shared_synonyms)
     if classes is None:
         raise OVSSConfigError(
             'no vocabulary: set class_names (a file) in the model config or '
             'run through a dataset whose metainfo has classes')
-    return Vocabulary.from_names(list(classes), background_class)
+    return Vocabulary.from_names(list(classes), background_class,
+                                 shared_synonyms)
