@@ -124,8 +124,9 @@ def collect_images(paths: Sequence[str]) -> List[Path]:
                            and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise OVSSDataError(
-                    f'folder {item} holds no image ({", ".join(IMAGE_EXTENSIONS)}'
-                    '); pass image files or a folder of images')
+                    f'folder {item} holds no image '
+                    f'({", ".join(IMAGE_EXTENSIONS)}); pass image files or a '
+                    'folder of images')
             images += found
         elif path.is_file():
             images.append(path)
@@ -301,7 +302,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def write_image(target: Path, image: np.ndarray) -> None:
-    """``cv2.imwrite`` that raises, naming the file, when nothing is written."""
+    """``cv2.imwrite`` that raises, naming the file, if nothing is written."""
     try:
         written = cv2.imwrite(str(target), image)
     except cv2.error:

@@ -139,8 +139,8 @@ class LoadCheckedAnnotations(BaseTransform):
                 f'{orientation} ({EXIF_ORIENTATIONS[orientation]}) and '
                 'LoadImageFromFile turns it upright, while its annotation '
                 f'{seg_path} is read as stored; their sizes agree, so check '
-                'that the label was drawn on the upright image, or load images '
-                "with color_type='color_ignore_orientation'",
+                'that the label was drawn on the upright image, or load '
+                "images with color_type='color_ignore_orientation'",
                 stacklevel=2)
 
     @staticmethod
