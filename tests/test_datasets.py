@@ -16,8 +16,8 @@ from mmseg.utils import register_all_modules
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ('voc21', 'voc20', 'pc60', 'pc59', 'pc459', 'coco_object',
               'coco_stuff171', 'ade150', 'ade847', 'cityscapes')
-# facts per benchmark: (classes, ignore index, reduce_zero_label, short side)
-FACTS = {
+# per benchmark: (classes, ignore index, reduce_zero_label, short side)
+EXPECTED = {
     'voc21': (21, 255, False, 448),
     'voc20': (20, 255, True, 448),
     'pc60': (60, 255, False, 448),
@@ -50,7 +50,7 @@ def expected_label(raw: np.ndarray, reduce_zero_label: bool,
 
 @pytest.mark.parametrize('name', BENCHMARKS)
 def test_base_config_loads_tiny_dataset(name, tiny_data_root):
-    num_classes, ignore_index, reduce, short_side = FACTS[name]
+    num_classes, ignore_index, reduce, short_side = EXPECTED[name]
     cfg = base_config(name)
     assert cfg.data_root.startswith(str(tiny_data_root))
     assert cfg.test_evaluator.ignore_index == ignore_index
@@ -162,7 +162,10 @@ def test_split_files_agree_with_metainfo(split_name):
 
 
 def test_zero_shot_split_sizes_and_ids():
-    """FACTS §5: the unseen classes of each split."""
+    """The unseen classes of the ZegCLIP / CLIP-RC splits (ZegCLIP,
+    ZiqinZhou66/ZegCLIP, configs/voc12/vpt_seg_zero_vit-b_512x512_20k_12_10.py
+    and configs/coco/vpt_seg_zero_vit-b_512x512_80k_12_100_multi.py; the
+    PASCAL Context 49/10 split of the CLIP-RC paper)."""
     load = lambda n: json.loads(  # noqa
         (REPO_ROOT / f'data/splits/{n}.json').read_text())
     assert load('voc_15_5')['unseen_names'] == [

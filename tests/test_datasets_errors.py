@@ -136,3 +136,70 @@ def test_wide_labels_refuse_mmseg_loader(tmp_path, monkeypatch):
                 dict(type='PackSegInputs')]
     with pytest.raises(OVSSConfigError, match='casts labels to uint8'):
         build_test_dataset('pc459', tmp_path, monkeypatch, pipeline=pipeline)
+
+
+def test_label_of_another_size_names_both_files(tmp_path, monkeypatch):
+    data_root = Path(make_tiny_dataset('coco_stuff171', tmp_path))
+    label_path = next((data_root / 'annotations/val2017').glob('*.png'))
+    image_path = (data_root / 'images/val2017' /
+                  label_path.name.replace('_labelTrainIds.png', '.jpg'))
+    label = Image.open(label_path)
+    label.resize((48, 32), Image.NEAREST).save(label_path)  # image: 96x64
+    dataset = build_test_dataset('coco_stuff171', tmp_path, monkeypatch)
+    index = [dataset.get_data_info(i)['seg_map_path']
+             for i in range(len(dataset))].index(str(label_path))
+    with pytest.raises(OVSSDataError) as info:
+        dataset[index]
+    message = str(info.value)
+    assert f'image {image_path} is 96x64' in message
+    assert f'annotation {label_path} is 48x32' in message
+    assert 'converter' in message and 'EXIF' not in message
+
+
+def _save_with_orientation(path, orientation):
+    image = Image.open(path)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_exif_rotated_photo_is_explained(tmp_path, monkeypatch):
+    """LoadImageFromFile turns an Orientation=6 JPEG upright (64x96 stored
+    -> 96x64 loaded); the label map is read as stored."""
+    data_root = Path(make_tiny_dataset('voc21', tmp_path))
+    image_path = data_root / 'JPEGImages/2007_000001.jpg'
+    _save_with_orientation(image_path, 6)
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch)
+    with pytest.raises(OVSSDataError) as info:
+        dataset[0]
+    message = str(info.value)
+    assert f'image {image_path} is 64x96' in message
+    assert 'SegmentationClass/2007_000001.png is 96x64' in message
+    assert 'Orientation=6' in message
+    assert "color_type='color_ignore_orientation'" in message
+    # the fix the message gives: keep the stored pixel order
+    pipeline = [dict(type='LoadImageFromFile',
+                     color_type='color_ignore_orientation'),
+                dict(type='LoadCheckedAnnotations'),
+                dict(type='PackSegInputs')]
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch,
+                                 pipeline=pipeline)
+    sample = dataset[0]['data_samples']
+    assert tuple(sample.ori_shape) == sample.gt_sem_seg.shape == (64, 96)
+
+
+def test_size_keeping_exif_rotation_warns(tmp_path, monkeypatch):
+    """A 180-degree tag keeps the size: only a warning can point at it."""
+    data_root = Path(make_tiny_dataset('voc21', tmp_path))
+    image_path = data_root / 'JPEGImages/2007_000002.jpg'
+    _save_with_orientation(image_path, 3)
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch)
+    with pytest.warns(UserWarning, match=r'Orientation=3 \(rotated 180'):
+        dataset[1]
+    pipeline = [dict(type='LoadImageFromFile',
+                     color_type='color_ignore_orientation'),
+                dict(type='LoadCheckedAnnotations'),
+                dict(type='PackSegInputs')]
+    dataset = build_test_dataset('voc21', tmp_path, monkeypatch,
+                                 pipeline=pipeline)
+    assert not dataset.applies_exif_orientation

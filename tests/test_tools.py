@@ -13,7 +13,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 import mmseg_ovss.testing.hooks  # noqa: F401  (CrashAfterIterHook)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
 from mmseg_ovss.testing.tools import run_tool
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
+from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
+                                     OVSSWeightsError)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ('voc21', 'voc20', 'pc60', 'pc59', 'pc459', 'coco_object',
@@ -154,6 +155,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_data_root,
     assert 'resumed epoch: 0, iter: 2' in log, 'did not resume from iter_2'
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
     assert resumed.keys() == reference.keys()
+    # the same fp32 operations on the same batches in the same process:
+    # torch's fp32 defaults (rtol 1.3e-6 = ~11 eps, atol 1e-5) only absorb
+    # kernel-order differences, not a wrong resume
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key],
                                    msg=f'{key} differs after resume')
@@ -172,3 +176,16 @@ def test_mmengine_checkpoint_loads_with_weights_only(tiny_data_root,
     ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     assert 'message_hub' in ckpt and 'optimizer' in ckpt
     assert ckpt['meta']['iter'] == 1
+
+
+def test_test_tool_arguments_out_of_range(tiny_data_root, tmp_path):
+    cfg = _write_tiny_config(tmp_path, 'voc21')
+    with pytest.raises(OVSSConfigError, match='--show-interval 0: give a '
+                       'positive n'):
+        run_tool('test', [cfg, '--show-dir', 'vis', '--show-interval', 0])
+    with pytest.raises(OVSSConfigError, match='--wait-time -1.0'):
+        run_tool('test', [cfg, '--show', '--wait-time', -1])
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('x')
+    with pytest.raises(OVSSDataError, match='--out .*notes.txt is a file'):
+        run_tool('test', [cfg, '--out', a_file])

@@ -10,11 +10,20 @@ cannot be downloaded, ``--random-init`` runs the whole path without weights
 (the overlay is then meaningless, but every step runs).
 A class may list synonyms separated by ", "; a class named "background"
 becomes the background class.
+
+Each input ``<name>.<ext>`` gives ``<out-dir>/<name>_overlay.png``. Inputs
+that share a name (``a/cat.jpg`` and ``b/cat.jpg``, or ``cat.jpg`` and
+``cat.png``) are named after their path below the deepest folder they share,
+with "/" and "." replaced by "_": ``a_cat_jpg_overlay.png`` and
+``b_cat_jpg_overlay.png``. Arguments out of range, inputs without images and
+files that cannot be written are errors.
 """
 import argparse
 import json
+import os
 import os.path as osp
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import List, Sequence
 
@@ -31,6 +40,10 @@ DEFAULT_CONFIG = 'configs/_base_/models/clip_sclip.py'
 SAMPLES = 'data/samples'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff',
                     '.webp')
+#: Accepted --short-side values: at least a ViT patch, at most what a
+#: sliding-window CLIP model segments in reasonable memory.
+SHORT_SIDE_RANGE = (16, 4096)
+DEFAULT_SHORT_SIDE = 336
 
 
 def parse_args(argv=None):
@@ -48,29 +61,134 @@ def parse_args(argv=None):
     parser.add_argument('--random-init', action='store_true',
                         help='random CLIP weights (offline smoke run)')
     parser.add_argument('--short-side', type=int, default=None,
-                        help='resize the short side (default: 336)')
+                        help='resize the short side, in pixels (default: '
+                        f'{DEFAULT_SHORT_SIDE}; {SHORT_SIDE_RANGE[0]}..'
+                        f'{SHORT_SIDE_RANGE[1]})')
     parser.add_argument('--out-dir', default='work_dirs/demo')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--alpha', type=float, default=0.5)
-    return parser.parse_args(argv)
+    parser.add_argument('--device', default='cpu',
+                        help='torch device, e.g. cpu, cuda, cuda:1')
+    parser.add_argument('--alpha', type=float, default=0.5,
+                        help='opacity of the label colours, 0..1')
+    return check_arguments(parser.parse_args(argv))
+
+
+def check_arguments(args):
+    """Refuse out-of-range values before the model is built."""
+    from mmseg_ovss.clip.vocabulary import Vocabulary
+    low, high = SHORT_SIDE_RANGE
+    if args.short_side is not None and not low <= args.short_side <= high:
+        raise OVSSConfigError(
+            f'--short-side {args.short_side} is out of range: give {low}..'
+            f'{high} pixels (the configs use 336-560)')
+    if not 0.0 <= args.alpha <= 1.0:  # also refuses nan
+        raise OVSSConfigError(
+            f'--alpha {args.alpha} is out of range: give 0 (image only) .. 1 '
+            '(label colours only)')
+    if args.classes is not None and args.class_file:
+        raise OVSSConfigError(
+            'give either --classes or --class-file, not both')
+    if args.classes is not None:
+        Vocabulary.from_names(args.classes)  # empty / duplicate names
+    if args.class_file:
+        Vocabulary.from_file(args.class_file)
+    resolve_data_path(args.config)
+    check_device(args.device)
+    return args
+
+
+def check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise OVSSConfigError(
+            f'--device {device!r} is not a torch device; use cpu, cuda or '
+            'cuda:N') from err
+    if parsed.type == 'cuda':
+        count = torch.cuda.device_count()
+        if count == 0 or (parsed.index or 0) >= count:
+            raise OVSSConfigError(
+                f'--device {device}: this machine has {count} CUDA '
+                'device(s); use --device cpu or an existing cuda:N')
 
 
 def collect_images(paths: Sequence[str]) -> List[Path]:
+    """The image files of ``paths`` (files, or folders scanned for
+    ``IMAGE_EXTENSIONS``), each once, in the order given."""
     if not paths:
         paths = [str(resolve_data_path(SAMPLES))]
     images = []
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            images += sorted(p for p in path.iterdir()
-                             if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in path.iterdir() if p.is_file()
+                           and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise OVSSDataError(
+                    f'folder {item} holds no image '
+                    f'({", ".join(IMAGE_EXTENSIONS)}); pass image files or a '
+                    'folder of images')
+            images += found
         elif path.is_file():
             images.append(path)
         else:
             raise OVSSDataError(f'image {item!r} does not exist')
-    if not images:
-        raise OVSSDataError(f'no images found in {list(paths)}')
-    return images
+    unique = {}
+    for image in images:
+        unique.setdefault(image.resolve(), image)
+    return list(unique.values())
+
+
+def output_names(images: Sequence[Path]) -> List[str]:
+    """``<name>_overlay.png`` per image; images sharing a name are named
+    after their path below their deepest common folder ("/", "." -> "_")."""
+    counts = Counter(p.stem for p in images)
+    groups = {}
+    for image in images:
+        groups.setdefault(image.stem, []).append(image.resolve())
+    names = []
+    for image in images:
+        if counts[image.stem] == 1:
+            names.append(f'{image.stem}_overlay.png')
+            continue
+        group = groups[image.stem]
+        common = Path(osp.commonpath([str(p.parent) for p in group]))
+        relative = image.resolve().relative_to(common).as_posix()
+        names.append(relative.replace('/', '_').replace('.', '_') +
+                     '_overlay.png')
+    seen = {}
+    for image, name in zip(images, names):
+        if name in seen:
+            raise OVSSDataError(
+                f'images {seen[name]} and {image} would both be written to '
+                f'{name}; rename one of them or run them separately')
+        seen[name] = image
+    return names
+
+
+def prepare_out_dir(out_dir: Path, images: Sequence[Path],
+                    names: Sequence[str]) -> List[Path]:
+    """Create ``out_dir``; the overlay paths, none of them an input."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OVSSDataError(
+            f'--out-dir {out_dir} is a file; give a folder (created if '
+            'missing)')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OVSSDataError(
+            f'cannot create --out-dir {out_dir} ({err}); give a writable '
+            'folder') from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OVSSDataError(
+            f'--out-dir {out_dir} is not writable; give a writable folder')
+    targets = [out_dir / name for name in names]
+    inputs = {p.resolve() for p in images}
+    for target in targets:
+        if target.resolve() in inputs:
+            raise OVSSDataError(
+                f'the overlay {target} would overwrite an input image; use '
+                'another --out-dir')
+    return targets
 
 
 def sample_vocabulary(image: Path):
@@ -154,38 +272,72 @@ def segment(model, image: np.ndarray, short_side: int) -> np.ndarray:
     return result.pred_sem_seg.data[0].cpu().numpy()
 
 
-def main(argv=None) -> List[str]:
+def image_vocabularies(args, images: Sequence[Path]) -> list:
+    """The class list of each image (None with --class-file): --classes, or
+    the samples' table; checked before the model is built."""
+    if args.class_file:
+        return [None] * len(images)
+    vocabularies = [args.classes or sample_vocabulary(path)
+                    for path in images]
+    missing = [str(p) for p, v in zip(images, vocabularies) if not v]
+    if missing:
+        raise OVSSConfigError(
+            f'no vocabulary for {", ".join(missing[:3])}: pass --classes '
+            '(e.g. --classes background cat "dog, puppy") or --class-file')
+    return vocabularies
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A BGR uint8 image (grey and RGBA converted), or an error naming it."""
     import mmcv
+    try:
+        image = mmcv.imread(str(path), flag='color')
+    except (cv2.error, OSError, ValueError):
+        image = None
+    if image is None or image.size == 0:
+        raise OVSSDataError(
+            f'cannot read image {path}: it is empty, corrupt or not an image '
+            f'({", ".join(IMAGE_EXTENSIONS)})')
+    return image
+
+
+def write_image(target: Path, image: np.ndarray) -> None:
+    """``cv2.imwrite`` that raises, naming the file, if nothing is written."""
+    try:
+        written = cv2.imwrite(str(target), image)
+    except cv2.error:
+        written = False
+    if not written:
+        raise OVSSDataError(
+            f'cannot write {target}; check that its folder exists, is '
+            'writable and has free space')
+
+
+def main(argv=None) -> List[str]:
+    """Segment the images; returns the overlay paths written."""
     args = parse_args(argv)
     images = collect_images(args.images)
+    targets = prepare_out_dir(Path(args.out_dir), images,
+                              output_names(images))
+    vocabularies = image_vocabularies(args, images)
     try:
         model = build_model(args)
     except OVSSWeightsError as err:
         raise SystemExit(
             f'{err}\nExample: python tools/demo.py --checkpoint '
             '/path/to/ViT-B-16.pt, or --random-init to try it offline.')
-    short_side = args.short_side or 336
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    short_side = args.short_side or DEFAULT_SHORT_SIDE
     written = []
-    for path in images:
+    for path, target, classes in zip(images, targets, vocabularies):
         if args.class_file:
             model.set_vocabulary(class_names_file=args.class_file)
         else:
-            classes = args.classes or sample_vocabulary(path)
-            if not classes:
-                raise OVSSConfigError(
-                    f'no vocabulary for {path.name}: pass --classes (e.g. '
-                    '--classes background cat "dog, puppy") or --class-file')
             model.set_vocabulary(classes)
-        image = mmcv.imread(str(path), flag='color')  # gray/RGBA -> BGR
-        if image is None:
-            raise OVSSDataError(f'cannot read image {path}')
+        image = read_image(path)
         labels = segment(model, image, short_side)
         names = model.vocabulary_embeddings().class_names
         overlay = draw_overlay(image, labels, names, args.alpha)
-        target = out_dir / f'{path.stem}_overlay.png'
-        cv2.imwrite(str(target), overlay)
+        write_image(target, overlay)
         written.append(str(target))
         print(f'{path} -> {target}')
     return written

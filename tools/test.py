@@ -5,6 +5,9 @@ Training-free models (the CLIP family, FreeCP, PnP-OVSS) need no checkpoint:
 Trained models:
     python tools/test.py CONFIG work_dirs/CONFIG/iter_80000.pth
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
+``--out DIR`` writes one PNG of label ids per image (16-bit where ids exceed
+255, e.g. PC-459 and ADE-847); ``--tta`` adds horizontal-flip test-time
+augmentation for segmentors that support it (mmseg's ``EncoderDecoder``).
 """
 import argparse
 import os.path as osp
@@ -17,7 +20,8 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError  # noqa: E402
+from mmseg_ovss.utils.errors import (OVSSConfigError,  # noqa: E402
+                                     OVSSDataError, OVSSWeightsError)
 
 
 def parse_args(argv=None):
@@ -27,7 +31,8 @@ def parse_args(argv=None):
         'checkpoint', nargs='?', default=None,
         help='checkpoint file (not needed for training-free models)')
     parser.add_argument(
-        '--out', help='directory to save predicted label maps (PNG)')
+        '--out', help='directory to save predicted label maps (one PNG per '
+        'image, named after it; 16-bit where ids exceed 255)')
     parser.add_argument(
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
@@ -38,9 +43,30 @@ def parse_args(argv=None):
         help='paint every n-th test image (default: all)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--tta', action='store_true', help='test time aug')
+    parser.add_argument(
+        '--tta', action='store_true',
+        help='horizontal-flip test-time augmentation (the config\'s '
+        'tta_pipeline if it has one); segmentors built on mmseg\'s '
+        'EncoderDecoder only')
     add_runner_arguments(parser, 'model.decode_head.logit_scale=50')
-    return parse_runner_args(parser, argv)
+    return check_arguments(parse_runner_args(parser, argv))
+
+
+def check_arguments(args):
+    """Refuse values out of range before anything is built."""
+    if args.show_interval < 1:
+        raise OVSSConfigError(
+            f'--show-interval {args.show_interval}: give a positive n (paint '
+            'every n-th image; 1 paints all)')
+    if args.wait_time < 0:
+        raise OVSSConfigError(
+            f'--wait-time {args.wait_time}: give a duration >= 0 seconds')
+    if args.out is not None and osp.exists(args.out) and not osp.isdir(
+            args.out):
+        raise OVSSDataError(
+            f'--out {args.out} is a file; give a directory (it is created '
+            'if missing)')
+    return args
 
 
 def enable_visualization(cfg: Config, args) -> None:
@@ -88,18 +114,63 @@ def build_cfg(args) -> Config:
     if args.out is not None:
         cfg.test_evaluator = _with_output_dir(cfg.test_evaluator, args.out)
     if args.tta:
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
+        enable_flip_tta(cfg, args.config)
     return cfg
 
 
 def _with_output_dir(evaluator, out_dir):
+    """Set ``output_dir``; mmseg's 8-bit ``IoUMetric`` becomes
+    ``OVSSIoUMetric`` (same scores, 16-bit PNGs where ids exceed 255)."""
     evaluators = evaluator if isinstance(evaluator, list) else [evaluator]
     for item in evaluators:
+        if item.get('type') in ('IoUMetric', 'mmseg.IoUMetric'):
+            item['type'] = 'OVSSIoUMetric'
         item['output_dir'] = out_dir
-        item['keep_results'] = True
     return evaluator
+
+
+def flip_tta_pipeline(test_pipeline: list) -> list:
+    """mmseg's TestTimeAug over the test pipeline: each image as is and
+    flipped left-right (the loader first, the packer last)."""
+    first, *middle, last = test_pipeline
+    flips = [dict(type='RandomFlip', prob=prob, direction='horizontal')
+             for prob in (0.0, 1.0)]
+    return [first, dict(type='TestTimeAug',
+                        transforms=[[t] for t in middle] + [flips, [last]])]
+
+
+def enable_flip_tta(cfg: Config, config_path: str) -> None:
+    """Wrap the model in mmseg's ``SegTTAModel`` (``--tta``).
+
+    ``SegTTAModel`` averages the softmax of each view's ``seg_logits`` and
+    relies on the segmentor to undo the flip (mmseg's ``EncoderDecoder``
+    does, in ``postprocess_result``) and on its ``out_channels``. The
+    training-free segmentors of mmseg_ovss do neither (their scores are
+    probabilities after background rules, at the original image size), so
+    they are refused rather than evaluated wrongly.
+    """
+    from mmseg.models.segmentors import EncoderDecoder
+    from mmseg.registry import MODELS
+    model_type = cfg.model.get('type')
+    try:
+        model_cls = MODELS.get(model_type) if isinstance(
+            model_type, str) else model_type
+    except KeyError:
+        model_cls = None
+    if not (isinstance(model_cls, type)
+            and issubclass(model_cls, EncoderDecoder)):
+        raise OVSSConfigError(
+            f'--tta: {model_type} (config {config_path}) does not support '
+            "test-time augmentation: mmseg's SegTTAModel needs a segmentor "
+            "that undoes flips and has out_channels, as mmseg's "
+            'EncoderDecoder. Evaluate it without --tta (the training-free '
+            'methods report single-scale, unflipped results).')
+    pipeline = cfg.get('tta_pipeline') or flip_tta_pipeline(
+        cfg.test_dataloader.dataset.pipeline)
+    cfg.test_dataloader.dataset.pipeline = pipeline
+    tta_model = dict(cfg.get('tta_model') or dict(type='SegTTAModel'))
+    tta_model['module'] = cfg.model
+    cfg.model = tta_model
 
 
 def main(argv=None):

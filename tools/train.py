@@ -16,6 +16,11 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
+from mmseg_ovss.utils.errors import OVSSConfigError  # noqa: E402
+
+#: What a config needs to train (mmengine's Runner builds a train loop only
+#: from all three).
+TRAINING_KEYS = ('train_dataloader', 'train_cfg', 'optim_wrapper')
 
 
 def parse_args(argv=None):
@@ -31,8 +36,30 @@ def parse_args(argv=None):
     return parse_runner_args(parser, argv)
 
 
+def check_trainable(cfg: Config, config_path: str) -> None:
+    """Refuse a config without a training set-up before building the model.
+
+    The training-free configs (CLIP baselines, FreeCP, PnP-OVSS) set
+    ``train_dataloader = None`` and have no ``optim_wrapper``; mmengine would
+    build the whole model (and download its weights) before failing.
+    """
+    missing = [key for key in TRAINING_KEYS if not cfg.get(key)]
+    if not missing:
+        return
+    model = cfg.get('model') or {}
+    raise OVSSConfigError(
+        f'config {config_path} cannot be trained: it has no '
+        f'{", ".join(missing)} (model {model.get("type")}). A training-free '
+        f'config is evaluated, not trained: python tools/test.py '
+        f'{config_path} (no checkpoint needed). To train, the config needs '
+        f'{", ".join(TRAINING_KEYS)}: inherit a dataset base that has a '
+        'train_dataloader and a schedule such as '
+        'configs/_base_/schedules/schedule_80k.py.')
+
+
 def build_cfg(args) -> Config:
     cfg = load_runner_config(args)
+    check_trainable(cfg, args.config)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

@@ -20,4 +20,7 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # stops training at the first NaN/inf loss, before a checkpoint saves
+    # it (mmseg_ovss/engine/hooks.py); set to None to turn it off
+    non_finite_loss=dict(type='NonFiniteLossHook'))

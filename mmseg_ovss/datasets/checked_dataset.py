@@ -6,8 +6,10 @@ image and annotation folders, the split file and the image/annotation pairs,
 and it raises :class:`OVSSDataError` naming the problem, the expected layout
 and the fix (the ``OVSS_DATA_ROOT`` variable or ``--cfg-options``). While a
 sample goes through the pipeline, an image that cannot be read is reported by
-name. It also hands ``num_classes`` and ``ignore_index`` to the annotation
-loader (``LoadCheckedAnnotations``).
+name. It also hands ``num_classes``, ``ignore_index`` and
+``applies_exif_orientation`` (whether the pipeline's ``LoadImageFromFile``
+turns EXIF-rotated photos upright) to the annotation loader
+(``LoadCheckedAnnotations``).
 """
 import os
 import os.path as osp
@@ -38,6 +40,20 @@ class CheckedDatasetMixin:
             self._check_pipeline()
         super().full_init()
 
+    @property
+    def applies_exif_orientation(self) -> bool:
+        """Whether the pipeline's image loader applies EXIF orientation tags
+        (mmcv's cv2 and Pillow backends do for ``color_type`` 'color' and
+        'grayscale'; turbojpeg, tifffile and '*_ignore_orientation' do not).
+        """
+        for transform in getattr(self.pipeline, 'transforms', ()):
+            if type(transform).__name__ == 'LoadImageFromFile':
+                return (getattr(transform, 'color_type', 'color') in (
+                    'color', 'grayscale') and getattr(
+                        transform, 'imdecode_backend', 'cv2') in (
+                            'cv2', 'pillow'))
+        return False
+
     def load_data_list(self) -> List[dict]:
         self._check_layout()
         data_list = super().load_data_list()
@@ -55,6 +71,7 @@ class CheckedDatasetMixin:
         data_info = super().get_data_info(idx)
         data_info['num_classes'] = len(self._metainfo['classes'])
         data_info['ignore_index'] = self.ignore_index
+        data_info['applies_exif_orientation'] = self.applies_exif_orientation
         return data_info
 
     # ------------------------------------------------------------- samples

@@ -1,12 +1,20 @@
-"""Annotation loading for any number of classes, with label range checks."""
+"""Annotation loading for any number of classes, with label range and size
+checks."""
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
 from mmcv.transforms import BaseTransform
 
 from mmseg.registry import TRANSFORMS
-from mmseg_ovss.datasets.label_io import read_label_map
+from mmseg_ovss.datasets.label_io import (EXIF_ORIENTATIONS,
+                                          SWAPPING_ORIENTATIONS,
+                                          describe_size_mismatch,
+                                          exif_orientation, read_label_map)
 from mmseg_ovss.utils.errors import OVSSDataError
+
+#: Images already warned about (one warning per file and process).
+_WARNED_ORIENTATION = set()
 
 
 def reduce_zero_label(label: np.ndarray, ignore_index: int) -> np.ndarray:
@@ -48,6 +56,14 @@ class LoadCheckedAnnotations(BaseTransform):
     index, naming the file, the value and the likely cause. For 8-bit maps
     the output equals mmseg's (uint8).
 
+    After ``LoadImageFromFile`` it also refuses a label map whose size
+    differs from its image's (``ori_shape``), naming both files and sizes;
+    an EXIF-rotated photo (which ``LoadImageFromFile`` turns upright while
+    the label is read as stored) is recognised and the fix given. Where the
+    rotation keeps the size (180 degrees, mirrors, square images), sizes
+    cannot tell, so a warning names the file (datasets of ``mmseg_ovss`` set
+    ``applies_exif_orientation`` from their pipeline).
+
     Required keys: ``seg_map_path``, ``reduce_zero_label``, ``seg_fields``;
     ``num_classes`` and ``ignore_index`` come from the dataset (the datasets
     of ``mmseg_ovss`` add them) unless given here.
@@ -82,6 +98,7 @@ class LoadCheckedAnnotations(BaseTransform):
         reduce = bool(results.get('reduce_zero_label', False))
 
         label = read_label_map(path, self.backend_args).astype(np.int64)
+        self._check_size(results, label.shape, path)
         if reduce:
             label = reduce_zero_label(label, ignore_index)
         if results.get('label_map'):
@@ -99,6 +116,32 @@ class LoadCheckedAnnotations(BaseTransform):
         results['gt_seg_map'] = label.astype(dtype)
         results.setdefault('seg_fields', []).append('gt_seg_map')
         return results
+
+    @staticmethod
+    def _check_size(results: dict, seg_shape, seg_path: str) -> None:
+        img_shape = results.get('ori_shape')
+        if img_shape is None:  # loaded before the image
+            return
+        img_path = results.get('img_path', '<image>')
+        if tuple(img_shape[:2]) != tuple(seg_shape):
+            raise OVSSDataError(describe_size_mismatch(
+                img_path, img_shape, seg_path, seg_shape))
+        if not results.get('applies_exif_orientation', False):
+            return
+        orientation = exif_orientation(img_path)
+        size_kept = orientation is not None and (
+            orientation not in SWAPPING_ORIENTATIONS
+            or img_shape[0] == img_shape[1])
+        if size_kept and img_path not in _WARNED_ORIENTATION:
+            _WARNED_ORIENTATION.add(img_path)
+            warnings.warn(
+                f'image {img_path} carries the EXIF tag Orientation='
+                f'{orientation} ({EXIF_ORIENTATIONS[orientation]}) and '
+                'LoadImageFromFile turns it upright, while its annotation '
+                f'{seg_path} is read as stored; their sizes agree, so check '
+                'that the label was drawn on the upright image, or load '
+                "images with color_type='color_ignore_orientation'",
+                stacklevel=2)
 
     @staticmethod
     def _check_range(label, path, num_classes, ignore_index, reduce) -> None:

@@ -1,11 +1,16 @@
 """Runner set-up shared by ``tools/train.py`` and ``tools/test.py``.
 
 mmengine assumes CUDA when a launcher is used; these helpers make the same
-commands work on CPU with gloo (tests, laptops) and on GPUs with NCCL.
+commands work on CPU with gloo (tests, laptops) and on GPUs with NCCL. They
+also refuse misspelled keys in a config file (:func:`check_config_keys`),
+which mmengine would otherwise ignore.
 """
+import difflib
+import inspect
 import os
 import os.path as osp
 import uuid
+from typing import Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -37,11 +42,13 @@ def parse_runner_args(parser, argv=None):
 def load_runner_config(args) -> Config:
     """Read the config and apply the shared arguments.
 
+    Misspelled keys of the file (:func:`check_config_keys`),
     ``--cfg-options`` (checked keys), launcher and backend, a visualizer of
     this run's own and the work dir (``work_dirs/<config name>`` unless
     given or set by the config).
     """
     cfg = Config.fromfile(args.config)
+    check_config_keys(cfg, args.config)
     merge_cfg_options(cfg, args.cfg_options)
     configure_distributed(cfg, args.launcher)
     use_fresh_visualizer(cfg)
@@ -154,3 +161,153 @@ def use_fresh_visualizer(cfg: Config) -> None:
     if cfg.get('visualizer'):
         base = cfg.visualizer.get('name', 'visualizer')
         cfg.visualizer.name = f'{base}_{uuid.uuid4().hex[:8]}'
+
+
+# ------------------------------------------------------------ config keys
+#: Top-level keys read by mmengine's Runner (``Runner.from_cfg`` and its
+#: ``cfg.get`` calls) and by mmengine/mmseg tools, besides the arguments of
+#: ``Runner.__init__`` (added in :func:`runner_config_keys`).
+EXTRA_RUNNER_KEYS = (
+    '_base_', 'custom_imports', 'model_wrapper_cfg', 'compile', 'sync_bn',
+    'find_unused_parameters', 'activation_checkpointing',
+    'efficient_conv_bn_eval', 'tta_model', 'tta_pipeline')
+#: Helper variables of configs that are close to a runner key on purpose.
+HELPER_NAMES = ('train_pipeline', 'val_pipeline', 'test_pipeline')
+#: Keys of ``env_cfg`` (and its ``mp_cfg``) that mmengine's Runner reads.
+ENV_CFG_KEYS = ('cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit')
+MP_CFG_KEYS = ('mp_start_method', 'opencv_num_threads')
+#: ``model.test_cfg`` keys read by mmseg's segmentors and heads and by the
+#: segmentors of mmseg_ovss (slide/whole inference).
+MODEL_TEST_CFG_KEYS = ('mode', 'crop_size', 'stride', 'size', 'size_divisor',
+                       'scale_factor', 'subdivision_steps')
+#: Names of mmengine's default hooks and those of configs/_base_/.
+DEFAULT_HOOK_NAMES = ('runtime_info', 'timer', 'sampler_seed', 'logger',
+                      'param_scheduler', 'checkpoint', 'visualization',
+                      'non_finite_loss')
+#: How close (difflib ratio) an unknown name must be to a known one to be
+#: reported as a misspelling where unknown names are otherwise allowed.
+CLOSE_MATCH = 0.85
+
+
+def runner_config_keys() -> List[str]:
+    """Every top-level key that mmengine's Runner or the tools read."""
+    from mmengine.runner import Runner
+    params = [name for name in inspect.signature(Runner.__init__).parameters
+              if name not in ('self', 'cfg')]
+    return params + list(EXTRA_RUNNER_KEYS)
+
+
+def check_config_keys(cfg: Config, config_path: str) -> None:
+    """Refuse misspelled keys in a config file, naming the closest valid key.
+
+    mmengine reads the keys it knows and ignores the rest, so
+    ``test_dataloder = ...`` or ``test_cfg=dict(crop_sise=...)`` would be
+    dropped without a word. Checked:
+
+    - top-level names one typo away from a runner key (``test_dataloder``);
+      other top-level names are the config's own helper variables
+      (``crop_size``, ``img_scale``, ...) and pass;
+    - every key of ``env_cfg`` / ``env_cfg.mp_cfg`` and of the segmentor's
+      ``model.test_cfg`` (for mmseg's and mmseg_ovss's segmentors; other
+      segmentors: names one typo away from a known key);
+    - ``default_hooks`` names one typo away from a known hook name (an
+      unknown name adds a second hook);
+    - the arguments of ``IoUMetric``-based evaluators, which swallow unknown
+      keyword arguments.
+    """
+    problems = []
+    runner_keys = runner_config_keys()
+    for key in cfg.keys():
+        if key in runner_keys or key in HELPER_NAMES:
+            continue
+        _report_close(problems, key, runner_keys, 'top-level runner key')
+    env_cfg = cfg.get('env_cfg')
+    if isinstance(env_cfg, dict):
+        _report_unknown(problems, env_cfg, ENV_CFG_KEYS, 'env_cfg')
+        if isinstance(env_cfg.get('mp_cfg'), dict):
+            _report_unknown(problems, env_cfg['mp_cfg'], MP_CFG_KEYS,
+                            'env_cfg.mp_cfg')
+    _check_model_test_cfg(problems, cfg.get('model'))
+    hooks = cfg.get('default_hooks')
+    if isinstance(hooks, dict):
+        for name in hooks:
+            if name not in DEFAULT_HOOK_NAMES:
+                _report_close(problems, name, DEFAULT_HOOK_NAMES,
+                              'default_hooks name', where='default_hooks.')
+    for key in ('val_evaluator', 'test_evaluator'):
+        _check_evaluator(problems, cfg.get(key), key)
+    if problems:
+        raise OVSSConfigError(
+            f'config {config_path} (or one of its _base_ files) has '
+            f'misspelled key(s):\n  ' + '\n  '.join(problems) +
+            '\nmmengine would ignore them; fix the spelling in the config.')
+
+
+def _report_close(problems: list, key: str, known: Iterable[str],
+                  what: str, where: str = '') -> None:
+    close = difflib.get_close_matches(key, list(known), n=1,
+                                      cutoff=CLOSE_MATCH)
+    if close:
+        problems.append(f'"{where}{key}" is not a {what}; did you mean '
+                        f'"{where}{close[0]}"?')
+
+
+def _report_unknown(problems: list, node: dict, known: Iterable[str],
+                    where: str, strict: bool = True) -> None:
+    known = list(known)
+    for key in node:
+        if key in known or key == 'type':
+            continue
+        if not strict:
+            _report_close(problems, key, known, f'{where} key', f'{where}.')
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = (f'did you mean "{where}.{close[0]}"?' if close else
+                f'known keys: {", ".join(known)}')
+        problems.append(
+            f'"{where}.{key}" is not a key that anything reads; {hint}')
+
+
+def _registered_class(registry, type_name) -> Optional[type]:
+    if not isinstance(type_name, str):
+        return type_name if inspect.isclass(type_name) else None
+    try:
+        return registry.get(type_name)
+    except Exception:  # unknown scope or type: the builder will say so
+        return None
+
+
+def _check_model_test_cfg(problems: list, model) -> None:
+    if not isinstance(model, dict) or not isinstance(
+            model.get('test_cfg'), dict):
+        return
+    from mmseg.registry import MODELS
+    cls = _registered_class(MODELS, model.get('type'))
+    module = getattr(cls, '__module__', '') or ''
+    strict = module.startswith(('mmseg.', 'mmseg_ovss.'))
+    _report_unknown(problems, model['test_cfg'], MODEL_TEST_CFG_KEYS,
+                    'model.test_cfg', strict=strict)
+
+
+def _check_evaluator(problems: list, evaluator, where: str) -> None:
+    from mmseg.evaluation import IoUMetric
+    from mmseg.registry import METRICS
+    items = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        cls = _registered_class(METRICS, item.get('type'))
+        if cls is None or not issubclass(cls, IoUMetric):
+            continue
+        known = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get('__init__')
+            if init is None:
+                continue
+            known.update(
+                name for name, param in inspect.signature(init).parameters
+                .items() if param.kind not in (param.VAR_KEYWORD,
+                                               param.VAR_POSITIONAL)
+                and name != 'self')
+        label = where if len(items) == 1 else f'{where}.{index}'
+        _report_unknown(problems, item, sorted(known), label)

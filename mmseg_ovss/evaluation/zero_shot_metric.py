@@ -8,8 +8,9 @@ import torch
 from mmengine.logging import MMLogger, print_log
 from prettytable import PrettyTable
 
-from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
+
+from mmseg_ovss.evaluation.iou_metric import OVSSIoUMetric
 from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.paths import resolve_data_path
 
@@ -59,7 +60,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 @METRICS.register_module()
-class ZeroShotIoUMetric(IoUMetric):
+class ZeroShotIoUMetric(OVSSIoUMetric):
     """mmseg's IoU metric with the zero-shot summary of seen/unseen classes.
 
     Reports (percent, 2 decimals) ``pAcc``, ``mIoU``, ``mIoU_seen``,

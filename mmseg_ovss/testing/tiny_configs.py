@@ -77,9 +77,14 @@ test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False,
-                    interval={ckpt_interval}),
+                    interval={ckpt_interval}, max_keep_ckpts={max_keep}),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)
+"""
+_NAN_LOSS = """
+custom_imports = dict(imports=['mmseg_ovss', 'mmseg_ovss.testing.hooks'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='NaNWeightsBeforeIterHook', at_iter={at_iter})]
 """
 
 
@@ -88,12 +93,18 @@ def tiny_segformer_config(dataset: str, num_classes: int,
                           ignore_index: int = 255,
                           train_iters: Optional[int] = None,
                           checkpoint_interval: int = 1,
-                          crop: int = 32) -> str:
+                          crop: int = 32,
+                          max_keep_ckpts: int = -1,
+                          nan_loss_at_iter: Optional[int] = None) -> str:
     """Config text of a tiny SegFormer on ``configs/_base_/datasets/<dataset>.py``.
 
     ``load_annotations`` is the annotation-loading transform of the dataset
     base (a dict literal), reused so wide (uint16) labels load the same way.
-    With ``train_iters`` the config also trains (iteration based).
+    With ``train_iters`` the config also trains (iteration based), saving
+    a checkpoint every ``checkpoint_interval`` iterations and keeping the
+    last ``max_keep_ckpts`` (-1: all). With ``nan_loss_at_iter`` one weight
+    turns NaN before that (1-based) iteration, so its loss is NaN
+    (``NaNWeightsBeforeIterHook``).
     """
     text = _TEMPLATE.format(
         repo=REPO_ROOT.as_posix(), dataset=dataset, num_classes=num_classes,
@@ -102,5 +113,8 @@ def tiny_segformer_config(dataset: str, num_classes: int,
     if train_iters is not None:
         text += _TRAIN.format(
             load_annotations=load_annotations, crop=(crop, crop),
-            max_iters=train_iters, ckpt_interval=checkpoint_interval)
+            max_iters=train_iters, ckpt_interval=checkpoint_interval,
+            max_keep=max_keep_ckpts)
+    if nan_loss_at_iter is not None:
+        text += _NAN_LOSS.format(at_iter=nan_loss_at_iter)
     return text

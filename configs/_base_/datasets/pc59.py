@@ -60,6 +60,8 @@ test_dataloader = dict(
         ann_file='ImageSets/SegmentationContext/val.txt',
         pipeline=test_pipeline))
 val_dataloader = test_dataloader
+# mmseg's IoUMetric; its --out PNGs are 16-bit where ids exceed 255
 test_evaluator = dict(
-    type='IoUMetric', iou_metrics=['mIoU'], ignore_index=dataset_ignore_index)
+    type='OVSSIoUMetric', iou_metrics=['mIoU'],
+    ignore_index=dataset_ignore_index)
 val_evaluator = test_evaluator
