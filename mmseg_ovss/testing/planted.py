@@ -8,7 +8,7 @@ ground truth is planted instead:
    on-disk layout (images, split files, placeholder labels);
 2. :func:`plant_ground_truth` builds the model of a config, predicts every
    image by a direct route (the file decoded with mmcv, rescaled as the test
-   pipeline's ``Resize``, normalised by the model's data preprocessor,
+   pipeline's ``Resize``, normalised by hand with the config's mean and std,
    ``model.predict``) and writes that prediction as the image's label file,
    encoded by the benchmark's own convention (:data:`LABEL_ENCODING`:
    palette PNG, the ``reduce_zero_label`` shift, uint16 TIFF); images after
@@ -98,10 +98,11 @@ def pipeline_resize_scale(cfg) -> Optional[Tuple[int, int]]:
     return tuple(steps[0]['scale'])
 
 
-def predict_file(model, path: Path, scale) -> np.ndarray:
-    """(H, W) labels of one image file at its original size: decoded (BGR),
-    rescaled like ``Resize(keep_ratio=True)``, normalised by the model's
-    data preprocessor, ``model.predict``."""
+def predict_file(model, path: Path, scale, preprocess) -> np.ndarray:
+    """(H, W) labels of one image file at its original size, by hand: the
+    file decoded (BGR), rescaled like ``Resize(keep_ratio=True)``, turned to
+    RGB and normalised with the config's ``data_preprocessor`` mean and std,
+    then ``model.predict``."""
     import mmcv
     import torch
     from mmseg.structures import SegDataSample
@@ -111,13 +112,18 @@ def predict_file(model, path: Path, scale) -> np.ndarray:
     if scale is not None:
         image = mmcv.imrescale(image, scale, interpolation='bilinear',
                                backend='cv2')
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if preprocess.get('bgr_to_rgb', False):
+        image = image[..., ::-1]
+    pixels = torch.from_numpy(
+        np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    mean = torch.tensor(preprocess['mean'], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(preprocess['std'], dtype=torch.float32).view(3, 1, 1)
+    inputs = ((pixels - mean) / std)[None]
     sample = SegDataSample(metainfo=dict(
-        img_path=str(path), ori_shape=ori_shape, img_shape=image.shape[:2]))
+        img_path=str(path), ori_shape=ori_shape, img_shape=image.shape[:2],
+        pad_shape=image.shape[:2], padding_size=(0, 0, 0, 0)))
     with torch.no_grad():
-        data = model.data_preprocessor(
-            dict(inputs=[tensor], data_samples=[sample]), False)
-        result = model.predict(data['inputs'], data['data_samples'])
+        result = model.predict(inputs, [sample])
     return result[0].pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
 
 
@@ -210,7 +216,8 @@ def plant_ground_truth(cfg, root: Union[str, Path], checkpoint: Union[str,
     for index, sample_id in enumerate(sample_ids(layout, 'val', num_images)):
         image = data_root / layout.img_dirs[0] / f'{sample_id}' \
             f'{layout.img_suffix}'
-        prediction = predict_file(model, image, scale)
+        prediction = predict_file(model, image, scale,
+                                  cfg.model.data_preprocessor)
         if prediction.shape != IMAGE_SIZE:
             raise AssertionError(
                 f'{image}: prediction of shape {prediction.shape}, not the '
