@@ -1,7 +1,8 @@
 # GEM as the ClearCLIP repository runs it, on ADE20K-150: only the last
 # block's self-self attention output, no residual (ignore_residual=True in
 # mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
-# prob_thd as clearclip_ade.py (that repository's configs/cfg_ade20k.py).
+# prob_thd as clearclip_ade.py (that repository's
+# configs/cfg_ade20k.py).
 _base_ = ['./gem_ade.py']
 model = dict(
     strategy=dict(residual=False),

@@ -1,7 +1,8 @@
 # GEM as the ClearCLIP repository runs it, on PASCAL VOC 20: only the last
 # block's self-self attention output, no residual (ignore_residual=True in
 # mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
-# prob_thd as clearclip_voc20.py (that repository's configs/cfg_voc20.py).
+# prob_thd as clearclip_voc20.py (that repository's
+# configs/cfg_voc20.py).
 _base_ = ['./gem_voc20.py']
 model = dict(
     strategy=dict(residual=False),

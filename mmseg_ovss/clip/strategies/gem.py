@@ -29,7 +29,8 @@ from mmseg_ovss.utils.errors import OVSSConfigError
 from .base import DENSE_STRATEGIES, DenseStrategy
 
 
-def self_self_attention(z: Tensor, inv_temp: Tensor, iterations: int) -> Tensor:
+def self_self_attention(z: Tensor, inv_temp: Tensor,
+                        iterations: int) -> Tensor:
     """softmax(z' z'^T t) after ``iterations`` refinements of normalised z."""
     for _ in range(iterations):
         z = F.normalize(z, dim=-1)

@@ -2,9 +2,10 @@
 
 The attention is the identity, so the block's attention output is
 ``out_proj(v)``. Official (as the ClearCLIP repository runs it,
-``mc-lan/ClearCLIP`` ``open_clip/transformer.py``, ``VisionTransformer.forward``
-with ``ignore_residual=True``): no residual, no FFN. FreeCP's variant keeps the FFN (``ffn=True``; FreeCP code,
-``chenqi1126/FreeCP`` ``open_clip/transformer.py``, ``forward_all``).
+``mc-lan/ClearCLIP`` ``open_clip/transformer.py``,
+``VisionTransformer.forward`` with ``ignore_residual=True``): no residual,
+no FFN. FreeCP's variant keeps the FFN (``ffn=True``; ``chenqi1126/FreeCP``
+``open_clip/transformer.py``, ``forward_all``).
 """
 from .base import DENSE_STRATEGIES, LastBlockStrategy
 

@@ -1,4 +1,4 @@
-"""Post-processing of the official GEM code: per-class min-max, background rule.
+"""The official GEM code's scoring: per-class min-max, background rule.
 
 ``WalBouss/GEM`` (``gem/gem_wrapper.py``, ``GEMWrapper.forward`` and
 ``min_max``) upsamples each prompt's patch-text cosine map bilinearly to the
