@@ -3,14 +3,20 @@
 Each config runs as a user would run it, shrunk for speed through
 ``--cfg-options``: the tiny random open_clip model, one prompt template, a
 32-pixel short side and 32/16 windows (the method's window mode is kept), no
-data-loader workers.
+data-loader workers. The dataset is planted (``mmseg_ovss.testing.planted``):
+its ground truth is the model's own prediction, obtained by a direct route,
+with a known corruption in the second image, so the tool must report the
+metric values counted by hand.
 """
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mmengine.config import Config
 
-from mmseg_ovss.testing.tools import run_tool
+from mmseg_ovss.testing.planted import (benchmark_of, plant_ground_truth,
+                                        planted_data_root)
+from mmseg_ovss.testing.tools import load_tool, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'configs' / 'baselines').glob('*.py'))
@@ -20,9 +26,16 @@ DATASETS = ('voc21', 'pc60', 'object', 'voc20', 'city', 'pc59', 'ade',
             'stuff')
 
 
+# GEM as the ClearCLIP repository runs it (all its benchmarks) and with the
+# official GEM repository's scoring (the GEM paper's VOC, Context, ADE)
+GEM_VARIANTS = {f'gem_clearclip_{d}' for d in DATASETS} | {
+    f'gem_official_{d}' for d in ('voc21', 'pc59', 'ade')}
+
+
 def test_every_method_has_every_benchmark():
     names = {p.stem for p in CONFIGS}
-    assert names == {f'{m}_{d}' for m in METHODS for d in DATASETS}
+    assert names == {f'{m}_{d}' for m in METHODS
+                     for d in DATASETS} | GEM_VARIANTS
 
 
 def load(name: str) -> Config:
@@ -140,20 +153,80 @@ def shrink_options(cfg: Config) -> list:
     return opts
 
 
+def run_planted(config: Path, tmp_path: Path, extra_options=(),
+                corrupted: bool = True):
+    """Plant a tiny dataset for ``config`` (shrunk), run ``tools/test.py``
+    on it with the planted model's checkpoint; (metrics, planted data)."""
+    cfg = Config.fromfile(str(config))
+    data_root = planted_data_root(benchmark_of(cfg), tmp_path / 'data')
+    argv = [config, '--work-dir', tmp_path / 'work', '--cfg-options',
+            *shrink_options(cfg), *extra_options,
+            f'test_dataloader.dataset.data_root={data_root}']
+    tool = load_tool('test')
+    run_cfg = tool.build_cfg(tool.parse_args([str(a) for a in argv]))
+    planted = plant_ground_truth(run_cfg, tmp_path / 'data',
+                                 tmp_path / 'planted.pth',
+                                 corrupted=corrupted)
+    metrics = run_tool('test', [argv[0], planted.checkpoint, *argv[1:]])
+    return metrics, planted
+
+
+def assert_reported(metrics, expected, num_classes):
+    """The tool reports percentages rounded to 2 decimals (half a unit of
+    the last digit: 0.005) from float32 ratios of exact pixel counts
+    averaged over at most num_classes classes (100 * (K + 2) * eps)."""
+    tol = 0.005 + 100 * (num_classes + 2) * np.finfo(np.float32).eps
+    for key, value in expected.items():
+        assert abs(float(metrics[key]) - value) <= tol, (key, metrics,
+                                                          expected)
+
+
 @pytest.mark.parametrize('config', CONFIGS, ids=lambda p: p.stem)
-def test_config_runs_tools_test(config, tiny_data_root, tmp_path):
+def test_config_runs_tools_test(config, tmp_path):
+    """tools/test.py reports the metrics counted by hand on planted labels
+    (image 1 exact, image 2 with wrong labels and ignored pixels)."""
     cfg = Config.fromfile(str(config))
     assert cfg.model.text.class_names.endswith('.txt')
-    metrics = run_tool('test', [config, '--work-dir', tmp_path / 'work',
-                                '--cfg-options', *shrink_options(cfg)])
-    assert 0.0 <= metrics['mIoU'] <= 100.0
+    metrics, planted = run_planted(config, tmp_path)
+    expected = planted.expected_metrics()
+    # the corruption is visible: 512 pixels wrong, 512 of 12288 ignored
+    assert expected['aAcc'] == pytest.approx(100 * (1 - 512 / 11776))
+    assert_reported(metrics, expected, planted.num_classes)
 
 
-def test_vocabulary_defaults_to_dataset_metainfo(tiny_data_root, tmp_path):
+@pytest.mark.parametrize('name', ['sclip_ade', 'maskclip_voc20',
+                                  'gem_official_voc21', 'naclip_pc59'])
+def test_uncorrupted_planted_labels_score_exactly_100(name, tmp_path):
+    """Ground truth = the prediction of a direct call on the loaded,
+    normalised image: through the real tool every metric is 100."""
+    metrics, planted = run_planted(
+        REPO / 'configs' / 'baselines' / f'{name}.py', tmp_path,
+        corrupted=False)
+    assert {k: float(metrics[k]) for k in ('aAcc', 'mIoU', 'mAcc')} == \
+        dict(aAcc=100.0, mIoU=100.0, mAcc=100.0)
+    # a non-trivial label map: several classes in the first image
+    assert len(np.unique(planted.predictions[0])) >= 2
+
+
+def test_planted_check_catches_a_label_shift(tmp_path):
+    """A negative control: ground truth written without the +1 shift of a
+    reduce_zero_label dataset (PC59) is read one class off everywhere, so
+    no pixel matches."""
+    from mmseg_ovss.testing import planted as planted_module
+    config = REPO / 'configs' / 'baselines' / 'sclip_pc59.py'
+    encoding = dict(planted_module.LABEL_ENCODING)
+    planted_module.LABEL_ENCODING['pc59'] = (0, 255)
+    try:
+        metrics, planted = run_planted(config, tmp_path, corrupted=False)
+    finally:
+        planted_module.LABEL_ENCODING.clear()
+        planted_module.LABEL_ENCODING.update(encoding)
+    assert float(metrics['mIoU']) == 0.0
+
+
+def test_vocabulary_defaults_to_dataset_metainfo(tmp_path):
     """Without a class-name file the dataset's classes are the vocabulary."""
     config = REPO / 'configs' / 'baselines' / 'clearclip_voc20.py'
-    cfg = Config.fromfile(str(config))
-    metrics = run_tool('test', [
-        config, '--work-dir', tmp_path, '--cfg-options',
-        *shrink_options(cfg), 'model.text.class_names=None'])
-    assert 0.0 <= metrics['mIoU'] <= 100.0
+    metrics, planted = run_planted(config, tmp_path,
+                                   ['model.text.class_names=None'])
+    assert_reported(metrics, planted.expected_metrics(), planted.num_classes)

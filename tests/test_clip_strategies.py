@@ -16,6 +16,21 @@ from mmseg_ovss.clip.vision_encoder import (DenseCLIPVisionEncoder,
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import OVSSConfigError
 
+EPS32 = torch.finfo(torch.float32).eps
+# Reductions chained from a block's input to the projected dense output:
+# in_proj, the attention scores, attention x v, out_proj, ln_post and proj,
+# each of at most width 64 terms on the tiny ViT.
+LAST_BLOCK_TERMS = 6 * 64
+
+
+def assert_fp32_close(actual, expected, terms):
+    """The same formula in another operation order (or another kernel, batch
+    size, CPU): fp32 rounding of order ``terms`` * eps * max|value|, with
+    ``terms`` the summed lengths of the chained reductions; never a
+    tolerance tuned on one machine."""
+    tol = terms * EPS32 * expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tol)
+
 
 @pytest.fixture(scope='module')
 def clip_model():
@@ -89,10 +104,12 @@ def test_vanilla_equals_open_clip_tokens_and_cls(clip_model, images):
         clip_model.visual.output_tokens = False
     dense = (tokens @ clip_model.visual.proj).transpose(1, 2).reshape(
         2, -1, 4, 4)
-    torch.testing.assert_close(feats.patch_tokens, dense)
-    torch.testing.assert_close(feats.cls_token, pooled)
-    torch.testing.assert_close(feats.encode_image(images),
-                               clip_model.encode_image(images))
+    # open_clip's fused attention kernel in all 6 blocks
+    terms = 6 * LAST_BLOCK_TERMS
+    assert_fp32_close(feats.patch_tokens, dense, terms)
+    assert_fp32_close(feats.cls_token, pooled, terms)
+    assert_fp32_close(feats.encode_image(images),
+                      clip_model.encode_image(images), terms)
 
 
 @torch.no_grad()
@@ -101,13 +118,14 @@ def test_maskclip_official_and_freecp_variant(clip_model, images):
     block, x = last_block(clip_model), inputs[-1]
     _, _, v = heads(block, block.ln_1(x))
     y = merge(block, v)
-    torch.testing.assert_close(
+    assert_fp32_close(
         run(clip_model, dict(type='MaskCLIP'), images).patch_tokens,
-        to_dense(clip_model, y))
+        to_dense(clip_model, y), LAST_BLOCK_TERMS)
     y_ffn = y + block.mlp(block.ln_2(y))
-    torch.testing.assert_close(
+    # the FFN adds ln_2 and two linears (hidden width 256)
+    assert_fp32_close(
         run(clip_model, dict(type='MaskCLIP', ffn=True), images).patch_tokens,
-        to_dense(clip_model, y_ffn))
+        to_dense(clip_model, y_ffn), LAST_BLOCK_TERMS + 64 + 64 + 256)
 
 
 @torch.no_grad()
@@ -116,18 +134,19 @@ def test_sclip_official_and_freecp_variant(clip_model, images):
     block, x = last_block(clip_model), inputs[-1]
     q, k, v = heads(block, block.ln_1(x))
     weights = sm(q, q) + sm(k, k)
-    torch.testing.assert_close(weights.sum(-1),
-                               torch.full(weights.shape[:-1], 2.0))
+    # two softmax rows of 17 terms each
+    assert_fp32_close(weights.sum(-1), torch.full(weights.shape[:-1], 2.0),
+                      2 * 17)
     attn = merge(block, weights @ v)
     official = x + attn
     official = official + block.mlp(block.ln_2(official))
-    torch.testing.assert_close(
-        run(clip_model, 'SCLIP', images).patch_tokens,
-        to_dense(clip_model, official))
+    ffn_terms = LAST_BLOCK_TERMS + 64 + 64 + 256
+    assert_fp32_close(run(clip_model, 'SCLIP', images).patch_tokens,
+                      to_dense(clip_model, official), ffn_terms)
     freecp = attn + block.mlp(block.ln_2(attn))
-    torch.testing.assert_close(
+    assert_fp32_close(
         run(clip_model, dict(type='SCLIP', residual=False), images
-            ).patch_tokens, to_dense(clip_model, freecp))
+            ).patch_tokens, to_dense(clip_model, freecp), ffn_terms)
 
 
 @torch.no_grad()
@@ -136,8 +155,8 @@ def test_clearclip(clip_model, images):
     block, x = last_block(clip_model), inputs[-1]
     q, _, v = heads(block, block.ln_1(x))
     expected = to_dense(clip_model, merge(block, sm(q, q) @ v))
-    torch.testing.assert_close(
-        run(clip_model, 'ClearCLIP', images).patch_tokens, expected)
+    assert_fp32_close(run(clip_model, 'ClearCLIP', images).patch_tokens,
+                      expected, LAST_BLOCK_TERMS)
 
 
 @torch.no_grad()
@@ -164,7 +183,7 @@ def test_naclip_gaussian_neighbourhood(clip_model):
     y = clip_model.visual.ln_post(y[:, 1:]) @ clip_model.visual.proj
     expected = y.transpose(1, 2).reshape(1, -1, *grid)
     got = run(clip_model, dict(type='NACLIP', sigma=sigma), images)
-    torch.testing.assert_close(got.patch_tokens, expected)
+    assert_fp32_close(got.patch_tokens, expected, LAST_BLOCK_TERMS)
 
 
 @torch.no_grad()
@@ -185,7 +204,9 @@ def test_gem_self_self_attention_path(clip_model, images):
             outs.append(((z @ z.transpose(-1, -2)) * t).softmax(-1) @ v)
         path = path + merge(block, (outs[0] + outs[1] + outs[2]) / 3)
     got = run(clip_model, dict(type='GEM', num_blocks=depth), images)
-    torch.testing.assert_close(got.patch_tokens, to_dense(clip_model, path))
+    # per block: three self-self attentions with one refinement each
+    assert_fp32_close(got.patch_tokens, to_dense(clip_model, path),
+                      depth * 2 * LAST_BLOCK_TERMS)
 
 
 @torch.no_grad()
@@ -196,7 +217,8 @@ def test_attention_capture_is_vanilla_softmax(clip_model, images):
     for layer in (0, 2, 5):
         block = clip_model.visual.transformer.resblocks[layer]
         q, k, _ = heads(block, block.ln_1(inputs[layer]))
-        torch.testing.assert_close(feats.attn_weights[layer], sm(q, k))
+        # in_proj (64 terms), q k^T (16), softmax row (17)
+        assert_fp32_close(feats.attn_weights[layer], sm(q, k), 64 + 16 + 17)
 
 
 @torch.no_grad()
@@ -210,11 +232,12 @@ def test_attention_capture_head_mean_and_single_head(clip_model, images):
         (None, 'mean', -1)
     for layer in (0, 5):
         assert mean.attn_weights[layer].shape == (2, 1, 17, 17)
-        torch.testing.assert_close(mean.attn_weights[layer],
-                                   full.attn_weights[layer].mean(1, True))
-        torch.testing.assert_close(one.attn_weights[layer],
-                                   full.attn_weights[layer][:, 3:])
-    torch.testing.assert_close(mean.patch_tokens, full.patch_tokens)
+        weights = full.attn_weights[layer]
+        by_hand = (weights[:, 0] + weights[:, 1] + weights[:, 2] +
+                   weights[:, 3]).unsqueeze(1) / 4
+        assert_fp32_close(mean.attn_weights[layer], by_hand, 4)
+        assert one.attn_weights[layer].equal(weights[:, 3:])
+    assert mean.patch_tokens.equal(full.patch_tokens)
     for bad in (4, 'max', True):
         with pytest.raises(OVSSConfigError, match='attention_heads'):
             run(clip_model, 'SCLIP', images, attention_layers=[0],
@@ -242,34 +265,65 @@ def test_unknown_strategy_and_bad_depth(clip_model):
                                                          num_blocks=8)))
 
 
-@torch.no_grad()
-def test_proxyclip_proxy_attention(clip_model, images):
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+NET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+NET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def proxyclip_with_input_capture(vfm_model):
+    """A ProxyCLIP strategy and the list its VFM's patch-embedding inputs
+    are appended to."""
     strategy = build_dense_strategy(dict(
-        type='ProxyCLIP', random_init=True, vfm_model='vit_small_patch8_224'))
+        type='ProxyCLIP', random_init=True, vfm_model=vfm_model))
+    seen = []
+    strategy.vfm.patch_embed.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone()))
+    return strategy, seen
+
+
+def proxy_output(clip_model, images, weights, vfm_grid):
+    """out_proj(W v) of the last block, v bilinearly resized from CLIP's
+    grid to the VFM's, then ln_post and proj: (B, D, h', w')."""
+    encoder = DenseCLIPVisionEncoder(clip_model.visual,
+                                     build_dense_strategy('Vanilla'))
+    x, grid = encoder.embed(images)
+    for block in clip_model.visual.transformer.resblocks[:-1]:
+        x = block(x)
+    block = last_block(clip_model)
+    _, _, v = heads(block, block.ln_1(x))
+    b, h, _, d = v.shape
+    v = F.interpolate(
+        v[:, :, 1:].reshape(b * h, *grid, d).permute(0, 3, 1, 2),
+        size=vfm_grid, mode='bilinear', align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(b, h, -1, d)
+    y = clip_model.visual.ln_post(merge(block, weights.unsqueeze(1) @ v))
+    y = y @ clip_model.visual.proj
+    return y.transpose(1, 2).reshape(b, -1, *vfm_grid)
+
+
+@torch.no_grad()
+def test_proxyclip_proxy_attention(clip_model):
+    torch.manual_seed(5)
+    images = torch.randn(1, 3, 32, 32)  # CLIP grid 2 x 2, DINO's 4 x 4
+    strategy, seen = proxyclip_with_input_capture('vit_small_patch8_224')
     got = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
-    vfm = strategy.vfm
-    clip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
-    clip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
-    pixels = images * clip_std.view(1, 3, 1, 1) + clip_mean.view(1, 3, 1, 1)
-    net = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
-        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    feats = F.normalize(vfm.forward_features(net)[:, 1:], dim=-1)  # 8x8
+    # the VFM gets CLIP-normalised pixels renormalised to ImageNet's
+    # statistics (a product, a sum, a difference and a quotient per value)
+    net = (images * CLIP_STD + CLIP_MEAN - NET_MEAN) / NET_STD
+    assert_fp32_close(seen[0], net, 4)
+    feats = F.normalize(strategy.vfm.forward_features(seen[0])[:, 1:],
+                        dim=-1)
     sim = feats @ feats.transpose(1, 2)
     logits = (sim - 1.2 * sim.mean(dim=(1, 2), keepdim=True)) * 3.0
+    # masking is discontinuous at 0: no logit may lie within the rounding
+    # of 384-term cosines and their 256-term mean (x 3 x 1.2) of zero
+    band = 3 * 1.2 * (384 + 256) * EPS32
+    assert logits.abs().min() > 10 * band
     logits[logits < 0] = float('-inf')
-    weights = logits.softmax(-1)
-    inputs, _ = stream_inputs(clip_model, images)
-    block = last_block(clip_model)
-    _, _, v = heads(block, block.ln_1(inputs[-1]))
-    b, h, _, d = v.shape
-    v = F.interpolate(v[:, :, 1:].reshape(b * h, 4, 4, d).permute(0, 3, 1, 2),
-                      size=(8, 8), mode='bilinear', align_corners=False)
-    v = v.permute(0, 2, 3, 1).reshape(b, h, 64, d)
-    out = merge(block, weights.unsqueeze(1) @ v)
-    y = clip_model.visual.ln_post(out) @ clip_model.visual.proj
-    expected = y.transpose(1, 2).reshape(b, -1, 8, 8)
-    torch.testing.assert_close(got.patch_tokens, expected, rtol=1e-4,
-                               atol=1e-5)
+    expected = proxy_output(clip_model, images, logits.softmax(-1), (4, 4))
+    assert_fp32_close(got.patch_tokens, expected,
+                      384 + 256 + LAST_BLOCK_TERMS)
 
 
 def test_proxyclip_needs_local_weights(tmp_path):
@@ -372,22 +426,29 @@ def test_proxy_attention_uniform_window_is_finite():
     feats = F.normalize(features, dim=1)
     sim = feats.transpose(1, 2) @ feats
     logits = (sim - 1.2 * sim.mean()) * 3.0
+    # masking is discontinuous at 0: no logit within the rounding of
+    # 8-term cosines and their 100-term mean (x 3 x 1.2) of zero
+    assert logits.abs().min() > 10 * 3 * 1.2 * (8 + 100) * EPS32
     logits[logits < 0] = float('-inf')
     rows = torch.isfinite(logits).any(-1)[0]
-    torch.testing.assert_close(
-        proxy_attention(features, 1.2, 3.0)[0, rows],
-        logits.softmax(-1)[0, rows])
+    # cosines of 8 features, scaled, a softmax row of 10
+    assert_fp32_close(proxy_attention(features, 1.2, 3.0)[0, rows],
+                      logits.softmax(-1)[0, rows], 8 + 10)
 
 
 @torch.no_grad()
-def test_proxyclip_constant_window_output_is_finite(clip_model, images):
-    strategy = build_dense_strategy(dict(
-        type='ProxyCLIP', random_init=True, vfm_model='vit_tiny_patch16_224'))
-    strategy.vfm_features = lambda x: torch.ones(x.shape[0], 8, 8, 8)
-    encoder = DenseCLIPVisionEncoder(clip_model.visual, strategy)
-    feats = encoder(torch.zeros_like(images))
-    assert feats.patch_tokens.shape[-2:] == (8, 8)
-    assert torch.isfinite(feats.patch_tokens).all()
+def test_proxyclip_constant_window_attends_to_itself(clip_model, images):
+    """A constant window through a VFM without position embeddings gives
+    identical patch features: every S' is negative, each token attends to
+    itself only (W = I), and the output is finite."""
+    strategy, _ = proxyclip_with_input_capture('vit_small_patch8_224')
+    strategy.vfm.pos_embed.zero_()
+    constant = torch.zeros_like(images[:1])
+    got = DenseCLIPVisionEncoder(clip_model.visual, strategy)(constant)
+    assert got.patch_tokens.shape[-2:] == (8, 8)
+    assert torch.isfinite(got.patch_tokens).all()
+    expected = proxy_output(clip_model, constant, torch.eye(64)[None], (8, 8))
+    assert_fp32_close(got.patch_tokens, expected, LAST_BLOCK_TERMS)
 
 
 def test_proxyclip_random_init_ignores_configured_checkpoint(tmp_path):
@@ -423,10 +484,12 @@ def test_attention_capture_in_window_blocks(clip_model, images, monkeypatch,
     assert attention.score_batch_size(torch.zeros(6, 4, 17, 16)) == 1
     blocked = run(clip_model, 'SCLIP', batch, attention_layers=[0, 3],
                   attention_heads=heads_kept)
-    torch.testing.assert_close(blocked.patch_tokens, whole.patch_tokens)
+    # another batch size may change the kernels' summation order
+    assert_fp32_close(blocked.patch_tokens, whole.patch_tokens,
+                      6 * LAST_BLOCK_TERMS)
     for layer in (0, 3):
-        torch.testing.assert_close(blocked.attn_weights[layer],
-                                   whole.attn_weights[layer])
+        assert_fp32_close(blocked.attn_weights[layer],
+                          whole.attn_weights[layer], 64 + 16 + 17)
 
 
 @torch.no_grad()
@@ -434,8 +497,9 @@ def test_cls_only_last_block_equals_the_full_block(clip_model, images):
     from mmseg_ovss.clip.attention import cls_block_forward
     inputs, _ = stream_inputs(clip_model, images)
     block = last_block(clip_model)
-    torch.testing.assert_close(cls_block_forward(block, inputs[-1]),
-                               block(inputs[-1])[:, :1])
+    # one block: attention (in_proj, scores, values, out_proj) and the FFN
+    assert_fp32_close(cls_block_forward(block, inputs[-1]),
+                      block(inputs[-1])[:, :1], LAST_BLOCK_TERMS + 384)
 
 
 @torch.no_grad()
@@ -445,11 +509,14 @@ def test_encode_cls_in_another_dtype_uses_a_cast_copy():
                                      build_dense_strategy('SCLIP'))
     crops = torch.randn(5, 3, 64, 64)  # native size, as open_clip needs
     exact = encoder.encode_cls(crops)
-    torch.testing.assert_close(exact, model.encode_image(crops))
+    assert_fp32_close(exact, model.encode_image(crops), 6 * LAST_BLOCK_TERMS)
     assert encoder.encode_cls(crops, dtype=torch.float32).equal(exact)
     half = encoder.encode_cls(crops, dtype=torch.bfloat16)
     assert half.dtype == torch.float32 and half.shape == exact.shape
-    assert F.cosine_similarity(half, exact).min() > 0.99
+    # each of the 6 blocks rounds to bf16 about 4 times (ln, attention, two
+    # linears): relative error r <= 24 eps_bf16, 1 - cos <= r^2 / 2
+    rel = 24 * torch.finfo(torch.bfloat16).eps
+    assert F.cosine_similarity(half, exact).min() > 1 - rel ** 2 / 2
     copy = encoder.cast_copy(torch.bfloat16, crops.device)
     assert copy is encoder.cast_copy(torch.bfloat16, crops.device)
     assert copy.dtype == torch.bfloat16 and encoder.dtype == torch.float32

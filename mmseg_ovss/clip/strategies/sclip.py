@@ -1,8 +1,10 @@
 """SCLIP (Wang et al., ECCV 2024): correlative self-attention.
 
 W = softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d)) (rows sum to 2).
-Official: residual and FFN kept. FreeCP's variant: no residual, FFN kept
-(``residual=False``; FACTS §2).
+Official (``wangf3014/SCLIP`` ``clip/model.py``,
+``VisionTransformer.forward``): residual and FFN kept. FreeCP's variant: no
+residual, FFN kept (``residual=False``; ``chenqi1126/FreeCP``
+``open_clip/transformer.py``, ``forward_all``).
 """
 from mmseg_ovss.clip.attention import scaled_similarity
 

@@ -1,0 +1,10 @@
+# GEM as the ClearCLIP repository runs it, on ADE20K-150: only the last
+# block's self-self attention output, no residual (ignore_residual=True in
+# mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
+# prob_thd as clearclip_ade.py (that repository's
+# configs/cfg_ade20k.py).
+_base_ = ['./gem_ade.py']
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(logit_scale=50.0),
+)

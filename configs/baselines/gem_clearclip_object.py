@@ -1,0 +1,13 @@
+# GEM as the ClearCLIP repository runs it, on COCO-Object: only the last
+# block's self-self attention output, no residual (ignore_residual=True in
+# mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
+# prob_thd as clearclip_object.py (that repository's
+# configs/cfg_coco_object.py).
+_base_ = ['./gem_object.py']
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(logit_scale=50.0),
+    text=dict(
+        class_names='data/class_names/reference/clearclip_coco_object.txt'),
+    prob_thd=0.4,
+)

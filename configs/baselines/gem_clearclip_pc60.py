@@ -1,0 +1,12 @@
+# GEM as the ClearCLIP repository runs it, on PASCAL Context 60: only the last
+# block's self-self attention output, no residual (ignore_residual=True in
+# mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
+# prob_thd as clearclip_pc60.py (that repository's
+# configs/cfg_context60.py).
+_base_ = ['./gem_pc60.py']
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(logit_scale=50.0),
+    text=dict(background_names=['background']),
+    prob_thd=0.15,
+)

@@ -1,0 +1,10 @@
+# GEM as the ClearCLIP repository runs it, on COCO-Stuff 171: only the last
+# block's self-self attention output, no residual (ignore_residual=True in
+# mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
+# prob_thd as clearclip_stuff.py (that repository's
+# configs/cfg_coco_stuff164k.py).
+_base_ = ['./gem_stuff.py']
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(logit_scale=50.0),
+)

@@ -1,0 +1,12 @@
+# GEM as the ClearCLIP repository runs it, on PASCAL VOC 21: only the last
+# block's self-self attention output, no residual (ignore_residual=True in
+# mc-lan/ClearCLIP clearclip_segmentor.py) and tau 50; vocabulary and
+# prob_thd as clearclip_voc21.py (that repository's
+# configs/cfg_voc21.py).
+_base_ = ['./gem_voc21.py']
+model = dict(
+    strategy=dict(residual=False),
+    decode_head=dict(logit_scale=50.0),
+    text=dict(class_names='data/class_names/reference/clearclip_voc21.txt'),
+    prob_thd=0.5,
+)
