@@ -6,11 +6,12 @@ retrieval weights; ``Salesforce/blip-itm-large-flickr`` holds the same weights
 ``save_pretrained`` / ``huggingface-cli download``, or a ``BlipConfig`` (random
 weights, tests).
 """
-import os
 import os.path as osp
+import re
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
+from mmseg_ovss.clip.loading import hf_endpoint, hub_offline, unreachable
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
 
 #: The ITM checkpoints PnP-OVSS can run on (paper: Flickr large; Table 3 also
@@ -55,13 +56,60 @@ def fix_blip_config(config, warn: bool = True):
     return changes
 
 
+def _fetch_hint(name: str) -> str:
+    return (f'Without network access, download them elsewhere with '
+            f'`huggingface-cli download {resolve_blip_name(name)} --local-dir '
+            f'<folder>` (or `save_pretrained(<folder>)`), copy the folder '
+            f"here and set `model.blip.pretrained='<folder>'` in the config.")
+
+
 def _weights_error(name: str, err: Exception) -> OVSSWeightsError:
+    """The error of a failed load; the download hint only where the weights
+    were to come from the hub."""
+    if 'size mismatch' in str(err):
+        sizes = re.findall(r'size mismatch for ([\w.]+)', str(err))
+        return OVSSWeightsError(
+            f'the BLIP weights in "{name}" do not fit its config: '
+            f'{len(sizes) or "some"} tensors differ in shape (e.g. '
+            f'{", ".join(sizes[:3])}). The folder mixes the config.json of '
+            'one model with the weights of another: copy the whole folder '
+            'of one checkpoint again (the ITM models are listed in '
+            'mmseg_ovss.blip.loading.BLIP_ITM_MODELS).')
+    if osp.isdir(name):
+        return OVSSWeightsError(
+            f'cannot load BLIP ITM weights from the folder "{name}" '
+            f'({type(err).__name__}: {err}). It must hold config.json, the '
+            'weights (model.safetensors or pytorch_model.bin) and the '
+            'tokenizer files, as written by `save_pretrained` or '
+            '`huggingface-cli download`.')
     return OVSSWeightsError(
         f'cannot load the BLIP ITM weights "{name}" ({type(err).__name__}: '
-        f'{err}). Without network access, download them elsewhere with '
-        f'`huggingface-cli download {resolve_blip_name(name)} --local-dir '
-        f'<folder>` (or `save_pretrained(<folder>)`), copy the folder here '
-        f'and set `model.blip.pretrained=\'<folder>\'` in the config.')
+        f'{err}). ' + _fetch_hint(name))
+
+
+def _from_hub(load: Callable[[bool], object], name: str,
+              local_files_only: bool):
+    """``load(local_files_only)`` from a folder, the cache, or the hub.
+
+    The cache is tried first; a download is attempted only when the hub
+    answers within a few seconds (huggingface_hub retries an unreachable
+    hub for about a minute per file).
+    """
+    if local_files_only or osp.isdir(name):
+        return load(True)
+    try:
+        return load(True)
+    except OSError:
+        pass
+    endpoint = hf_endpoint()
+    reason = unreachable(endpoint)
+    if reason:
+        raise OVSSWeightsError(
+            f'cannot download the BLIP ITM weights "{name}": they are not '
+            f'in the Hugging Face cache and {endpoint} is unreachable '
+            f'({reason}; behind a proxy? set HTTPS_PROXY). '
+            + _fetch_hint(name))
+    return load(False)
 
 
 def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
@@ -80,14 +128,14 @@ def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
         tokenizer: folder or hub id of the tokenizer; defaults to
             ``pretrained``. Required when ``pretrained`` is None.
         fix_config: apply :func:`fix_blip_config` to loaded configs.
-        local_files_only: forwarded to transformers; defaults to True when
-            ``HF_HUB_OFFLINE`` is set.
+        local_files_only: never contact the hub; defaults to True when
+            ``HF_HUB_OFFLINE`` is set. Otherwise the cache is tried first
+            and an unreachable hub fails within seconds.
     """
     from transformers import (AutoTokenizer, BlipConfig,
                               BlipForImageTextRetrieval)
     if local_files_only is None:
-        offline = os.environ.get('HF_HUB_OFFLINE', '0')
-        local_files_only = offline not in ('', '0')
+        local_files_only = hub_offline()
     if pretrained is None:
         if config is None:
             raise OVSSConfigError(
@@ -109,19 +157,28 @@ def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
                 f'config.json and the weights (written by `save_pretrained` '
                 f'or `huggingface-cli download`), or a hub id such as '
                 f'"{BLIP_ITM_MODELS["large-flickr"]}".')
-        try:
+
+        def load(local_only: bool):
             blip_config = BlipConfig.from_pretrained(
-                name, local_files_only=local_files_only)
+                name, local_files_only=local_only)
             if fix_config:
                 fix_blip_config(blip_config)
-            model = BlipForImageTextRetrieval.from_pretrained(
-                name, config=blip_config, local_files_only=local_files_only)
-        except (OSError, ValueError) as err:
+            return BlipForImageTextRetrieval.from_pretrained(
+                name, config=blip_config, local_files_only=local_only)
+
+        try:
+            model = _from_hub(load, name, local_files_only)
+        except OVSSWeightsError:
+            raise
+        except (OSError, ValueError, RuntimeError) as err:
             raise _weights_error(name, err) from err
         tokenizer = tokenizer or name
     try:
-        tok = AutoTokenizer.from_pretrained(
-            tokenizer, local_files_only=local_files_only)
+        tok = _from_hub(lambda local_only: AutoTokenizer.from_pretrained(
+            tokenizer, local_files_only=local_only), tokenizer,
+            local_files_only)
+    except OVSSWeightsError:
+        raise
     except (OSError, ValueError) as err:
         raise _weights_error(tokenizer, err) from err
     model.eval()
