@@ -17,8 +17,6 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 import mmseg_ovss  # noqa: F401  (registers the hook and the datasets)
-from mmseg_ovss.engine.checkpoint import (KeyMatch, checkpoint_file_problem,
-                                          expected_keys)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
 from mmseg_ovss.testing.tools import run_tool
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
@@ -134,6 +132,7 @@ def test_partial_checkpoint_is_accepted_above_the_minimum(voc21_root,
 def test_expected_keys_skip_frozen_parts():
     """A frozen tower (weights from open_clip) may be absent on purpose;
     trainable parameters and trained BatchNorm statistics may not."""
+    from mmseg_ovss.engine.checkpoint import KeyMatch, expected_keys
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4),
                           nn.Linear(4, 2))
     model[0].requires_grad_(False)
@@ -195,6 +194,7 @@ def test_bad_checkpoint_files_name_the_file(kind, voc21_root, tmp_path):
 
 
 def test_good_files_pass_the_format_check(tmp_path):
+    from mmseg_ovss.engine.checkpoint import checkpoint_file_problem
     legacy = tmp_path / 'legacy.pth'
     torch.save({'w': torch.ones(2)}, legacy,
                _use_new_zipfile_serialization=False)

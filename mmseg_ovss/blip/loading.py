@@ -1,8 +1,11 @@
 """Build a BLIP image-text-matching model and its tokenizer from transformers.
 
 PnP-OVSS (Luo et al., CVPR 2024) uses BLIP ITM "large" with the Flickr
-retrieval weights; ``Salesforce/blip-itm-large-flickr`` holds the same weights
-(FACTS §4). Weights come from a HuggingFace id, a local folder written by
+retrieval weights (paper §4, "BLIP Flickr"; the authors' ``Files to replace
+for BLIP/blip_itm_large.yaml`` loads ``model_large_retrieval_flickr.pth``);
+``Salesforce/blip-itm-large-flickr`` holds the same weights under the
+transformers key names. Weights come from a HuggingFace id, a local folder
+written by
 ``save_pretrained`` / ``huggingface-cli download``, or a ``BlipConfig`` (random
 weights, tests).
 """
@@ -24,7 +27,8 @@ BLIP_ITM_MODELS = {
 }
 
 #: BLIP's text encoder is BERT-base (12 heads) and its ViT uses layer-norm
-#: eps 1e-6; some hub configs carried other values (FACTS §4).
+#: eps 1e-6 (``partial(nn.LayerNorm, eps=1e-6)`` in the authors' ``Files to
+#: replace for BLIP/vit.py``); some hub configs carried other values.
 BLIP_TEXT_HEADS = 12
 BLIP_VISION_LN_EPS = 1e-6
 

@@ -193,8 +193,10 @@ def weights_mismatch(err: Exception, model_name: str,
     sizes = _SIZE_MISMATCH.findall(text)
     parts = [f'the weights in {source!r} do not fit {model_name}']
     if sizes:
-        parts.append(f'{len(sizes)} tensors differ in shape (e.g. ' + '; '.join(
-            f'{k}: file ({a}), model ({b})' for k, a, b in sizes[:3]) + ')')
+        examples = '; '.join(f'{k}: file ({a}), model ({b})'
+                             for k, a, b in sizes[:3])
+        parts.append(f'{len(sizes)} tensors differ in shape (e.g. '
+                     f'{examples})')
         conv = dict((k, a) for k, a, _ in sizes).get('visual.conv1.weight')
         if conv:
             shape = [int(v) for v in conv.split(',')]

@@ -52,7 +52,8 @@ def mmengine_checkpoint_globals() -> list:
 
 
 # ------------------------------------------------------------ file format
-_MAGIC = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG\r\n\x1a\n', 'a PNG image'),
+_MAGIC = ((b'\xff\xd8\xff', 'a JPEG image'),
+          (b'\x89PNG\r\n\x1a\n', 'a PNG image'),
           (b'GIF8', 'a GIF image'), (b'II*\x00', 'a TIFF image'),
           (b'MM\x00*', 'a TIFF image'), (b'%PDF', 'a PDF document'),
           (b'\x1f\x8b', 'a gzip archive'), (b'BZh', 'a bzip2 archive'),
