@@ -244,11 +244,20 @@ init_default_scope('mmseg')
 cfg.model.clip.model_name = 'ovss-tiny-ViT-16'
 cfg.model.clip.random_init = True
 print('config', digest(MODELS.build(cfg.model).clip_model))
+# a BLIP config without weights (pretrained=None), e.g. the benchmarks'
+from mmseg_ovss.blip.loading import load_blip_itm
+from mmseg_ovss.testing.tiny_blip import tiny_blip_config, tiny_vocab
+blip, _ = load_blip_itm(None, config=tiny_blip_config(len(tiny_vocab())),
+                        tokenizer=sys.argv[2])
+print('blip', digest(blip))
 """
 
 
-def test_random_init_is_the_same_in_two_processes():
-    procs = [subprocess.Popen([sys.executable, '-c', _DIGEST, str(seed)],
+def test_random_init_is_the_same_in_two_processes(tmp_path):
+    from mmseg_ovss.testing.tiny_blip import write_tiny_tokenizer
+    tokenizer = write_tiny_tokenizer(tmp_path / 'tokenizer')
+    procs = [subprocess.Popen([sys.executable, '-c', _DIGEST, str(seed),
+                               str(tokenizer)],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for seed in (11, 22)]
@@ -258,9 +267,9 @@ def test_random_init_is_the_same_in_two_processes():
         assert proc.returncode == 0, err[-3000:]
         digests.append(dict(line.split() for line in out.splitlines()
                             if line.startswith(('loader', 'seed1',
-                                                'config'))))
+                                                'config', 'blip'))))
     first, second = digests
-    assert first == second and len(first) == 3
+    assert first == second and len(first) == 4
     assert first['loader'] == first['config']
     assert first['seed1'] != first['loader']  # the seed can be overridden
 

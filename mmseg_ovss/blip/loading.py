@@ -14,6 +14,8 @@ import re
 import warnings
 from typing import Callable, Optional, Tuple, Union
 
+import torch
+
 from mmseg_ovss.clip.loading import hf_endpoint, hub_offline, unreachable
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
 
@@ -120,7 +122,8 @@ def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
                   config: Optional[dict] = None,
                   tokenizer: Optional[str] = None,
                   fix_config: bool = True,
-                  local_files_only: Optional[bool] = None) -> Tuple:
+                  local_files_only: Optional[bool] = None,
+                  seed: Optional[int] = 0) -> Tuple:
     """Return ``(BlipForImageTextRetrieval, tokenizer)`` in eval mode.
 
     Args:
@@ -135,6 +138,9 @@ def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
         local_files_only: never contact the hub; defaults to True when
             ``HF_HUB_OFFLINE`` is set. Otherwise the cache is tried first
             and an unreachable hub fails within seconds.
+        seed: seed of the random weights (``pretrained=None``), the same in
+            every process; the global RNG is left as it was. None draws
+            them from torch's global RNG.
     """
     from transformers import (AutoTokenizer, BlipConfig,
                               BlipForImageTextRetrieval)
@@ -149,7 +155,12 @@ def load_blip_itm(pretrained: Union[str, dict, None] = 'large-flickr',
             raise OVSSConfigError(
                 'a randomly initialised BLIP needs `tokenizer` (a folder with '
                 'a BERT vocab.txt, e.g. from mmseg_ovss.testing.tiny_blip).')
-        model = BlipForImageTextRetrieval(BlipConfig(**config))
+        if seed is None:
+            model = BlipForImageTextRetrieval(BlipConfig(**config))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = BlipForImageTextRetrieval(BlipConfig(**config))
     else:
         name = resolve_blip_name(pretrained)
         looks_local = (name.startswith(('/', '.', '~')) or name.count('/') > 1

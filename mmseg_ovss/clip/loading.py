@@ -129,8 +129,9 @@ def _tag_files(pretrained_cfg: dict, cache_dir: Optional[str]):
     url = pretrained_cfg.get('url', '')
     if url:
         folder = cache_dir or os.path.expanduser('~/.cache/clip')
+        server = re.match(r'^[a-z]+://[^/]+', url)
         return os.path.isfile(os.path.join(folder, os.path.basename(url))), \
-            re.match(r'^[a-z]+://[^/]+', url).group(0)
+            server.group(0) if server else None
     return True, None
 
 
