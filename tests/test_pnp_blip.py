@@ -19,6 +19,19 @@ def blip(tmp_path_factory):
     return model, tokenizer
 
 
+#: Depth of the fp32 reductions behind a map of the tiny BLIP: its text
+#: hidden size x text layers (48 x 8), forward and GradCAM backward.
+TERMS = 48 * 8
+
+
+def assert_close_fp32(actual, expected, terms=TERMS):
+    """|error| <= terms * eps * max|expected| (fp32 summation order may
+    change with the batch and the CPU)."""
+    atol = terms * torch.finfo(torch.float32).eps * float(
+        expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
 def _pixels(height=64, width=96, seed=0):
     return torch.randn(1, 3, height, width,
                        generator=torch.Generator().manual_seed(seed))
@@ -102,10 +115,9 @@ def test_gradcam_matches_direct_autograd(blip):
     full = model(input_ids=cap.input_ids, pixel_values=pixels,
                  attention_mask=cap.attention_mask,
                  interpolate_pos_encoding=True).itm_score[:, 1]
-    torch.testing.assert_close(maps.itm_logits[0], full.detach())
-    torch.testing.assert_close(maps.attention[0],
-                               attn[:, head, :, 1:].detach())
-    torch.testing.assert_close(maps.gradcam[0], expected.detach())
+    assert_close_fp32(maps.itm_logits[0], full.detach())
+    assert_close_fp32(maps.attention[0], attn[:, head, :, 1:].detach())
+    assert_close_fp32(maps.gradcam[0], expected.detach())
     assert maps.gradcam.shape == (1, 1, cap.input_ids.shape[1], 4 * 6)
     assert maps.gradcam.abs().sum() > 0
     # image encoder backward on (authors' way): the same maps
@@ -114,13 +126,15 @@ def test_gradcam_matches_direct_autograd(blip):
         embeds_on = adapter.encode_image(grad_pixels)
     maps_on = adapter.token_maps(embeds_on, cap.input_ids,
                                  cap.attention_mask, grad_inputs=grad_pixels)
-    torch.testing.assert_close(maps_on.gradcam, maps.gradcam)
+    assert_close_fp32(maps_on.gradcam, maps.gradcam)
 
 
 def test_chunked_and_unchunked_vocabularies_agree(blip):
     model, tokenizer = blip
     enc = enc_token_id_of(tokenizer, model.config.text_config.vocab_size)
-    adapter = BlipCrossAttention(model, 7, 9)
+    # layer index 0: the tiny random BLIP's class maps at the paper's
+    # layer 8 are all 0 (no positive gradient reaches the class tokens)
+    adapter = BlipCrossAttention(model, 0, 9)
     with torch.no_grad():
         embeds = adapter.encode_image(torch.cat([_pixels(seed=1),
                                                  _pixels(seed=2)]))
@@ -135,7 +149,8 @@ def test_chunked_and_unchunked_vocabularies_agree(blip):
     whole = build_captions(tokenizer, NAMES, enc, max_tokens=64)
     roomy = build_captions(tokenizer, NAMES, enc, max_tokens=30)
     assert whole.input_ids.shape[0] == roomy.input_ids.shape[0] == 1
-    torch.testing.assert_close(class_maps(whole), class_maps(roomy))
+    assert (class_maps(whole).flatten(2).amax(-1) > 0).all()
+    assert_close_fp32(class_maps(roomy), class_maps(whole))
     # forced chunks: batched, padded chunks equal each caption run alone,
     # concatenated in vocabulary order
     chunked = build_captions(tokenizer, NAMES, enc, max_tokens=12)
@@ -149,8 +164,7 @@ def test_chunked_and_unchunked_vocabularies_agree(blip):
                                max_tokens=64)
         parts.append(class_maps(alone))
         start += count
-    torch.testing.assert_close(got, torch.cat(parts, dim=1),
-                               rtol=1e-4, atol=1e-7)
+    assert_close_fp32(got, torch.cat(parts, dim=1))
 
 
 def test_layer_and_head_are_checked(blip):

@@ -83,8 +83,10 @@ def parse_args(argv=None):
                         help='open_clip model name; "tiny" = a tiny random '
                         'model (tests only)')
     parser.add_argument('--reward-pretrained', default='openai',
-                        help='open_clip tag or local checkpoint; "none" = '
-                        'random weights')
+                        help='open_clip tag, or a local copy of the OpenAI '
+                        'weights (e.g. ViT-L-14-336px.pt; QuickGELU as '
+                        'trained); "none" = random weights. Built by the '
+                        "package's CLIP loader")
     parser.add_argument('--reward-template', default=DEFAULT_REWARD_TEMPLATE,
                         help='CLIP prompt of a class name, "{}" = the name '
                         '(default: the bare name, as the authors; e.g. '
@@ -178,12 +180,25 @@ def class_masks(model, image, class_ids, ori_shape, stage: str
             'search it (--stage gradcam / joint).')
     pixels = model.to_patch_grid(image[None])
     salience = model.class_salience(pixels, class_ids)[0]
-    on = threshold_maps(salience.detach().float(), model.threshold, 'binary')
+    return masks_from_salience(salience, ori_shape, model.threshold,
+                               model.blur_sigma, stage)
+
+
+def masks_from_salience(salience, ori_shape, threshold: float,
+                        blur_sigma=None, stage: str = 'gradcam'
+                        ) -> np.ndarray:
+    """(K, h, w) summed salience -> (K, H, W) bool masks at ``ori_shape``.
+
+    Binary threshold at T of each class's min-max map, bilinear resize;
+    ``gradcam`` stage (or no blur): the resized map >= 0.5; else blurred
+    with sigma (then min-max) and thresholded at T again (authors).
+    """
+    on = threshold_maps(salience.detach().float(), threshold, 'binary')
     maps = resize_maps(on, ori_shape).cpu()
-    if stage == 'gradcam' or model.blur_sigma is None:
+    if stage == 'gradcam' or blur_sigma is None:
         return (maps >= 0.5).numpy()
-    blurred = gaussian_blur(maps.numpy(), model.blur_sigma)
-    return blurred > model.threshold
+    blurred = gaussian_blur(maps.numpy(), blur_sigma)
+    return blurred > threshold
 
 
 def trial_reward(model, reward, items, stage: str = 'gradcam') -> int:

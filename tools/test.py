@@ -17,6 +17,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.engine.checkpoint import (  # noqa: E402
+    add_checkpoint_check, check_checkpoint_file)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
@@ -108,7 +110,11 @@ def build_cfg(args) -> Config:
                 f'checkpoint "{args.checkpoint}" does not exist; pass the path '
                 'of a .pth file saved by tools/train.py, or no checkpoint for '
                 'a training-free model.')
+        check_checkpoint_file(args.checkpoint)  # empty, cut, not a checkpoint
         cfg.load_from = args.checkpoint
+    if cfg.get('load_from'):
+        # refuse a checkpoint that matches few of the model's keys
+        add_checkpoint_check(cfg, cfg.load_from)
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.out is not None:

@@ -13,6 +13,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.engine.checkpoint import (  # noqa: E402
+    add_checkpoint_check, resolve_resume)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
@@ -63,12 +65,12 @@ def build_cfg(args) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
+    if args.resume is not None:
+        # 'auto': <work_dir>/last_checkpoint; nothing to resume, a missing
+        # or cut file is an error that names the file and the fix
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = resolve_resume(cfg.work_dir, args.resume)
+        add_checkpoint_check(cfg, cfg.load_from)
     return cfg
 
 

@@ -61,7 +61,11 @@ def tokenize_words(tokenizer, text: str) -> List[int]:
 
 
 def enc_token_id_of(tokenizer, text_vocab_size: int) -> int:
-    """Id of BLIP's [ENC] token, which must open an ITM caption (FACTS §4).
+    """Id of BLIP's [ENC] token, which must open an ITM caption.
+
+    The authors' ITM forward sets it (``text.input_ids[:, 0] =
+    self.tokenizer.enc_token_id`` in ``Files to replace for
+    BLIP/blip_image_text_matching.py`` of letitiabanana/PnP-OVSS).
 
     The HuggingFace tokenizer leaves [CLS] there; BLIP's [ENC] is the last id
     of the text vocabulary (30523 for the released models) when the tokenizer

@@ -7,9 +7,11 @@ image-text-matching decision:
 
     M~ = max(0, dL_ITM / dM) (x) M,
 
-where L_ITM is the raw "match" logit (ITM head output index 1; FACTS §4: the
-gradient of a cross-entropy loss has the opposite sign). The image CLS column
-is dropped, leaving a map over the P patches.
+where L_ITM is the raw "match" logit (ITM head output index 1, as the
+authors' ``compute_gradcam``: ``output[:, 1].sum()`` in ``Files to replace for
+BLIP/blip_image_text_matching.py`` of letitiabanana/PnP-OVSS; the gradient of
+a cross-entropy loss would have the opposite sign). The image CLS column is
+dropped, leaving a map over the P patches.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +90,9 @@ class BlipCrossAttention(nn.Module):
         """(B, 3, H, W) normalised pixels -> (B, 1 + P, D) ViT tokens.
 
         Position embeddings are always interpolated to the input's patch grid
-        (FACTS §4).
+        (the paper's Table 3 runs the 384-pixel ViT at 224 to 768 pixels; the
+        authors' ``interpolate_pos_embed`` in ``Files to replace for
+        BLIP/vit.py``).
         """
         out = self.model.vision_model(
             pixel_values=pixels, interpolate_pos_encoding=True)

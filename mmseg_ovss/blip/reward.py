@@ -6,17 +6,20 @@ masks) and a predicted mask M(k) per class:
     Reward(I) = sum_{k in K(I)} 1[Pr(M(k) (x) I, k) > Pr(0, k)],
     Pr(I, k) = softmax over k' in K(I) of f(I, k'),
 
-f = CLIP ViT-L/14-336 image-text similarity (open_clip), 0 a black image.
+f = CLIP ViT-L/14-336 image-text similarity (open_clip, OpenAI weights with
+their QuickGELU), 0 a black image.
 The text of class k is ``template.format(k)``: the bare class name by default
 (the authors' code), e.g. ``'a photo of a {}.'`` as an option.
 """
+import os
+import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
+from mmseg_ovss.utils.errors import OVSSConfigError
 
 DEFAULT_REWARD_MODEL = 'ViT-L-14-336'
 DEFAULT_REWARD_PRETRAINED = 'openai'
@@ -40,32 +43,44 @@ def check_template(template: str) -> str:
 class ClipReward:
     """Scores masks with an open_clip model.
 
+    The model comes from the package's loader
+    (:func:`mmseg_ovss.clip.loading.build_clip_model`), so OpenAI weights run
+    with the QuickGELU they were trained with.
+
     Args:
         model_name: open_clip model name (``ViT-L-14-336``).
-        pretrained: open_clip pretrained tag, a local checkpoint file, or
-            None for random weights (tests).
+        pretrained: open_clip pretrained tag; a path to a local copy of the
+            tag's weights (kept for the search tool's
+            ``--reward-pretrained``: the activation is that of
+            :data:`DEFAULT_REWARD_PRETRAINED`); or None for random weights
+            (tests).
         device: where CLIP runs.
         template: prompt of a class name, ``{}`` standing for the name
             (default: the bare name, as the authors).
+        checkpoint: a local weights file of the ``pretrained`` tag.
     """
 
     def __init__(self, model_name: str = DEFAULT_REWARD_MODEL,
                  pretrained: Optional[str] = DEFAULT_REWARD_PRETRAINED,
-                 device='cpu', template: str = DEFAULT_REWARD_TEMPLATE):
+                 device='cpu', template: str = DEFAULT_REWARD_TEMPLATE,
+                 checkpoint: Optional[str] = None):
         check_template(template)
         import open_clip
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=device)
-        except Exception as err:  # open_clip raises several types offline
-            raise OVSSWeightsError(
-                f'cannot build the reward CLIP "{model_name}" with weights '
-                f'"{pretrained}" ({type(err).__name__}: {err}). Without '
-                f'network access pass a local open_clip checkpoint file: '
-                f'--reward-pretrained /path/to/open_clip_pytorch_model.bin.'
-            ) from err
-        self.model = model.eval()
-        self.preprocess = preprocess
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        from mmseg_ovss.clip.loading import build_clip_model
+        if pretrained and checkpoint is None and (
+                os.sep in pretrained or osp.isfile(pretrained)):
+            checkpoint, pretrained = pretrained, DEFAULT_REWARD_PRETRAINED
+        self.model = build_clip_model(
+            model_name, pretrained=pretrained, checkpoint=checkpoint,
+            device=device,
+            random_init=pretrained is None and checkpoint is None,
+            local_file_hint='--reward-pretrained /path/to/weights (a local '
+            f'copy of the {pretrained or DEFAULT_REWARD_PRETRAINED!r} '
+            'weights, e.g. ViT-L-14-336px.pt)')
+        self.preprocess = image_transform_v2(
+            PreprocessCfg(**self.model.visual.preprocess_cfg), is_train=False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device = device
         self.template = template

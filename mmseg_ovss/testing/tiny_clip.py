@@ -25,11 +25,38 @@ def register_tiny_clip_models() -> None:
 
 
 def build_tiny_clip(name: str = 'ovss-tiny-ViT-16', seed: int = 0):
-    """A tiny random open_clip CLIP model in eval mode."""
+    """A tiny random open_clip CLIP model, eval mode and frozen.
+
+    Built by the package's loader (:func:`~mmseg_ovss.clip.loading.
+    build_clip_model`); seeds torch's global RNG with ``seed`` first and
+    draws the weights from it, so the RNG state afterwards is what the tests
+    written against this helper expect.
+    """
     import torch
+
+    from mmseg_ovss.clip.loading import build_clip_model
     register_tiny_clip_models()
     torch.manual_seed(seed)
-    return open_clip.create_model(name, pretrained=None).eval()
+    return build_clip_model(name, pretrained=None, random_init=True,
+                            seed=None)
+
+
+#: A pretrained tag of the tiny models that, like OpenAI's weights, asks for
+#: QuickGELU. It has no files: build from a local file or random weights.
+TINY_QUICK_GELU_TAG = 'ovss_test_quickgelu'
+
+
+def register_tiny_quick_gelu_tag() -> None:
+    """Give the tiny models :data:`TINY_QUICK_GELU_TAG` (idempotent), so
+    that tests can check the activation a tag's weights get without
+    downloading them. Uses open_clip's pretrained table
+    (``open_clip.pretrained._PRETRAINED``): it has no public registration.
+    """
+    from open_clip import pretrained
+    register_tiny_clip_models()
+    for name in TINY_CLIP_MODELS:
+        tags = pretrained._PRETRAINED.setdefault(name, {})
+        tags[TINY_QUICK_GELU_TAG] = dict(url='', hf_hub='', quick_gelu=True)
 
 
 register_tiny_clip_models()

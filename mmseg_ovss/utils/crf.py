@@ -1,8 +1,10 @@
 """Fully connected CRF (Krähenbühl & Koltun, 2011) over class probabilities.
 
 Wraps ``pydensecrf`` (PyPI ``pydensecrf2``, an optional extra). Defaults are
-PnP-OVSS's (taken from CutLER, FACTS §4): 10 mean-field iterations, Gaussian
-kernel sxy 3 / compat 7, bilateral kernel sxy 50 / srgb 5 / compat 10.
+PnP-OVSS's, "from CutLER without tuning" (paper §4, implementation details;
+the authors' ``densecrf`` in ``PnP_OVSS_0514_updated_segmentation.py`` of
+letitiabanana/PnP-OVSS): 10 mean-field iterations, Gaussian kernel sxy 3 /
+compat 7, bilateral kernel sxy 50 / srgb 5 / compat 10.
 """
 import numpy as np
 

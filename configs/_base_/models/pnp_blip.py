@@ -1,5 +1,6 @@
 # PnP-OVSS (Luo et al., CVPR 2024) over BLIP ITM large, Flickr weights.
-# The paper's settings (FACTS §4): caption "a picture of <all class names>",
+# The paper's settings (Luo et al. §3-4, Table 2; authors' code
+# letitiabanana/PnP-OVSS): caption "a picture of <all class names>",
 # cross-attention of text layer 8 / head 10 (1-based, the authors' search
 # result for every dataset), GradCAM with the raw ITM match logit, Salience
 # DropOut (median schedule, 4 passes), per-class min-max, threshold 0.15

@@ -43,7 +43,8 @@ from mmseg_ovss.utils.crf import dense_crf, require_crf
 from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.profiler import profile_stage
 
-#: DenseCRF settings of the paper (from CutLER; FACTS §4).
+#: DenseCRF settings of the paper (§4: CutLER's, untuned; the authors'
+#: ``densecrf`` in ``PnP_OVSS_0514_updated_segmentation.py``).
 DEFAULT_CRF = dict(iterations=10, gaussian_sxy=3, gaussian_compat=7,
                    bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10)
 DEFAULT_DROPOUT = dict(schedule='median', iterations=4, top_k=10)
