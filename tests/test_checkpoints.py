@@ -209,6 +209,24 @@ def _train(cfg, work, *extra):
     return run_tool('train', [cfg, '--work-dir', work, *extra])
 
 
+def test_train_load_from_is_checked_like_test(voc21_root, tmp_path):
+    """Initial weights for fine-tuning (``load_from`` without --resume):
+    a prefixed checkpoint or a JPEG stops the run before it trains."""
+    cfg = _config(tmp_path, train_iters=1)
+    state = _state_dict(cfg)
+    prefixed = _save(tmp_path / 'init.pth',
+                     {'model.' + k: v for k, v in state.items()})
+    with pytest.raises(OVSSWeightsError, match="prefix 'model.' is removed"):
+        _train(cfg, tmp_path / 'w1', '--cfg-options', f'load_from={prefixed}')
+    fake = tmp_path / 'photo.pth'
+    shutil.copy(JPEG, fake)
+    with pytest.raises(OVSSWeightsError, match='JPEG'):
+        _train(cfg, tmp_path / 'w2', '--cfg-options', f'load_from={fake}')
+    good = _save(tmp_path / 'good.pth', state)
+    _train(cfg, tmp_path / 'w3', '--cfg-options', f'load_from={good}')
+    assert (tmp_path / 'w3' / 'iter_1.pth').is_file()
+
+
 def test_resume_with_nothing_to_resume_is_an_error(voc21_root, tmp_path):
     """mmengine logged 'Auto resumed from the latest checkpoint None.' and
     trained from scratch."""

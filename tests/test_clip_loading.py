@@ -250,6 +250,10 @@ from mmseg_ovss.testing.tiny_blip import tiny_blip_config, tiny_vocab
 blip, _ = load_blip_itm(None, config=tiny_blip_config(len(tiny_vocab())),
                         tokenizer=sys.argv[2])
 print('blip', digest(blip))
+# ProxyCLIP's random vision foundation model (timm)
+from mmseg_ovss.clip.strategies import build_dense_strategy
+print('vfm', digest(build_dense_strategy(dict(
+    type='ProxyCLIP', random_init=True, vfm_model='vit_tiny_patch16_224')).vfm))
 """
 
 
@@ -267,9 +271,9 @@ def test_random_init_is_the_same_in_two_processes(tmp_path):
         assert proc.returncode == 0, err[-3000:]
         digests.append(dict(line.split() for line in out.splitlines()
                             if line.startswith(('loader', 'seed1',
-                                                'config', 'blip'))))
+                                                'config', 'blip', 'vfm'))))
     first, second = digests
-    assert first == second and len(first) == 4
+    assert first == second and len(first) == 5
     assert first['loader'] == first['config']
     assert first['seed1'] != first['loader']  # the seed can be overridden
 

@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.checkpoint import (  # noqa: E402
-    add_checkpoint_check, resolve_resume)
+    add_checkpoint_check, check_checkpoint_file, resolve_resume)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
@@ -70,6 +70,12 @@ def build_cfg(args) -> Config:
         # or cut file is an error that names the file and the fix
         cfg.resume = True
         cfg.load_from = resolve_resume(cfg.work_dir, args.resume)
+        add_checkpoint_check(cfg, cfg.load_from)
+    elif cfg.get('load_from'):
+        # initial weights for fine-tuning: the same checks as tools/test.py
+        # (a URL is fetched by mmengine; only its keys are checked)
+        if '://' not in str(cfg.load_from):
+            check_checkpoint_file(cfg.load_from)
         add_checkpoint_check(cfg, cfg.load_from)
     return cfg
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg_ovss.clip.attention import project_out, project_qkv
+from mmseg_ovss.clip.loading import DEFAULT_RANDOM_INIT_SEED
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSWeightsError
 from mmseg_ovss.utils.paths import resolve_data_path
 
@@ -45,12 +46,21 @@ def proxy_attention(features: Tensor, beta: float, gamma: float) -> Tensor:
     return sim.softmax(dim=-1)
 
 
-def build_vfm(model_name: str, checkpoint: Optional[str]):
-    """Build a timm ViT and load its weights from a local file."""
+def build_vfm(model_name: str, checkpoint: Optional[str],
+              seed: Optional[int] = DEFAULT_RANDOM_INIT_SEED):
+    """Build a timm ViT and load its weights from a local file.
+
+    Without a file the weights are random, drawn with ``seed`` so that every
+    process builds the same network (the global RNG is left as it was);
+    ``seed=None`` draws from the global RNG.
+    """
     import timm
     if checkpoint is None:
-        return timm.create_model(model_name, pretrained=False, num_classes=0,
-                                 dynamic_img_size=True)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return timm.create_model(model_name, pretrained=False,
+                                     num_classes=0, dynamic_img_size=True)
     path = resolve_data_path(checkpoint, must_exist=False)
     if not path.is_file():
         raise OVSSWeightsError(
@@ -74,11 +84,14 @@ class ProxyCLIPStrategy(DenseStrategy):
         beta, gamma (float): 1.2 and 3.0 (paper).
         random_init (bool): build the VFM without weights, ignoring
             ``vfm_checkpoint``.
+        seed (int, optional): seed of the random VFM weights (the same in
+            every process by default, as the CLIP loader's ``seed``).
     """
 
     def __init__(self, vfm_checkpoint: Optional[str] = None,
                  vfm_model: str = 'vit_base_patch8_224', beta: float = 1.2,
-                 gamma: float = 3.0, random_init: bool = False):
+                 gamma: float = 3.0, random_init: bool = False,
+                 seed: Optional[int] = DEFAULT_RANDOM_INIT_SEED):
         super().__init__()
         if vfm_checkpoint is None and not random_init:
             raise OVSSWeightsError(
@@ -90,7 +103,8 @@ class ProxyCLIPStrategy(DenseStrategy):
             raise OVSSConfigError(f'ProxyCLIP gamma must be > 0, got {gamma}')
         # random_init wins over a configured checkpoint (tests, benchmarks)
         self.vfm = build_vfm(vfm_model,
-                             None if random_init else vfm_checkpoint).eval()
+                             None if random_init else vfm_checkpoint,
+                             seed).eval()
         self.vfm.requires_grad_(False)
         self.beta = float(beta)
         self.gamma = float(gamma)
