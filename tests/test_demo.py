@@ -89,7 +89,7 @@ def test_demo_input_errors(tmp_path):
         run_tool('demo', [image, '--classes', 'cat', '--class-file',
                           tmp_path / 'names.txt', *TINY])
     (tmp_path / 'names.txt').write_text('cat\n\ndog\n')
-    with pytest.raises(OVSSConfigError, match='empty name'):
+    with pytest.raises(OVSSConfigError, match='names.txt.*line 2 is empty'):
         run_tool('demo', [image, '--class-file', tmp_path / 'names.txt',
                           *TINY])
     with pytest.raises(OVSSDataError, match='--out-dir .* is a file'):
