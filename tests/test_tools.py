@@ -1,31 +1,61 @@
-"""tools/test.py, tools/train.py and the dist scripts, end to end on tiny data."""
+"""tools/test.py, tools/train.py and the dist scripts, end to end on tiny data.
+
+The evaluation runs check values. Their datasets are planted
+(``mmseg_ovss.testing.planted``): in each benchmark's real layout, the
+ground truth is the tiny SegFormer's own prediction reached by a direct
+route (image decoded, resized and normalised by hand), with a known block
+of wrong labels and a block of ignored pixels in the images after the
+first, so the tools must report the metrics counted by hand; a two-process
+gloo run must report exactly what the one-process run reports.
+"""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import CheckpointLoader
+from PIL import Image
 
 import mmseg_ovss.testing.hooks  # noqa: F401  (CrashAfterIterHook)
+from mmseg_ovss.testing.planted import (IMAGE_SIZE, LABEL_ENCODING,
+                                        load_model, plant_ground_truth,
+                                        planted_data_root, reported_tolerance,
+                                        runner_model)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
-from mmseg_ovss.testing.tools import run_tool
+from mmseg_ovss.testing.tools import load_tool, run_tool
 from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
                                      OVSSWeightsError)
+from mmseg_ovss.utils.paths import find_resource
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ('voc21', 'voc20', 'pc60', 'pc59', 'pc459', 'coco_object',
               'coco_stuff171', 'ade150', 'ade847', 'cityscapes')
+METRICS = ('aAcc', 'mIoU', 'mAcc')
+# Pixels whose two best logits are closer than TIE_RTOL times the image's
+# largest |logit| are ignored in the planted ground truth. Along its
+# longest path the tiny SegFormer's fp32 forward pass sums of order 1100
+# terms (the 8x8x8 spatial-reduction conv: 512, the 7x7x3 patch embedding:
+# 147, three 3x3x8 patch embeddings: 216, the MLPs, attention and the
+# 32-channel fuse), so another summation order (CPU, thread count, batch
+# size) moves a logit by of order 1100 eps of the magnitude, the gap of two
+# logits by twice that. (Measured: at most 8 eps between 1 and 2 threads
+# and batch sizes 1 and 2.)
+TIE_RTOL = 2 * 1100 * float(torch.finfo(torch.float32).eps)
+# the check must cover nearly every pixel: at most this share are ties
+MAX_TIE_SHARE = 0.05
 
 
 def _dataset_facts(name):
     """Class count, ignore index and annotation loader of a dataset base."""
     from mmseg.registry import DATASETS
     import mmseg_ovss  # noqa: F401  (registers the datasets)
-    base = Config.fromfile(REPO_ROOT / f'configs/_base_/datasets/{name}.py')
+    base = Config.fromfile(
+        find_resource('configs') / f'_base_/datasets/{name}.py')
     dataset_cfg = base.test_dataloader.dataset
     dataset_cls = DATASETS.get(dataset_cfg.type)
     num_classes = len(dataset_cls.METAINFO['classes'])
@@ -46,24 +76,88 @@ def _write_tiny_config(tmp_path, name, **kwargs):
     return path
 
 
+def _plant(tmp_path, config, name, options=(), model=None, num_images=2):
+    """Plant ``name``'s tiny dataset below ``tmp_path/data`` for the test
+    run of ``config`` (``--cfg-options`` ``options``); returns the
+    ``--cfg-options`` arguments that point the run at it and the planted
+    data. ``model(run_cfg)`` gives the model to plant from (default: a
+    seeded one, saved as ``planted.checkpoint``)."""
+    data_root = planted_data_root(name, tmp_path / 'data')
+    argv = ['--cfg-options', *options,
+            f'test_dataloader.dataset.data_root={data_root}']
+    tool = load_tool('test')
+    run_cfg = tool.build_cfg(tool.parse_args(
+        [str(config), '--work-dir', str(tmp_path / 'plant'), *argv]))
+    planted = plant_ground_truth(
+        run_cfg, tmp_path / 'data',
+        tmp_path / 'planted.pth' if model is None else None,
+        num_images=num_images, model=None if model is None else
+        model(run_cfg), tie_rtol=TIE_RTOL)
+    ties = sum(int(t.sum()) for t in planted.ties)
+    assert ties <= MAX_TIE_SHARE * num_images * np.prod(IMAGE_SIZE), ties
+    return argv, planted
+
+
+def _assert_hand_count(metrics, planted):
+    """The reported metrics are the ones counted pixel by pixel."""
+    expected = planted.expected_metrics()
+    tolerance = reported_tolerance(planted.num_classes)
+    for key in METRICS:
+        assert abs(float(metrics[key]) - expected[key]) <= tolerance, (
+            key, metrics, expected)
+
+
+def _reported_in_log(log):
+    """aAcc/mIoU/mAcc of the (rank 0) line ``Iter(test) [n/n] aAcc: ...``."""
+    (line, ) = [ln for ln in log.splitlines()
+                if re.search(r'Iter\(test\) \[(\d+)/\1\]\s+aAcc', ln)]
+    return {key: float(re.search(rf'\b{key}: ([0-9.]+)', line).group(1))
+            for key in METRICS}
+
+
+def _as_logged(metrics):
+    """Metrics as the logger prints them (4 decimals; mmseg rounds to 2)."""
+    return {key: round(float(metrics[key]), 4) for key in METRICS}
+
+
 @pytest.mark.parametrize('name', BENCHMARKS)
-def test_test_tool_runs_every_benchmark(name, tiny_data_root, tmp_path):
+def test_test_tool_runs_every_benchmark(name, tmp_path):
+    """tools/test.py reports the hand-counted metrics on every benchmark's
+    planted labels (label encoding, ignore value, reduce_zero_label, uint16
+    TIFFs, the resize back to the original size)."""
     cfg = _write_tiny_config(tmp_path, name)
-    metrics = run_tool('test', [cfg, '--work-dir', tmp_path / 'work'])
-    assert set(metrics) >= {'aAcc', 'mIoU', 'mAcc'}
-    assert 0.0 <= metrics['aAcc'] <= 100.0
+    options, planted = _plant(tmp_path, cfg, name)
+    metrics = run_tool('test', [cfg, planted.checkpoint, '--work-dir',
+                                tmp_path / 'work', *options])
+    expected = planted.expected_metrics()
+    # a non-trivial check: several classes, and the corruption is visible
+    assert len(np.unique(planted.predictions[0])) >= 2
+    assert expected['aAcc'] < 99
+    _assert_hand_count(metrics, planted)
 
 
-def test_test_tool_show_dir_and_out(tiny_data_root, tmp_path):
-    cfg = _write_tiny_config(tmp_path, 'voc21')
+@pytest.mark.parametrize('name', ('voc21', 'ade150', 'pc459'))
+def test_test_tool_show_dir_and_out(name, tmp_path):
+    """--out writes each image's prediction in the dataset's own id
+    convention (+1 for reduce_zero_label, 16-bit beyond 255 ids): the
+    planted prediction, away from near ties."""
+    cfg = _write_tiny_config(tmp_path, name)
+    options, planted = _plant(tmp_path, cfg, name)
     out_dir = tmp_path / 'pred'
-    run_tool('test', [cfg, '--work-dir', tmp_path / 'work', '--show-dir',
-                      'vis', '--out', out_dir])
+    metrics = run_tool('test', [cfg, planted.checkpoint, '--work-dir',
+                                tmp_path / 'work', '--show-dir', 'vis',
+                                '--out', out_dir, *options])
+    _assert_hand_count(metrics, planted)
     painted = list((tmp_path / 'work').rglob('vis/**/*.png'))
-    assert painted, 'no painted images under the work dir'
-    predictions = list(out_dir.glob('*.png'))
-    assert len(predictions) == len(list(
-        (tiny_data_root / 'VOCdevkit/VOC2012/SegmentationClass').glob('*.png')))
+    assert len(painted) == len(planted.image_paths)
+    offset = LABEL_ENCODING[name][0]
+    assert len(list(out_dir.glob('*.png'))) == len(planted.image_paths)
+    for image, prediction, ties in zip(planted.image_paths,
+                                       planted.predictions, planted.ties):
+        written = np.array(Image.open(out_dir / f'{Path(image).stem}.png'))
+        assert written.dtype == (np.uint16 if name == 'pc459' else np.uint8)
+        np.testing.assert_array_equal(
+            (written.astype(np.int64) - offset)[~ties], prediction[~ties])
 
 
 def test_unknown_cfg_option_is_refused(tiny_data_root, tmp_path):
@@ -82,7 +176,6 @@ def test_plus_prefix_adds_a_new_key(tiny_data_root, tmp_path):
 
 
 def load_test_args(argv):
-    from mmseg_ovss.testing.tools import load_tool
     tool = load_tool('test')
     return tool.build_cfg(tool.parse_args([str(a) for a in argv]))
 
@@ -97,7 +190,8 @@ def _run_script(script, args, tmp_path, port):
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(port),
                OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        ['bash', str(REPO_ROOT / 'tools' / script)] + [str(a) for a in args],
+        ['bash', str(find_resource('tools') / script)] +
+        [str(a) for a in args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -106,6 +200,9 @@ def _run_script(script, args, tmp_path, port):
 
 def test_dist_train_then_dist_test_on_two_cpu_processes(tiny_data_root,
                                                         tmp_path):
+    """Two processes train; the trained checkpoint, evaluated by two
+    processes on labels planted from it (3 images: the sampler pads one
+    rank), reports the one-process run's metrics, the hand count."""
     cfg = _write_tiny_config(tmp_path, 'voc21', train_iters=2,
                              checkpoint_interval=2)
     work = tmp_path / 'work'
@@ -115,21 +212,36 @@ def test_dist_train_then_dist_test_on_two_cpu_processes(tiny_data_root,
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     ckpt = work / 'iter_2.pth'
     assert ckpt.is_file()
-    log = _run_script('dist_test.sh', [cfg, ckpt, 2, '--work-dir', work],
+    options, planted = _plant(tmp_path, cfg, 'voc21', num_images=3,
+                              model=lambda run_cfg: load_model(run_cfg, ckpt))
+    single = run_tool('test', [cfg, ckpt, '--work-dir', tmp_path / 'single',
+                               *options])
+    _assert_hand_count(single, planted)
+    log = _run_script('dist_test.sh', [cfg, ckpt, 2, '--work-dir',
+                                       tmp_path / 'dist', *options],
                       tmp_path, 29612)
-    assert 'mIoU' in log
+    assert _reported_in_log(log) == _as_logged(single)
 
 
-def test_dist_test_without_checkpoint(tiny_data_root, tmp_path):
+def test_dist_test_without_checkpoint(tmp_path):
+    """``dist_test.sh CONFIG 2`` (no checkpoint): the seeded model the
+    Runner builds, on labels planted from it (3 images), reports the
+    one-process run's metrics, the hand count."""
     cfg = _write_tiny_config(tmp_path, 'voc20')
-    log = _run_script('dist_test.sh', [cfg, 2, '--work-dir', tmp_path / 'w'],
-                      tmp_path, 29613)
-    assert 'mIoU' in log
+    options, planted = _plant(tmp_path, cfg, 'voc20', ['+randomness.seed=0'],
+                              model=runner_model, num_images=3)
+    single = run_tool('test', [cfg, '--work-dir', tmp_path / 'single',
+                               *options])
+    _assert_hand_count(single, planted)
+    log = _run_script('dist_test.sh', [cfg, 2, '--work-dir', tmp_path / 'w',
+                                       *options], tmp_path, 29613)
+    assert _reported_in_log(log) == _as_logged(single)
 
 
 def _train_weights(cfg, work, extra=()):
     runner = run_tool('train', [cfg, '--work-dir', work, *extra])
-    return {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+    return {k: v.detach().clone()
+            for k, v in runner.model.state_dict().items()}
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tiny_data_root,
@@ -189,3 +301,26 @@ def test_test_tool_arguments_out_of_range(tiny_data_root, tmp_path):
     a_file.write_text('x')
     with pytest.raises(OVSSDataError, match='--out .*notes.txt is a file'):
         run_tool('test', [cfg, '--out', a_file])
+
+
+def test_testing_helpers_use_the_shipped_configs_and_tools(tmp_path,
+                                                           monkeypatch):
+    """Without a checkout (an installed wheel) the tiny configs and
+    ``run_tool`` use the copies under ``mmseg_ovss/.mim/``."""
+    from mmseg_ovss.testing import tools as tools_module
+    from mmseg_ovss.utils import paths
+    mim = tmp_path / '.mim'
+    for item in ('configs', 'tools'):
+        shutil.copytree(find_resource(item), mim / item)
+    monkeypatch.setattr(paths, 'REPO_ROOT', None)
+    monkeypatch.setattr(paths, 'MIM_DIR', mim)
+    monkeypatch.setattr(tools_module, '_loaded', {})
+    config = _write_tiny_config(tmp_path, 'voc21')
+    assert Config.fromfile(str(config)).test_dataloader.dataset.type == \
+        'PascalVOC21Dataset'
+    assert f"'{mim.as_posix()}/configs/_base_/datasets/voc21.py'" in \
+        config.read_text()
+    assert Path(load_tool('test').__file__) == mim / 'tools' / 'test.py'
+    with pytest.raises(OVSSDataError, match=r"no tool .*tset\.py; the tools "
+                       r"in .* are \[.*'test'"):
+        load_tool('tset')

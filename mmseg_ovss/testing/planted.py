@@ -21,8 +21,18 @@ The tool must then report what :func:`expected_metrics` counts by hand:
 aAcc = mIoU = mAcc = 100 without corruption, and the exact per-class
 intersections and unions with it. This checks resizing, label encoding and
 alignment, the ignore index and the metric plumbing through the real tool.
+
+Any mmseg segmentor works: the CLIP segmentors of this package (given the
+dataset's classes) and mmseg's ``EncoderDecoder`` (the tiny SegFormer of
+:mod:`mmseg_ovss.testing.tiny_configs`). The model is built from the config
+(seeded), or passed in: loaded from a trained checkpoint
+(:func:`load_model`) or built as the tool's Runner builds it without a
+checkpoint (:func:`runner_model`). With ``tie_rtol`` the pixels whose two
+best scores are closer than fp32 rounding can be trusted (:func:`near_ties`)
+are ignored in the ground truth, so that the counts do not depend on the
+CPU, the thread count or the batch size of the run.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -98,11 +108,12 @@ def pipeline_resize_scale(cfg) -> Optional[Tuple[int, int]]:
     return tuple(steps[0]['scale'])
 
 
-def predict_file(model, path: Path, scale, preprocess) -> np.ndarray:
-    """(H, W) labels of one image file at its original size, by hand: the
-    file decoded (BGR), rescaled like ``Resize(keep_ratio=True)``, turned to
-    RGB and normalised with the config's ``data_preprocessor`` mean and std,
-    then ``model.predict``."""
+def predict_sample(model, path: Path, scale, preprocess):
+    """The ``SegDataSample`` that ``model.predict`` returns for one image
+    file, reached by hand: the file decoded (BGR), rescaled like
+    ``Resize(keep_ratio=True)``, turned to RGB and normalised with the
+    config's ``data_preprocessor`` mean and std. Its ``pred_sem_seg`` and
+    ``seg_logits`` are at the file's original size."""
     import mmcv
     import torch
     from mmseg.structures import SegDataSample
@@ -123,18 +134,42 @@ def predict_file(model, path: Path, scale, preprocess) -> np.ndarray:
         img_path=str(path), ori_shape=ori_shape, img_shape=image.shape[:2],
         pad_shape=image.shape[:2], padding_size=(0, 0, 0, 0)))
     with torch.no_grad():
-        result = model.predict(inputs, [sample])
-    return result[0].pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
+        return model.predict(inputs, [sample])[0]
+
+
+def predict_file(model, path: Path, scale, preprocess) -> np.ndarray:
+    """(H, W) labels of one image file at its original size, by hand (see
+    :func:`predict_sample`)."""
+    result = predict_sample(model, path, scale, preprocess)
+    return result.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
+
+
+def near_ties(seg_logits, rtol: float) -> np.ndarray:
+    """(H, W) mask of the pixels whose two best scores of ``seg_logits``
+    (C, H, W) differ by at most ``rtol`` times the image's largest
+    ``|score|``: there fp32 rounding (another CPU, thread count or batch
+    size) may change the argmax."""
+    if seg_logits.shape[0] < 2:
+        raise OVSSConfigError(
+            f'near_ties needs scores of at least 2 classes, got shape '
+            f'{tuple(seg_logits.shape)}; pass tie_rtol=None for a '
+            'single-channel (sigmoid) model')
+    best, second = seg_logits.topk(2, dim=0).values
+    margin = rtol * seg_logits.abs().max()
+    return (best - second <= margin).cpu().numpy()
 
 
 @dataclass
 class PlantedDataset:
     """What :func:`plant_ground_truth` wrote."""
     data_root: str
-    checkpoint: str
+    checkpoint: Optional[str]  # None: no weights were saved
     num_classes: int
     predictions: List[np.ndarray]
     ground_truths: List[np.ndarray]  # IGNORE marks ignored pixels
+    image_paths: List[str] = field(default_factory=list)
+    # per image, the pixels ignored as near ties (all False without tie_rtol)
+    ties: List[np.ndarray] = field(default_factory=list)
 
     def expected_metrics(self) -> Dict[str, float]:
         return expected_metrics(self.predictions, self.ground_truths,
@@ -167,6 +202,15 @@ def expected_metrics(predictions: Sequence[np.ndarray],
                 mIoU=100 * iou.mean(), mAcc=100 * acc.mean())
 
 
+def reported_tolerance(num_classes: int) -> float:
+    """How far a metric reported by ``IoUMetric`` may lie from
+    :func:`expected_metrics`: mmseg rounds percentages to 2 decimals (half
+    a unit of the last digit, 0.005) of float32 ratios of exact pixel counts
+    averaged over at most ``num_classes`` classes (100 * (K + 2) * eps)."""
+    return 0.005 + 100 * (num_classes + 2) * float(
+        np.finfo(np.float32).eps)
+
+
 def corrupt(prediction: np.ndarray, num_classes: int) -> np.ndarray:
     """Ground truth = prediction, except (pred + 1) mod K on ``CORRUPTED``
     and ``IGNORE`` on ``IGNORED``."""
@@ -176,17 +220,22 @@ def corrupt(prediction: np.ndarray, num_classes: int) -> np.ndarray:
     return label
 
 
-def plant_ground_truth(cfg, root: Union[str, Path], checkpoint: Union[str,
-                                                                       Path],
+def plant_ground_truth(cfg, root: Union[str, Path],
+                       checkpoint: Optional[Union[str, Path]],
                        num_images: int = 2, corrupted: bool = True,
-                       seed: int = 0) -> PlantedDataset:
+                       seed: int = 0, model=None,
+                       tie_rtol: Optional[float] = None) -> PlantedDataset:
     """Write a planted tiny dataset for ``cfg`` below ``root``.
 
     ``cfg`` is the config ``tools/test.py`` will run, with
     ``test_dataloader.dataset.data_root`` already pointing below ``root``
-    (see :func:`planted_data_root`). The model is built from ``cfg.model``
-    (seeded), given the dataset's classes as ``DatasetVocabularyHook``
-    does, saved to ``checkpoint`` and run on every image.
+    (see :func:`planted_data_root`). Without ``model`` the model is built
+    from ``cfg.model`` (seeded); either way it is given the dataset's
+    classes as ``DatasetVocabularyHook`` does, its weights are saved to
+    ``checkpoint`` (unless None: the tool then reads them elsewhere, e.g.
+    the trained checkpoint ``model`` was loaded from) and it predicts every
+    image. With ``tie_rtol`` the near ties of each image (:func:`near_ties`)
+    are ignored in its ground truth as well.
     """
     import torch
     from mmengine.registry import init_default_scope
@@ -203,34 +252,74 @@ def plant_ground_truth(cfg, root: Union[str, Path], checkpoint: Union[str,
             f'{data_root}; pass test_dataloader.dataset.data_root='
             f'{data_root}')
     init_default_scope('mmseg')
-    torch.manual_seed(seed)
-    model = MODELS.build(cfg.model).eval()
+    if model is None:
+        torch.manual_seed(seed)
+        model = MODELS.build(cfg.model)
+    model.eval()
     classes = DATASETS.get(cfg.test_dataloader.dataset.type).METAINFO[
         'classes']
     if hasattr(model, 'set_dataset_classes'):
         model.set_dataset_classes(classes)
-    torch.save({'state_dict': model.state_dict()}, str(checkpoint))
+    if checkpoint is not None:
+        torch.save({'state_dict': model.state_dict()}, str(checkpoint))
     layout = LAYOUTS[benchmark]
     scale = pipeline_resize_scale(cfg)
-    predictions, truths = [], []
+    planted = PlantedDataset(str(data_root),
+                             None if checkpoint is None else str(checkpoint),
+                             len(classes), [], [])
     for index, sample_id in enumerate(sample_ids(layout, 'val', num_images)):
         image = data_root / layout.img_dirs[0] / f'{sample_id}' \
             f'{layout.img_suffix}'
-        prediction = predict_file(model, image, scale,
-                                  cfg.model.data_preprocessor)
+        result = predict_sample(model, image, scale,
+                                cfg.model.data_preprocessor)
+        prediction = result.pred_sem_seg.data[0].cpu().numpy().astype(
+            np.int64)
         if prediction.shape != IMAGE_SIZE:
             raise AssertionError(
                 f'{image}: prediction of shape {prediction.shape}, not the '
                 f'original {IMAGE_SIZE}')
         truth = corrupt(prediction, len(classes)) if (
-            corrupted and index > 0) else prediction
+            corrupted and index > 0) else prediction.copy()
+        ties = np.zeros(IMAGE_SIZE, dtype=bool) if tie_rtol is None else \
+            near_ties(result.seg_logits.data, tie_rtol)
+        truth[ties] = IGNORE
         _write_label(
             data_root / layout.seg_dirs[0] / f'{sample_id}{layout.seg_suffix}',
             encode_labels(truth, benchmark), layout)
-        predictions.append(prediction)
-        truths.append(truth)
-    return PlantedDataset(str(data_root), str(checkpoint), len(classes),
-                          predictions, truths)
+        planted.predictions.append(prediction)
+        planted.ground_truths.append(truth)
+        planted.image_paths.append(str(image))
+        planted.ties.append(ties)
+    return planted
+
+
+def load_model(cfg, checkpoint: Union[str, Path]):
+    """``cfg.model`` built with the weights of ``checkpoint`` (a file saved
+    by ``tools/train.py``), loaded strictly, in eval mode."""
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+    from mmseg.registry import MODELS
+
+    import mmseg_ovss  # noqa: F401  (registers the components)
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, str(checkpoint), map_location='cpu', strict=True)
+    return model.eval()
+
+
+def runner_model(cfg):
+    """The model ``tools/test.py`` evaluates when given no checkpoint: built
+    by mmengine's ``Runner`` from ``cfg`` (seeded by ``cfg.randomness``;
+    SyncBN reverted as in a one-process run), in eval mode."""
+    from mmengine.runner import Runner
+
+    import mmseg_ovss  # noqa: F401  (registers the components)
+    if (cfg.get('randomness') or {}).get('seed') is None:
+        raise OVSSConfigError(
+            'runner_model: the config sets no randomness.seed, so every run '
+            'draws other weights; add randomness = dict(seed=0) to the config '
+            '(or --cfg-options +randomness.seed=0)')
+    return Runner.from_cfg(cfg).model.eval()
 
 
 def planted_data_root(benchmark: str, root: Union[str, Path]) -> str:

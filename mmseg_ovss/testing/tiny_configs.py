@@ -3,15 +3,14 @@
 They exercise the tools, runners and datasets end to end in seconds: a
 SegFormer (MiT backbone) of width 8 with its all-MLP head.
 """
-from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from mmseg_ovss.utils.paths import find_resource
 
 _TEMPLATE = """
 _base_ = [
-    '{repo}/configs/_base_/datasets/{dataset}.py',
-    '{repo}/configs/_base_/default_runtime.py',
+    '{configs}/_base_/datasets/{dataset}.py',
+    '{configs}/_base_/default_runtime.py',
 ]
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
@@ -96,7 +95,12 @@ def tiny_segformer_config(dataset: str, num_classes: int,
                           crop: int = 32,
                           max_keep_ckpts: int = -1,
                           nan_loss_at_iter: Optional[int] = None) -> str:
-    """Config text of a tiny SegFormer on ``configs/_base_/datasets/<dataset>.py``.
+    """Config text of a tiny SegFormer on a dataset base config.
+
+    The ``_base_`` files, ``configs/_base_/datasets/<dataset>.py`` and the
+    default runtime, are the package's shipped configs
+    (``find_resource('configs')``: the checkout's, or the installed copy
+    under ``mmseg_ovss/.mim/``), named by absolute path.
 
     ``load_annotations`` is the annotation-loading transform of the dataset
     base (a dict literal), reused so wide (uint16) labels load the same way.
@@ -107,8 +111,9 @@ def tiny_segformer_config(dataset: str, num_classes: int,
     (``NaNWeightsBeforeIterHook``).
     """
     text = _TEMPLATE.format(
-        repo=REPO_ROOT.as_posix(), dataset=dataset, num_classes=num_classes,
-        ignore_index=ignore_index, seg_pad_val=ignore_index,
+        configs=find_resource('configs').as_posix(), dataset=dataset,
+        num_classes=num_classes, ignore_index=ignore_index,
+        seg_pad_val=ignore_index,
         load_annotations=load_annotations, crop=(crop, crop))
     if train_iters is not None:
         text += _TRAIN.format(
