@@ -18,6 +18,8 @@ val_dataloader = test_dataloader
 # Training-free: no training split is used.
 train_dataloader = None
 # Class 0 is the background (its stuff words are not captioned): the
-# "all classes off" channel predicts it.
+# "all classes off" channel predicts it. The file is SCLIP's
+# (wangf3014/SCLIP configs/cls_coco_object.txt), whose background words
+# include "bed", also class 60: read as it is, with a warning.
 model = dict(class_names='data/class_names/coco_object.txt',
-             background_index=0)
+             shared_synonyms='allow', background_index=0)

@@ -65,6 +65,9 @@ class PnPOVSS(BaseSegmentor):
         class_names: class-name file or list (synonyms ", "-separated; the
             caption uses the first). Required unless ``dataset_meta`` holds
             ``classes``.
+        shared_synonyms: ``'error'`` (default): a synonym on two lines is
+            an error; ``'allow'``: accepted with a warning (reference files
+            such as COCO-Object's, whose background words include "bed").
         class_source: :class:`mmseg_ovss.blip.class_source.ClassSource`
             arguments (default: the whole vocabulary).
         caption_prefix: text before the class names ("a picture of").
@@ -97,6 +100,7 @@ class PnPOVSS(BaseSegmentor):
     def __init__(self,
                  blip: dict,
                  class_names: Union[str, Sequence, None] = None,
+                 shared_synonyms: str = 'error',
                  class_source: Optional[dict] = None,
                  caption_prefix: str = DEFAULT_PREFIX,
                  max_caption_tokens: Optional[int] = None,
@@ -133,7 +137,8 @@ class PnPOVSS(BaseSegmentor):
                 f'max_caption_tokens={self.max_caption_tokens} exceeds the '
                 f'{text_cfg.max_position_embeddings} text positions of BLIP.')
         self.caption_prefix = caption_prefix
-        self.synonyms = (read_synonyms(class_names)
+        self.shared_synonyms = shared_synonyms
+        self.synonyms = (read_synonyms(class_names, shared_synonyms)
                          if class_names is not None else None)
         # the model's ignore_index unless the class source sets its own
         self.class_source = ClassSource(
@@ -182,7 +187,8 @@ class PnPOVSS(BaseSegmentor):
             return self.synonyms
         meta = getattr(self, 'dataset_meta', None) or {}
         if meta.get('classes'):
-            self.synonyms = read_synonyms(list(meta['classes']))
+            self.synonyms = read_synonyms(list(meta['classes']),
+                                          self.shared_synonyms)
             return self.synonyms
         raise OVSSConfigError(
             'PnP-OVSS has no vocabulary: set model.class_names to a '
@@ -192,7 +198,7 @@ class PnPOVSS(BaseSegmentor):
                        background_class: Optional[int] = None) -> None:
         """Replace the vocabulary (``background_class``: its background
         index, predicted by the "all classes off" channel, or None)."""
-        self.synonyms = read_synonyms(class_names)
+        self.synonyms = read_synonyms(class_names, self.shared_synonyms)
         self.background_index = background_class
         self._captions.clear()
 
