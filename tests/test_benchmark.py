@@ -55,3 +55,24 @@ def test_benchmark_against_a_baseline(repo_root):
         result['latencies_s'], base['latencies_s'])]
     assert 'head' in result['stages_s_per_image']
     assert 'head' in base['stages_s_per_image']
+
+
+def test_size_and_background_options(repo_root):
+    """--size WxH sets the generated images' size, --background adds a
+    background class in front of the --num-classes names."""
+    import pytest
+    from mmseg_ovss.testing.tools import load_tool
+    config = repo_root / 'configs' / 'freecp' / 'sclip_city.py'
+    result = run_tool('benchmark', [
+        config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+        '--num-images', '1', '--warmup', '0', '--size', '40x24',
+        '--num-classes', '5', '--background', '--templates', 'single',
+        '--device', 'cpu'])
+    assert result['image_size'] == [24, 40]
+    assert result['num_classes'] == 6 and result['background'] is True
+    tool = load_tool('benchmark')
+    assert tool.parse_args(['c.py', '--size', '2048x1024']).size == \
+        (1024, 2048)
+    for bad in ('2048', '0x10', 'axb'):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['c.py', '--size', bad])

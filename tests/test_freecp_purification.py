@@ -219,11 +219,17 @@ def test_paper_refinement_options_equal_direct_formula():
                                 box_mask=False, affinity_normalize_rounds=0,
                                 affinity_symmetrize=False, affinity_power=1)
     out = pipe(query_maps, torch.arange(4), [1, 2], affinity)
-    direct = query_maps[0, [1, 2]].reshape(2, n) @ affinity[0].T
+    direct = query_maps[0, [1, 2]].double().reshape(2, n) @ \
+        affinity[0].double().T
     direct = direct.view(2, *GRID)
     low = direct.flatten(1).min(1)[0].view(2, 1, 1)
     high = direct.flatten(1).max(1)[0].view(2, 1, 1)
-    torch.testing.assert_close(out[0], (direct - low) / (high - low))
+    # float32 n-term sums of non-negative products (relative n * eps of the
+    # map's max), then divided by the map's range
+    eps = torch.finfo(torch.float32).eps
+    atol = float(4 * n * eps * (high / (high - low)).max())
+    torch.testing.assert_close(out[0].double(), (direct - low) / (high - low),
+                               atol=atol, rtol=0)
     # the authors' options differ from it only through those steps
     authors = FreeCPWindowPipeline(purification='none')
     assert not torch.allclose(authors(query_maps, torch.arange(4), [1, 2],
@@ -241,6 +247,16 @@ def test_crop_precision_names(monkeypatch):
     assert crop_dtype('half', 'cpu') is torch.bfloat16
     monkeypatch.setattr(crops_module, 'cpu_has_native_bf16', lambda: False)
     assert crop_dtype('half', 'cpu') is None
+    monkeypatch.undo()
+    # bf16 crops were no faster than fp32 with AVX512-BF16 alone (AMD
+    # EPYC): only AMX tiles count
+    cpu = torch._C._cpu
+    monkeypatch.setattr(cpu, '_is_avx512_bf16_supported', lambda: True)
+    monkeypatch.setattr(cpu, '_is_amx_tile_supported', lambda: False)
+    assert not crops_module.cpu_has_native_bf16()
+    assert crop_dtype('half', 'cpu') is None
+    monkeypatch.setattr(cpu, '_is_amx_tile_supported', lambda: True)
+    assert crop_dtype('half', 'cpu') is torch.bfloat16
     assert crop_dtype('half', 'mps') is None
     # a 16-bit model keeps its own dtype
     assert crop_dtype('half', 'cuda', torch.float16) is None

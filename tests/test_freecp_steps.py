@@ -15,18 +15,27 @@ from mmseg_ovss.utils.boxes import (box_union_masks, contour_boxes,
                                     score_map_boxes)
 
 
-def test_eq1_softmax_of_scaled_cosine():
+EPS = float(torch.finfo(torch.float32).eps)
+
+
+@pytest.mark.parametrize('scale', [100.0, 1 / 0.07])
+def test_eq1_softmax_of_scaled_cosine(scale):
     torch.manual_seed(0)
     feats, text = torch.randn(2, 8, 3, 4), torch.randn(5, 8)
-    maps = query_activation_maps(feats, text, logit_scale=100.0)
-    f = feats.permute(0, 2, 3, 1).numpy()
+    maps = query_activation_maps(feats, text, logit_scale=scale)
+    f = feats.permute(0, 2, 3, 1).double().numpy()
     f = f / np.linalg.norm(f, axis=-1, keepdims=True)
-    t = text.numpy() / np.linalg.norm(text.numpy(), axis=-1, keepdims=True)
-    logits = 100.0 * f @ t.T
+    t = text.double().numpy()
+    t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+    logits = scale * f @ t.T
     expect = np.exp(logits - logits.max(-1, keepdims=True))
     expect /= expect.sum(-1, keepdims=True)
+    # float32 against float64: the cosines (D = 8 terms and two norms) are
+    # off by about (D + 4) * eps, the logits by scale times that, and the
+    # softmax passes a logit error d on as a relative error of 2 d (p <= 1)
+    atol = 2 * scale * (8 + 4) * EPS
     np.testing.assert_allclose(maps.permute(0, 2, 3, 1).numpy(), expect,
-                               atol=1e-5)
+                               atol=atol, rtol=0)
 
 
 def test_synonym_max_and_normalisations():
@@ -69,10 +78,13 @@ def test_eq2_affinity_and_transition_matrix():
     head0 = attention_affinity(attn, [3], head=0)
     torch.testing.assert_close(head0, attn[3][:, 0, 1:, 1:])
     trans = transition_matrix(aff)
+    # float32 against float64 of positive entries: 6 normalisations divide
+    # by N-term sums, the square sums N products: (7 N + 8) * eps relative
+    n = aff.shape[-1]
     for b in range(2):
         expect = _authors_transition(aff[b].double().numpy())
-        np.testing.assert_allclose(trans[b].numpy(), expect, rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(trans[b].numpy(), expect,
+                                   rtol=(7 * n + 8) * EPS, atol=0)
     raw = transition_matrix(aff, normalize_rounds=0, symmetrize=False, power=1)
     torch.testing.assert_close(raw, aff)
     with pytest.raises(KeyError, match='not captured'):
@@ -85,16 +97,24 @@ def test_eq3_box_masked_refinement():
     trans = torch.rand(2, 20, 20)
     masks = torch.rand(2, 3, 4, 5) > 0.5
     out = refine_activations(cams, trans, masks, normalize=False)
+    # sums of N = 20 products of values in [0, 1], in another order
+    atol = 20 * 20 * EPS
     for b in range(2):
         for c in range(3):
             # authors: (T * mask[None, :]) @ cam
             full = trans[b] * masks[b, c].reshape(1, -1).float()
             expect = (full @ cams[b, c].reshape(-1, 1)).view(4, 5)
-            torch.testing.assert_close(out[b, c], expect)
+            torch.testing.assert_close(out[b, c], expect, atol=atol, rtol=0)
     plain = refine_activations(cams, trans, None, normalize=True)
-    expect = torch.einsum('bij,bkj->bki', trans, cams.flatten(2))
-    expect = expect.view(2, 3, 4, 5)
-    torch.testing.assert_close(plain, minmax_normalize(expect, True))
+    expect = torch.einsum('bij,bkj->bki', trans.double(),
+                          cams.flatten(2).double()).view(2, 3, 4, 5)
+    low = expect.amin((2, 3), keepdim=True)
+    high = expect.amax((2, 3), keepdim=True)
+    expect = (expect - low) / (high - low)
+    # 20-term sums (relative 20 eps of their max) divided by the range
+    amp = (high / (high - low)).max()
+    torch.testing.assert_close(plain.double(), expect, rtol=0,
+                               atol=float(4 * 20 * EPS * amp))
 
 
 def _random_maps(seed, count=24, size=(12, 16)):
@@ -157,11 +177,17 @@ def test_eq6_pairwise_consistency(metric):
     torch.manual_seed(6)
     maps = torch.rand(2, 5, 3, 3)
     pair = pairwise_consistency(maps, metric, chunk=2)
+    # ratios of 9-term sums of values in [0, 1] formed in another order
+    # (matrix products, |x - y| identities): a few 9 * eps relative
+    atol = 4 * 9 * EPS
     for b in range(2):
         for i in range(5):
             for j in range(5):
                 expect = spatial_consistency(maps[b, i], maps[b, j], metric)
-                torch.testing.assert_close(pair[b, i, j], expect)
+                torch.testing.assert_close(pair[b, i, j], expect, atol=atol,
+                                           rtol=0)
+    # the default chunking (memory-bounded blocks) gives the same numbers
+    assert torch.equal(pairwise_consistency(maps, metric), pair)
 
 
 def test_batched_crops_equal_slice_and_interpolate():
@@ -171,8 +197,14 @@ def test_batched_crops_equal_slice_and_interpolate():
                           [5, 3, 6, 4], [0, 16, 300 // 10, 48]])
     index = torch.tensor([0, 1, 1, 0, 1])
     crops = crop_and_resize(images, index, boxes, 20)
+    # grid_sample maps its normalised coordinates back to pixels: about 4
+    # roundings of a coordinate up to the extent (64) -> 2 * 64 * eps pixels,
+    # times the largest step between neighbouring pixels; plus the rounding
+    # of the bilinear combination itself (4 eps of the largest value)
+    step = max(float((images.diff(dim=d)).abs().max()) for d in (-1, -2))
+    atol = 2 * 64 * EPS * step + 4 * EPS * float(images.abs().max())
     for n, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         ref = F.interpolate(images[index[n]:index[n] + 1, :, y0:y1, x0:x1],
                             size=(20, 20), mode='bilinear',
                             align_corners=False)
-        torch.testing.assert_close(crops[n:n + 1], ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(crops[n:n + 1], ref, atol=atol, rtol=0)

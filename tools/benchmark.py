@@ -2,12 +2,16 @@
 
     python tools/benchmark.py configs/baselines/sclip_ade.py \
         --random-init --num-images 3 --short-side 448 --num-classes 150
+    python tools/benchmark.py configs/freecp/sclip_city.py --random-init \
+        --size 2048x1024 --num-classes 1000 --templates single
 
-Images are generated (smoothed noise of the chosen size); the vocabulary is
-the config's class-name file (or ``--class-file``) cut or cycled to
-``--num-classes`` names. Stages are what the model wraps in
-``mmseg_ovss.utils.profiler.profile_stage`` (``text``, ``backbone``,
-``head``, ``postprocess``); any segmentor of the package can be measured.
+Images are generated (smoothed noise of ``--size`` W x H, or of
+``--short-side`` and ``--aspect``); the vocabulary is the config's class-name
+file (or ``--class-file``) cut or cycled to ``--num-classes`` names, with a
+class "background" in front of them with ``--background``. Stages are what
+the model wraps in ``mmseg_ovss.utils.profiler.profile_stage`` (``text``,
+``backbone``, ``head``, ``postprocess``); any segmentor of the package can
+be measured.
 The text stage runs once per vocabulary and is reported separately.
 
 ``--baseline OTHER_CONFIG`` times a second config on the same images and
@@ -37,6 +41,20 @@ from mmseg_ovss.utils.paths import resolve_data_path  # noqa: E402
 from mmseg_ovss.utils.profiler import StageProfiler  # noqa: E402
 
 
+def image_size(text: str):
+    """'2048x1024' -> (height, width) = (1024, 2048)."""
+    parts = text.lower().replace('*', 'x').split('x')
+    try:
+        width, height = (int(v) for v in parts)
+    except ValueError:
+        width = height = 0
+    if len(parts) != 2 or width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(
+            f'--size {text!r} is not WIDTHxHEIGHT with positive integers, '
+            'e.g. 2048x1024')
+    return height, width
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
@@ -46,8 +64,14 @@ def parse_args(argv=None):
     parser.add_argument('--short-side', type=int, default=448)
     parser.add_argument('--aspect', type=float, default=4 / 3,
                         help='width / height of the generated images')
+    parser.add_argument('--size', type=image_size, default=None,
+                        metavar='WxH', help='size of the generated images, '
+                        'e.g. 2048x1024 (overrides --short-side/--aspect)')
     parser.add_argument('--num-classes', type=int, default=None)
     parser.add_argument('--class-file', default=None)
+    parser.add_argument('--background', action='store_true',
+                        help='add a background class (class 0) to the '
+                        '--num-classes names, as VOC21 / PC60 have')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
     parser.add_argument('--random-init', action='store_true',
@@ -145,7 +169,10 @@ class Subject:
         self.cfg, self.model = build_model(args, config)
         self.names = vocabulary(self.cfg, args)
         if hasattr(self.model, 'set_vocabulary'):
-            self.model.set_vocabulary(self.names, background_class=None)
+            if args.background:
+                self.names = ['background'] + self.names
+            self.model.set_vocabulary(
+                self.names, background_class=0 if args.background else None)
         self.profiler = StageProfiler()
         self.latencies: List[float] = []
         self.text_seconds = 0.0
@@ -182,6 +209,7 @@ class Subject:
             templates=args.templates or self.cfg.model.get('text', {}).get(
                 'templates'),
             image_size=list(image_size), num_classes=len(self.names),
+            background=args.background,
             num_images=num, random_init=args.random_init,
             threads=torch.get_num_threads(),
             text_encoding_s=self.text_seconds,
@@ -202,8 +230,11 @@ def main(argv=None) -> Dict:
     subjects = [Subject(args.config, args)]
     if args.baseline:
         subjects.append(Subject(args.baseline, args))
-    height = args.short_side
-    width = max(height, round(height * args.aspect))
+    if args.size:
+        height, width = args.size
+    else:
+        height = args.short_side
+        width = max(height, round(height * args.aspect))
     meta = dict(ori_shape=(height, width), img_shape=(height, width),
                 pad_shape=(height, width), padding_size=[0, 0, 0, 0])
     images = make_images(args.warmup + args.num_images, height, width)

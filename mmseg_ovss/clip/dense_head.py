@@ -1,10 +1,14 @@
 """The interface between the training-free CLIP segmentor and its decode head.
 
 A head turns the dense CLIP features of a batch of sliding windows into score
-maps; the segmentor (``CLIPDenseSegmentor``) stitches them over the windows
-(mmseg slide-inference semantics), resizes them to the original image size
-and asks the head to turn the stitched maps into per-class scores, on which
-the generic background rules (``prob_thd``, ``area_thd``) and the argmax run.
+maps on the patch grid; the segmentor (``CLIPDenseSegmentor``) keeps them
+there, as :class:`StitchedMaps` (the windows' grids and where they sit in
+the image), and renders bands of output pixels from them: each window's map
+resized to window pixels, stitched with mmseg's slide-inference rule
+(overlaps averaged), resized to the original image size and turned by the
+head into per-class scores, on which the generic background rules
+(``prob_thd``, ``area_thd``) and the argmax run. Full-size maps of every
+class are never held unless the head or PAMR needs the whole image.
 
 How to write a head (see ``docs/baselines.md``):
 
@@ -17,16 +21,21 @@ How to write a head (see ``docs/baselines.md``):
    VocabularyEmbeddings) -> (B, C, h, w)`` window maps on the patch grid,
    batched over the B windows. ``C`` is :meth:`num_output_maps`.
 4. Optionally override :meth:`class_scores`, which maps stitched maps
-   (N, C, H, W) at image size to per-class scores (N, num_classes, H, W) whose
-   argmax is the prediction (e.g. softmax over queries, background rules).
+   (N, C, H', W') to per-class scores (N, num_classes, H', W') whose argmax
+   is the prediction (e.g. softmax over queries, background rules). With
+   ``pixelwise_scores = True`` (default) it is called on bands of output
+   rows; set it False when a pixel's scores depend on other pixels (e.g. a
+   per-class min-max over the image): it then gets the whole image.
 5. Optionally override :meth:`image_maps`, called once per image on the
-   stitched maps with the whole normalised image and the unmodified CLIP
-   image encoder (FreeCP's per-image purification); it may change the number
-   of channels. Window maps are resized to window pixels with
-   ``window_resize_mode`` before stitching.
+   :class:`StitchedMaps` with the whole normalised image and the unmodified
+   CLIP image encoder (FreeCP's per-image purification); it may change the
+   number of channels. Window maps are resized to window pixels with
+   ``window_resize_mode``.
 """
-from typing import Callable, List, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor
 
@@ -34,6 +43,8 @@ from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 LayerSpec = Union[str, Sequence[int]]
+Window = Tuple[int, int, int, int]
+_CORNER_MODES = ('linear', 'bilinear', 'bicubic', 'trilinear')
 
 
 def resolve_layer_indices(spec: LayerSpec, num_layers: int) -> List[int]:
@@ -57,6 +68,200 @@ def resolve_layer_indices(spec: LayerSpec, num_layers: int) -> List[int]:
     return sorted(indices)
 
 
+def interpolate(maps: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
+    """``F.interpolate`` with ``align_corners=False`` where it applies."""
+    corners = False if mode in _CORNER_MODES else None
+    return F.interpolate(maps, size=tuple(size), mode=mode,
+                         align_corners=corners)
+
+
+def _source_span(mode: str, factor: int, start: int, stop: int,
+                 height: int) -> Tuple[int, int]:
+    """Grid rows [first, last) that output rows [start, stop) of an
+    integer ``factor`` upsampling read: exact for a power-of-two factor
+    (every source index is a float without rounding), one spare grid row
+    each side (two for bicubic) otherwise."""
+    end = stop - 1
+    if factor & (factor - 1):
+        margin = 2 if mode == 'bicubic' else 1
+        first, last = start // factor - margin, -(-stop // factor) + margin
+    elif mode == 'nearest':
+        first, last = start // factor, end // factor + 1
+    elif mode == 'nearest-exact':
+        first = (2 * start + 1) // (2 * factor)
+        last = (2 * end + 1) // (2 * factor) + 1
+    else:  # (bi)linear: rows i0, i0 + 1; bicubic: i0 - 1 ... i0 + 2
+        taps = (1, 3) if mode == 'bicubic' else (0, 2)
+        first = (2 * start + 1 - factor) // (2 * factor) - taps[0]
+        last = max((2 * end + 1 - factor) // (2 * factor), 0) + taps[1]
+    return max(first, 0), min(last, height)
+
+
+def resize_rows(grid: Tensor, size: Tuple[int, int], start: int, stop: int,
+                mode: str) -> Tensor:
+    """Rows ``[start, stop)`` of ``interpolate(grid, size, mode)``.
+
+    When ``size[0]`` is a multiple of the grid height (a patch grid resized
+    to its pixels) only the grid rows those output rows read are resized,
+    at the same scale, so that no border clamping differs. For a
+    power-of-two factor (16-pixel patches) this gives the very numbers of
+    the full resize; otherwise (14-pixel patches) they agree to float32
+    rounding of the source index.
+    """
+    height, out_h = grid.shape[-2], size[0]
+    if grid.shape[1] == 0:  # no channel (F.interpolate rejects it)
+        return grid.new_zeros((*grid.shape[:2], stop - start, size[1]))
+    if (start, stop) == (0, out_h):
+        return interpolate(grid, size, mode)
+    if out_h % height or mode not in ('nearest', 'nearest-exact',
+                                      'bilinear', 'bicubic'):
+        return interpolate(grid, size, mode)[..., start:stop, :]
+    factor = out_h // height
+    first, last = _source_span(mode, factor, start, stop, height)
+    part = interpolate(grid[..., first:last, :],
+                       ((last - first) * factor, size[1]), mode)
+    offset = first * factor
+    return part[..., start - offset:stop - offset, :]
+
+
+def band_height(channels: int, width: int, budget_bytes: float,
+                multiple: int = 1) -> int:
+    """Rows of a (channels, rows, width) fp32 band within ``budget_bytes``
+    (at least ``multiple``, and a multiple of it)."""
+    rows = int(budget_bytes // max(4 * channels * width, 1))
+    return max(multiple, rows // multiple * multiple)
+
+
+class StitchedMaps:
+    """Head maps of one image, kept on the windows' patch grids.
+
+    Window ``i`` has the map ``grids[i]`` (C, h, w); it is resized to
+    ``window_size`` pixels (``mode``, as ``F.interpolate``), cropped to the
+    size of ``boxes[i] = (y1, y2, x1, x2)`` and placed there; where windows
+    overlap their maps are averaged (mmseg's slide inference). The
+    (1, C, H, W) result is rendered on demand, a band of rows at a time
+    (:meth:`rows`), so that memory per class follows the patch grid; a band
+    equals the same rows of :meth:`render`.
+
+    Args:
+        grids: (n, C, h, w) window maps.
+        boxes: n windows ``(y1, y2, x1, x2)`` in image pixels.
+        image_size: (H, W) of the stitched maps.
+        window_size: (h', w') pixels each grid is resized to, at least the
+            size of every box (windows padded to whole patches).
+        mode: ``F.interpolate`` mode of that resize.
+    """
+
+    def __init__(self, grids: Tensor, boxes: Sequence[Window],
+                 image_size: Tuple[int, int],
+                 window_size: Tuple[int, int], mode: str = 'bilinear'):
+        self.grids = grids
+        self.boxes = [tuple(int(v) for v in box) for box in boxes]
+        self.image_size = tuple(int(v) for v in image_size)
+        self.window_size = tuple(int(v) for v in window_size)
+        self.mode = mode
+        if len(self.boxes) != grids.shape[0]:
+            raise OVSSConfigError(
+                f'StitchedMaps got {grids.shape[0]} window maps for '
+                f'{len(self.boxes)} windows')
+        for y1, y2, x1, x2 in self.boxes:
+            if y2 - y1 > self.window_size[0] or x2 - x1 > self.window_size[1]:
+                raise OVSSConfigError(
+                    f'window {(y1, y2, x1, x2)} is larger than the '
+                    f'{self.window_size} pixels its map is resized to')
+
+    @classmethod
+    def from_grid(cls, grid: Tensor, image_size: Tuple[int, int],
+                  patch_size: int, mode: str = 'bilinear') -> 'StitchedMaps':
+        """One (1, C, h, w) map covering the image's patch grid: resized to
+        (h * p, w * p) pixels and cropped to ``image_size``."""
+        height, width = image_size
+        return cls(grid, [(0, height, 0, width)], image_size,
+                   (grid.shape[-2] * patch_size, grid.shape[-1] * patch_size),
+                   mode)
+
+    @classmethod
+    def from_tensor(cls, maps: Tensor) -> 'StitchedMaps':
+        """Wrap full-size (1, C, H, W) maps."""
+        height, width = maps.shape[-2:]
+        return cls(maps, [(0, height, 0, width)], (height, width),
+                   (height, width), 'nearest')
+
+    @property
+    def channels(self) -> int:
+        return self.grids.shape[1]
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        return (1, self.channels, *self.image_size)
+
+    def _window_rows(self, index: int, start: int, stop: int) -> Tensor:
+        grid = self.grids[index:index + 1]
+        if tuple(grid.shape[-2:]) == self.window_size:
+            return grid[..., start:stop, :]  # already at pixel size
+        return resize_rows(grid, self.window_size, start, stop, self.mode)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """(1, C, stop - start, W) rows of the stitched maps."""
+        width = self.image_size[1]
+        total = self.grids.new_zeros((1, self.channels, stop - start, width))
+        count = self.grids.new_zeros((1, 1, stop - start, width))
+        for index, (y1, y2, x1, x2) in enumerate(self.boxes):
+            top, bottom = max(start, y1), min(stop, y2)
+            if top >= bottom:
+                continue
+            part = self._window_rows(index, top - y1, bottom - y1)
+            total[..., top - start:bottom - start, x1:x2] += \
+                part[..., :x2 - x1]
+            count[..., top - start:bottom - start, x1:x2] += 1
+        return total.div_(count)
+
+    def render(self) -> Tensor:
+        """The whole (1, C, H, W) stitched maps."""
+        return self.rows(0, self.image_size[0])
+
+    def pooled(self, patch_size: int, budget_bytes: float = 2 ** 28
+               ) -> Tensor:
+        """Mean over each ``patch_size`` square of the image's patch grid
+        (ceil(H / p) x ceil(W / p), border replicated), computed on bands
+        of rows: equals ``F.avg_pool2d`` of the replicate-padded
+        :meth:`render`."""
+        height, width = self.image_size
+        grid_h, grid_w = -(-height // patch_size), -(-width // patch_size)
+        out = self.grids.new_zeros((1, self.channels, grid_h, grid_w))
+        if not self.channels:
+            return out
+        step = band_height(self.channels, grid_w * patch_size, budget_bytes,
+                           patch_size)
+        for top in range(0, grid_h * patch_size, step):
+            bottom = min(top + step, grid_h * patch_size)
+            band = self.rows(top, min(bottom, height))
+            pad = (0, grid_w * patch_size - width, 0,
+                   bottom - min(bottom, height))
+            if any(pad):
+                band = F.pad(band, pad, mode='replicate')
+            out[..., top // patch_size:bottom // patch_size, :] = \
+                F.avg_pool2d(band, patch_size)
+        return out
+
+
+def linear_source(in_size: int, out_size: int, device=None):
+    """Source rows and weights of a 1-D linear resize, as ``F.interpolate``
+    computes them (``align_corners=False``, float32): output ``d`` reads
+    ``i0[d]`` with ``w0[d]`` and ``i1[d]`` with ``w1[d]``."""
+    index = torch.arange(out_size, device=device)
+    if in_size == out_size:
+        ones = torch.ones(out_size, device=device)
+        return index, index, ones, torch.zeros_like(ones)
+    scale = torch.tensor(in_size, dtype=torch.float32, device=device) / \
+        out_size
+    src = (scale * (index.float() + 0.5) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    w1 = (src - i0.float()).clamp(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1 - w1, w1
+
+
 class DenseCLIPHead(BaseModule):
     """Base class of the decode heads of ``CLIPDenseSegmentor``.
 
@@ -70,6 +275,13 @@ class DenseCLIPHead(BaseModule):
             (``'mean'``) or one head (an int); see ``DenseCLIPFeatures``.
         window_resize_mode: ``F.interpolate`` mode that resizes window maps
             to window pixels before stitching (``'bilinear'``).
+        pixelwise_scores: :meth:`class_scores` computes each pixel's scores
+            from that pixel's channels only (softmax over queries, 1 - max),
+            so the segmentor may call it on bands of output rows and never
+            hold full-size maps of every class (True). False: it needs the
+            whole image (e.g. a per-class min-max over the image); the
+            segmentor then renders full-size maps (memory grows with
+            classes x pixels), as it does when PAMR is on.
 
     ``features.encode_image`` (crops -> projected CLS of the unmodified
     path) and ``vocab.encode_text`` (raw sentences -> L2-normalised
@@ -79,6 +291,7 @@ class DenseCLIPHead(BaseModule):
     requires_cls_token: bool = False
     attention_heads: Union[None, str, int] = None
     window_resize_mode: str = 'bilinear'
+    pixelwise_scores: bool = True
 
     def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:
         """Channels of the window maps; one per class by default."""
@@ -97,15 +310,19 @@ class DenseCLIPHead(BaseModule):
         """
         return maps
 
-    def image_maps(self, maps: Tensor, images: Tensor,
+    def image_maps(self, maps: StitchedMaps, images: Tensor,
                    vocab: VocabularyEmbeddings,
                    encode_image: Callable[[Tensor], Tensor],
-                   patch_size: int) -> Tensor:
-        """Turn stitched window maps (N, C, H, W) of N whole images into the
-        maps given to :meth:`class_scores` (N, C', H, W); identity here.
+                   patch_size: int) -> Union[StitchedMaps, Tensor]:
+        """Turn the stitched window maps of one image into the maps given
+        to :meth:`class_scores`; identity here.
 
-        ``images`` are the (N, 3, H, W) normalised images, ``encode_image``
+        ``maps`` renders the (1, C, H, W) stitched maps (``maps.render()``,
+        or bands with ``maps.rows``); return :class:`StitchedMaps` (e.g.
+        :meth:`StitchedMaps.from_grid`) or a (1, C', H, W) tensor.
+        ``images`` is the (1, 3, H, W) normalised image, ``encode_image``
         maps crops to the projected CLS of the unmodified CLIP path and
         ``patch_size`` is the backbone's patch in pixels.
         """
         return maps
+

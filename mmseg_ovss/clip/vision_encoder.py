@@ -77,11 +77,21 @@ class DenseCLIPVisionEncoder(nn.Module):
         pos_interp (str): how position embeddings are resized to a window's
             grid, see :func:`interpolate_position_embedding` (``'size'``,
             ``'size_antialias'`` or ``'dino'``).
+        clip_model (nn.Module, optional): the open_clip model ``visual``
+            belongs to; its ``logit_scale`` (log of CLIP's temperature) is
+            exposed as :attr:`logit_scale` and on the features, for heads
+            that scale cosines the way CLIP does (FreeCP's Eq. 1). Only
+            read: the model is not registered as a submodule.
     """
 
     def __init__(self, visual: nn.Module, strategy: DenseStrategy,
-                 pos_interp: str = 'size'):
+                 pos_interp: str = 'size',
+                 clip_model: Optional[nn.Module] = None):
         super().__init__()
+        # kept outside the module tree (no second copy of the CLIP model in
+        # the state dict); read at every forward, so loading weights or
+        # moving the model to another device is seen
+        self.__dict__['_clip_model'] = clip_model
         if pos_interp not in POS_INTERP_MODES:
             raise OVSSConfigError(
                 f'unknown pos_interp {pos_interp!r}; use one of '
@@ -119,6 +129,16 @@ class DenseCLIPVisionEncoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
+
+    @property
+    def logit_scale(self) -> Optional[Tensor]:
+        """The CLIP model's temperature ``logit_scale.exp()`` as a 0-dim
+        float32 tensor (100 for OpenAI CLIP), or None when not given."""
+        log_scale = getattr(self.__dict__.get('_clip_model'), 'logit_scale',
+                            None)
+        if log_scale is None:
+            return None
+        return log_scale.detach().float().exp()
 
     def _batch_first(self) -> bool:
         return getattr(self.visual.transformer, 'batch_first', True)
@@ -237,7 +257,8 @@ class DenseCLIPVisionEncoder(nn.Module):
         ``attention_layers`` are 0-based block indices whose vanilla
         attention is returned; ``attention_heads`` keeps every head (None),
         only their mean (``'mean'``) or one head (an int), see
-        :class:`DenseCLIPFeatures`.
+        :class:`DenseCLIPFeatures`. ``features.logit_scale`` is
+        :attr:`logit_scale`.
         """
         reduce_heads = self._head_reduction(attention_heads)
         num_layers, num_dense = self.num_layers, self.strategy.num_blocks
@@ -269,7 +290,7 @@ class DenseCLIPVisionEncoder(nn.Module):
         patches = patches.transpose(1, 2).reshape(
             patches.shape[0], -1, *out_grid)
         cls_token = self.project(x[:, 0]).float() if with_cls else None
-        return DenseCLIPFeatures(
+        features = DenseCLIPFeatures(
             patch_tokens=patches,
             images=images,
             patch_size=self.output_patch_size(images, grid, out_grid),
@@ -277,3 +298,6 @@ class DenseCLIPVisionEncoder(nn.Module):
             attn_weights=attn_weights,
             encode_image=self.encode_cls,
             attn_heads=attention_heads)
+        # CLIP's temperature (None when unknown), for FreeCP's Eq. 1
+        features.logit_scale = self.logit_scale
+        return features

@@ -1,7 +1,8 @@
 """Self-affinity from CLIP attention (FreeCP Eq. 2) and its transition matrix.
 
 Eq. 2 averages the patch-to-patch attention of several layers. The authors'
-code (FACTS §3, step 2; the CLIP-ES recipe) then turns the average into a
+code (``chenqi1126/FreeCP`` freecp_segmentor.py ``refinement``; the CLIP-ES
+recipe, ``linyq2117/CLIP-ES``) then turns the average into a
 transition matrix: alternate column/row normalisation (3 rounds),
 symmetrise, and raise to a power (square once).
 """

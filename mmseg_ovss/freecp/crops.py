@@ -7,10 +7,11 @@ from torch import Tensor
 
 from mmseg_ovss.utils.errors import OVSSConfigError
 
-# FreeCPHead(crop_precision=...): 'model' keeps the CLIP model's dtype;
-# 'half' (a speed choice) is fp16 on CUDA and bf16 on CPUs with native bf16
-# matrix units (AMX / AVX512-BF16), the model's dtype elsewhere or when the
-# model is already 16-bit.
+# FreeCPHead(crop_precision=...): 'model' (default) keeps the CLIP model's
+# dtype; 'half' (a speed option that can flip near-tie crop winners) is fp16
+# on CUDA and bf16 on CPUs with bf16 matrix tiles (AMX), the model's dtype
+# elsewhere (AVX512-BF16 alone, e.g. AMD EPYC, encodes bf16 crops no faster
+# than fp32: docs/benchmarks.md) or when the model is already 16-bit.
 CROP_PRECISIONS = {
     'model': None,
     'half': None,
@@ -21,10 +22,10 @@ CROP_PRECISIONS = {
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware."""
+    """Whether this CPU multiplies bf16 matrices in tiles (AMX), the only
+    case where bf16 crops were faster than fp32 on the CPU."""
     cpu = getattr(torch._C, '_cpu', None)
-    checks = ('_is_amx_tile_supported', '_is_avx512_bf16_supported')
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return bool(getattr(cpu, '_is_amx_tile_supported', lambda: False)())
 
 
 def crop_dtype(precision: str,

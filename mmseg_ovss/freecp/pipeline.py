@@ -1,10 +1,11 @@
-"""FreeCP on a batch of sliding windows (FACTS §3, steps 1-6).
+"""FreeCP on a batch of sliding windows (Sec. 3, Eqs. 1-8).
 
 ``FreeCPWindowPipeline`` holds the method's options; ``__call__`` turns the
 query activation maps of B windows, their attention affinity and their
 pixels into purified refined class maps: :meth:`refine` (Eqs. 1-3) then
 :meth:`purify` (Eqs. 5-8), which the head can also run once per image on
 stitched maps. Text handling (templates or descriptions) lives in the head.
+Reference code: ``chenqi1126/FreeCP`` (freecp_segmentor.py).
 """
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -143,7 +144,12 @@ class FreeCPWindowPipeline:
                 RP compares against, Eq. 5).
             refined: (B, K', h, w) refined maps in [0, 1].
         """
-        classes = torch.as_tensor(classes, device=query_maps.device)
+        classes = torch.as_tensor(classes, dtype=torch.long,
+                                  device=query_maps.device)
+        if classes.numel() == 0:  # e.g. a vocabulary of background only
+            empty = query_maps.new_zeros(query_maps.shape[0], 0,
+                                         *query_maps.shape[2:])
+            return empty, empty
         num_classes = int(query_to_class.max()) + 1
         cams = queries_to_classes(query_maps, query_to_class,
                                   num_classes)[:, classes]
@@ -173,7 +179,10 @@ class FreeCPWindowPipeline:
         Returns:
             (B, K', h, w) purified maps; removed classes are zero.
         """
-        classes = torch.as_tensor(classes, device=refined.device)
+        classes = torch.as_tensor(classes, dtype=torch.long,
+                                  device=refined.device)
+        if classes.numel() == 0:
+            return refined
         keep = torch.ones(refined.shape[:2], dtype=torch.bool,
                           device=refined.device)
         suppress = None

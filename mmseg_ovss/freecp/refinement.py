@@ -12,8 +12,9 @@ def class_box_masks(cams: Tensor, threshold: float = 0.4,
                     clip_last: bool = True) -> Tensor:
     """Union of the boxes of each thresholded map: (B, K, h, w) -> bool.
 
-    FACTS §3 step 3: threshold at ``threshold`` x the map's max and take the
-    bounding rectangle of every contour (CLIP-ES). One batched call.
+    Eq. 3 as the authors' code (``chenqi1126/FreeCP`` ``refinement``):
+    threshold at ``threshold`` x the map's max and take the bounding
+    rectangle of every contour (CLIP-ES). One batched call.
     """
     b, k, h, w = cams.shape
     boxes, index = score_map_boxes(

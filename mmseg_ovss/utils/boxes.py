@@ -1,6 +1,8 @@
 """Bounding boxes of thresholded score maps.
 
-FreeCP (FACTS §3, steps 3 and 5) follows CLIP-ES: a score map is quantised
+FreeCP (Eqs. 3 and 8; ``scoremap2bbox`` in ``chenqi1126/FreeCP``
+freecp_segmentor.py) follows CLIP-ES (``linyq2117/CLIP-ES``): a score map is
+quantised
 to ``uint8``, thresholded at ``threshold`` x its maximum, and the bounding
 rectangle of every contour that ``cv2.findContours(..., RETR_TREE)`` finds
 (outer borders and hole borders) becomes a box.

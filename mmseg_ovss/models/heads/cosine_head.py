@@ -9,13 +9,15 @@ Head interface (shared with ``FreeCPHead``; base class
     head(features: DenseCLIPFeatures, vocab: VocabularyEmbeddings)
         -> (B, C, h, w)             # per window, batched over B windows
     head.class_scores(maps (N, C, H, W), vocab)
-        -> (N, num_classes, H, W)   # after stitching, at image size
+        -> (N, num_classes, H, W)   # after stitching, per pixel
+    head.pixelwise_scores           # class_scores reads one pixel at a time
 
 ``CLIPDenseSegmentor`` calls the head once per batch of sliding windows,
 stitches the maps (mmseg slide semantics: overlaps averaged), resizes them to
-the original image, applies optional PAMR, then calls ``class_scores`` and the
-generic background rules (``prob_thd``, ``area_thd``). A baseline config and a
-FreeCP config therefore differ only in ``decode_head`` and thresholds.
+the original image, applies optional PAMR, then calls ``class_scores`` (on
+bands of output rows) and the generic background rules (``prob_thd``,
+``area_thd``). A baseline config and a FreeCP config therefore differ only in
+``decode_head`` and thresholds.
 """
 import torch
 import torch.nn.functional as F
@@ -43,8 +45,9 @@ class CosineSimilarityHead(DenseCLIPHead):
 
     Window maps are the raw cosines cos(f_p, t_q) for every query q (each
     synonym is a query). After stitching, class scores are
-    ``max_{q in c} softmax_q(tau * cos)`` (FACTS §1: softmax over all
-    queries, then the max over a class's synonyms).
+    ``max_{q in c} softmax_q(tau * cos)``: a softmax over all queries, then
+    the max over a class's synonyms (SCLIP's code, ``wangf3014/SCLIP``
+    clip_segmentor.py, followed by NACLIP, ClearCLIP and ProxyCLIP).
 
     Args:
         logit_scale (float): tau (40 by default; SCLIP 65 on VOC21, 50 on

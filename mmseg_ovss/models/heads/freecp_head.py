@@ -4,6 +4,7 @@ Plugs into ``CLIPDenseSegmentor`` with any dense strategy: a baseline config
 and its FreeCP config differ only in ``decode_head`` (and thresholds). The
 method's steps live in :mod:`mmseg_ovss.freecp`; this module handles the
 text side (templates or descriptions, Table 4) and the background rule.
+Reference code: ``chenqi1126/FreeCP`` (freecp_segmentor.py).
 """
 import inspect
 from functools import partial
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmseg_ovss.clip.dense_head import DenseCLIPHead
+from mmseg_ovss.clip.dense_head import DenseCLIPHead, StitchedMaps
 from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
 from mmseg_ovss.freecp.cam import query_activation_maps
 from mmseg_ovss.freecp.crops import crop_dtype
@@ -30,12 +31,16 @@ PURIFICATION_SCOPES = ('window', 'image')
 
 @MODELS.register_module()
 class FreeCPHead(DenseCLIPHead):
-    """FreeCP head (Chen et al., ICCV 2025; FACTS §3).
+    """FreeCP head (Chen et al., ICCV 2025, Sec. 3).
 
     Window maps are the purified refined maps of the foreground classes,
     in [0, 1] (the background channel is zero); after stitching,
     :meth:`class_scores` sets the background to ``1 - max_c`` when the
-    vocabulary has one. Set the segmentor's ``prob_thd``/``area_thd`` off.
+    vocabulary has one (Sec. 3.3; the authors' ``postprocess_result``). Set
+    the segmentor's ``prob_thd``/``area_thd`` off. A vocabulary that holds
+    only its background class has nothing to purify: every pixel is
+    background (score 1; the max over no class counts as 0), as the
+    authors' code labels every pixel 0 when no class is left.
 
     Args:
         descriptions: description file (``data/descriptions/<vocab>.json``),
@@ -44,7 +49,11 @@ class FreeCPHead(DenseCLIPHead):
             ``'descriptions'`` (Table 4 "Initial").
         ap_text: text the crops are matched against, ``'descriptions'``
             (default) or ``'templates'`` (Table 4 "AP").
-        logit_scale: temperature of Eq. 1 (CLIP's 100).
+        logit_scale: temperature of Eq. 1. None (default): the CLIP
+            model's own ``logit_scale.exp()``, as the authors' code
+            (``open_clip/model.py`` ``cam``), read from the backbone
+            (``features.logit_scale``; 100 for OpenAI CLIP); a float
+            overrides it.
         affinity_layers: blocks whose attention forms the affinity;
             ``'all_but_last'`` (authors) or a list of indices (e.g.
             ``[-9, -8, ..., -2]`` for CLIP-ES's last eight).
@@ -54,12 +63,13 @@ class FreeCPHead(DenseCLIPHead):
             once per image with crops of the whole image
             (:meth:`image_maps`).
         crop_precision: dtype of the crop encoder of ambiguity
-            purification (Eq. 8), a speed choice: ``'half'`` (default: fp16
-            on CUDA, the authors' whole model being fp16; bf16 on a CPU with
-            AMX/AVX512-BF16, about 3.5x faster than fp32 there; the model's
-            dtype elsewhere or when it is 16-bit already), ``'model'`` (the
-            CLIP model's dtype: exact), ``'fp32'``, ``'fp16'`` or
-            ``'bf16'``. Only the crops' CLS embeddings change precision;
+            purification (Eq. 8): ``'model'`` (default: the CLIP model's
+            dtype, exact and the same on every machine), or a speed option
+            that can flip a crop's winner on near ties: ``'half'`` (fp16 on
+            CUDA, the authors' whole model being fp16; bf16 on a CPU with
+            AMX, several times faster than fp32 there; the model's dtype
+            elsewhere or when it is 16-bit already), ``'fp32'``, ``'fp16'``
+            or ``'bf16'``. Only the crops' CLS embeddings change precision;
             the dense path keeps the model's.
         **pipeline: options of
             :class:`mmseg_ovss.freecp.pipeline.FreeCPWindowPipeline`
@@ -71,10 +81,10 @@ class FreeCPHead(DenseCLIPHead):
                  descriptions: Optional[str] = None,
                  initial_text: str = 'templates',
                  ap_text: str = 'descriptions',
-                 logit_scale: float = 100.0,
+                 logit_scale: Optional[float] = None,
                  affinity_layers: Union[str, Sequence[int]] = 'all_but_last',
                  purification_scope: str = 'window',
-                 crop_precision: str = 'half',
+                 crop_precision: str = 'model',
                  init_cfg=None,
                  **pipeline):
         super().__init__(init_cfg=init_cfg)
@@ -99,7 +109,12 @@ class FreeCPHead(DenseCLIPHead):
         self.descriptions = descriptions
         self.initial_text = initial_text
         self.ap_text = ap_text
-        self.logit_scale = float(logit_scale)
+        if logit_scale is not None and not float(logit_scale) > 0:
+            raise OVSSConfigError(
+                f'FreeCPHead logit_scale must be positive or None (the '
+                f"CLIP model's own), got {logit_scale!r}")
+        self.logit_scale = None if logit_scale is None else \
+            float(logit_scale)
         self.required_attention_layers = affinity_layers
         self.pipeline = FreeCPWindowPipeline(**pipeline)
         # Eq. 2 reads one map per layer: let the backbone keep only that
@@ -191,13 +206,32 @@ class FreeCPHead(DenseCLIPHead):
                 ' vfm_checkpoint=<DINO ViT-B/16 weights>)) or another '
                 'baseline')
 
+    def cam_scale(self, features: DenseCLIPFeatures):
+        """Temperature of Eq. 1: the configured one or the model's."""
+        if self.logit_scale is not None:
+            return self.logit_scale
+        scale = getattr(features, 'logit_scale', None)
+        if scale is None:
+            raise OVSSConfigError(
+                "FreeCPHead(logit_scale=None) multiplies the cosines of Eq. 1 "
+                "by the CLIP model's own logit_scale.exp(), as the authors' "
+                'code, but the features carry none: build the '
+                'DenseCLIPVisionEncoder with clip_model=<the open_clip '
+                'model> (CLIPDenseSegmentor does), or set a temperature, '
+                'e.g. FreeCPHead(logit_scale=100.0)')
+        return scale
+
     def forward(self, features: DenseCLIPFeatures,
                 vocab: VocabularyEmbeddings) -> Tensor:
+        foreground = self._foreground(vocab)
+        b, _, h, w = features.patch_tokens.shape
+        if not foreground:  # only a background class: nothing to purify
+            return features.patch_tokens.new_zeros(
+                b, self.num_output_maps(vocab), h, w)
         queries, owners, crop_text = self._text(vocab)
         query_maps = query_activation_maps(features.patch_tokens, queries,
-                                           self.logit_scale)
+                                           self.cam_scale(features))
         owners = owners.to(query_maps.device)
-        foreground = self._foreground(vocab)
         layers = sorted(features.attn_weights)
         if not layers:
             raise OVSSConfigError(
@@ -241,41 +275,67 @@ class FreeCPHead(DenseCLIPHead):
         maps[:, FreeCPHead._foreground(vocab)] = purified
         return maps
 
-    def image_maps(self, maps: Tensor, images: Tensor,
+    def image_maps(self, maps: Union[StitchedMaps, Tensor], images: Tensor,
                    vocab: VocabularyEmbeddings, encode_image,
-                   patch_size: int) -> Tensor:
+                   patch_size: int) -> Union[StitchedMaps, Tensor]:
         """``'image'`` scope: Eqs. 5-8 once per image.
 
         The stitched (N, 2K', H, W) refined and softmax maps are averaged
         over each patch of the image's grid (ceil(H / p) x ceil(W / p),
         border replicated), purified with crops of the zero-padded image
-        and resized back to (N, K, H, W) as the window maps are.
+        and resized back to (N, K, H, W) as the window maps are. Given
+        :class:`StitchedMaps` (one image, from the segmentor), the patch
+        means are computed on bands of rows and the purified grid is
+        returned unresized (:meth:`StitchedMaps.from_grid`).
         """
         if self.purification_scope == 'window':
             return maps
-        _, _, crop_text = self._text(vocab)
-        foreground = self._foreground(vocab)
-        k = len(foreground)
         height, width = maps.shape[-2:]
         pad = (0, -width % patch_size, 0, -height % patch_size)
-        grid = F.avg_pool2d(F.pad(maps, pad, mode='replicate'), patch_size)
-        purified = self.pipeline.purify(
-            grid[:, k:], grid[:, :k], foreground,
-            images=F.pad(images, pad), patch_size=patch_size,
-            encode_image=self._crop_encoder(encode_image, images.device),
-            class_embeddings=crop_text)
-        out = F.interpolate(self._with_background(purified, vocab),
-                            size=(height + pad[3], width + pad[1]),
+        if isinstance(maps, StitchedMaps):
+            grid = maps.pooled(patch_size)
+        else:
+            grid = F.avg_pool2d(F.pad(maps, pad, mode='replicate'),
+                                patch_size)
+        purified = self._purify_grid(grid, F.pad(images, pad), vocab,
+                                     encode_image, patch_size)
+        if isinstance(maps, StitchedMaps):
+            return StitchedMaps.from_grid(purified, (height, width),
+                                          patch_size, 'bilinear')
+        out = F.interpolate(purified, size=(height + pad[3], width + pad[1]),
                             mode='bilinear', align_corners=False)
         return out[..., :height, :width]
 
+    def _purify_grid(self, grid: Tensor, images: Tensor,
+                     vocab: VocabularyEmbeddings, encode_image,
+                     patch_size: int) -> Tensor:
+        """(N, 2K', h, w) patch-grid refined + softmax maps -> (N, K, h, w)
+        purified maps with the background channel."""
+        foreground = self._foreground(vocab)
+        k = len(foreground)
+        if not k:
+            return grid.new_zeros(grid.shape[0], vocab.num_classes,
+                                  *grid.shape[-2:])
+        _, _, crop_text = self._text(vocab)
+        purified = self.pipeline.purify(
+            grid[:, k:], grid[:, :k], foreground, images=images,
+            patch_size=patch_size,
+            encode_image=self._crop_encoder(encode_image, images.device),
+            class_embeddings=crop_text)
+        return self._with_background(purified, vocab)
+
     def class_scores(self, maps: Tensor,
                      vocab: VocabularyEmbeddings) -> Tensor:
-        """Background = 1 - max over the other classes (FACTS §3 step 6)."""
+        """Background = 1 - max over the other classes (Sec. 3.3; the
+        authors' ``postprocess_result``); 1 when there is no other class.
+        Per pixel, so the segmentor scores bands of rows."""
         bg = vocab.background_class
         if bg is None:
             return maps
-        others = [c for c in range(maps.shape[1]) if c != bg]
         scores = maps.clone()
-        scores[:, bg] = 1 - maps[:, others].amax(dim=1)
+        if maps.shape[1] == 1:
+            scores[:, bg] = 1
+            return scores
+        scores[:, bg] = float('-inf')
+        scores[:, bg] = 1 - scores.amax(dim=1)
         return scores

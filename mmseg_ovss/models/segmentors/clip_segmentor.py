@@ -5,13 +5,19 @@ prompt-ensembled class queries, decode head = any
 :class:`~mmseg_ovss.clip.dense_head.DenseCLIPHead` (cosine head, FreeCP).
 Inference follows mmseg's ``test_cfg`` (``mode='slide'`` with ``crop_size``
 and ``stride``, or ``'whole'``) with all windows of an image batched; the
-window maps are averaged where windows overlap, passed once per image through
-the head's ``image_maps`` hook (identity except for FreeCP's per-image
-purification), resized to the original image, optionally refined by PAMR,
-turned into class scores by the head and post-processed with the background
-rules of FACTS §1 (``area_thd``, ``prob_thd``).
+window maps stay on their patch grids (:class:`StitchedMaps`), pass once per
+image through the head's ``image_maps`` hook (identity except for FreeCP's
+per-image purification), and are rendered in bands of output rows: stitched
+(overlaps averaged), resized to the original image, turned into class scores
+by the head and post-processed with the background rules of the SCLIP code
+(``wangf3014/SCLIP`` clip_segmentor.py: ``area_thd``, ``prob_thd``).
+Optional PAMR, and heads whose scores are not per pixel, take the whole
+image at once.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import math
+import warnings
+from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +27,9 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
-from mmseg_ovss.clip.dense_head import DenseCLIPHead, resolve_layer_indices
+from mmseg_ovss.clip.dense_head import (DenseCLIPHead, StitchedMaps,
+                                        band_height, linear_source,
+                                        resolve_layer_indices)
 from mmseg_ovss.clip.features import VocabularyEmbeddings
 from mmseg_ovss.clip.loading import build_clip_model
 from mmseg_ovss.clip.strategies import build_dense_strategy
@@ -65,6 +73,87 @@ def _pair(value, name) -> Tuple[int, int]:
     return value
 
 
+def _budget_mb(value, name: str) -> Optional[float]:
+    """A size in MiB from a config value; None means no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            math.isnan(value) or value < 0:
+        raise OVSSConfigError(
+            f'{name} must be a size in MiB >= 0 (or None: no limit), got '
+            f'{value!r}')
+    return float(value)
+
+
+class SegLogitsStore:
+    """What ``seg_logits`` holds for one image, filled band by band.
+
+    Full-size (K, H, W) float32 scores when they take at most ``max_mb``
+    MiB (None: always). Otherwise the scores of every s-th pixel of every
+    s-th row, ``full[:, ::s, ::s]`` exactly, for the smallest stride s that
+    fits (``seg_logits.metainfo``: ``stride`` and ``ori_shape``; upsample
+    with nearest neighbours), with a warning; ``max_mb=0`` stores nothing.
+    ``pred_sem_seg`` is always full size and computed from the full scores
+    (``tools/test.py`` metrics read only it).
+    ``renormalize`` divides the stored scores by their sum over classes
+    (NACLIP's code, ``sinahmr/NACLIP`` naclip.py, stores its synonym-max
+    probabilities so renormalised; labels do not change).
+    """
+
+    def __init__(self, num_classes: int, shape: Tuple[int, int],
+                 max_mb: Optional[float], renormalize: bool = False,
+                 device=None):
+        height, width = (int(v) for v in shape)
+        self.shape, self.renormalize = (height, width), renormalize
+        self.stride = 1
+        if max_mb is not None:
+            budget = max_mb * 2**20
+            self.stride = 0 if budget < 4 * num_classes else next(
+                s for s in range(1, max(height, width) + 1)
+                if 4 * num_classes * -(-height // s) * -(-width // s)
+                <= budget)
+        self.data = None
+        if self.stride:
+            self.data = torch.empty(
+                (num_classes, -(-height // self.stride),
+                 -(-width // self.stride)), device=device)
+        self.num_classes, self.max_mb = num_classes, max_mb
+
+    def reduction_note(self) -> Optional[str]:
+        """Why and how the stored scores are subsampled (None if not)."""
+        if self.stride <= 1:
+            return None
+        height, width = self.shape
+        full = 4 * self.num_classes * height * width / 2**20
+        return (f'seg_logits of {self.num_classes} classes at {height}x'
+                f'{width} would take {full:.0f} MiB, over seg_logits.max_mb='
+                f'{self.max_mb:g}: storing the scores of every '
+                f'{self.stride}-th pixel (seg_logits.metainfo["stride"]); '
+                'pred_sem_seg is full size. Raise model.seg_logits.max_mb '
+                '(None: no limit) to store them all')
+
+    def add(self, top: int, scores: Tensor) -> None:
+        """Store the (K, rows, W) scores of output rows from ``top``."""
+        if self.data is None:
+            return
+        step = self.stride
+        first = (-top) % step
+        part = scores[:, first::step, ::step]
+        if self.renormalize:
+            total = part.sum(0, keepdim=True)
+            part = part / total.clamp(min=torch.finfo(part.dtype).tiny)
+        row = (top + first) // step
+        self.data[:, row:row + part.shape[1]] = part
+
+    def result(self) -> Optional[PixelData]:
+        if self.data is None:
+            return None
+        if self.stride == 1:
+            return PixelData(data=self.data)
+        return PixelData(data=self.data, metainfo=dict(
+            stride=self.stride, ori_shape=self.shape))
+
+
 @MODELS.register_module()
 class CLIPDenseSegmentor(BaseSegmentor):
     """Open-vocabulary segmentor over a frozen open_clip model.
@@ -91,7 +180,15 @@ class CLIPDenseSegmentor(BaseSegmentor):
         area_thd (float, optional): drop foreground classes predicted on
             less than this fraction of the foreground area (SCLIP VOC21).
         pamr (dict, optional): :class:`~mmseg_ovss.utils.pamr.PAMR` args.
+            PAMR (and a head with ``pixelwise_scores = False``) scores the
+            whole image at once: memory then grows with classes x pixels.
         window_batch_size (int): sliding windows encoded together.
+        seg_logits (dict, optional): what ``seg_logits`` holds,
+            :class:`SegLogitsStore`: ``max_mb`` (512; None: no limit; 0:
+            nothing) and ``renormalize`` (False; True as NACLIP's code).
+        tile_mb (float): MiB of one (classes, rows, width) float32 band of
+            output rows scored at a time (256); peak memory is a few such
+            bands plus the window maps on their patch grids.
         test_cfg (dict): ``mode`` 'slide' (``crop_size``, ``stride``) or
             'whole'.
     """
@@ -105,6 +202,8 @@ class CLIPDenseSegmentor(BaseSegmentor):
                  area_thd: Optional[float] = None,
                  pamr: Optional[dict] = None,
                  window_batch_size: int = 16,
+                 seg_logits: Optional[dict] = None,
+                 tile_mb: float = 256.0,
                  data_preprocessor: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -115,9 +214,10 @@ class CLIPDenseSegmentor(BaseSegmentor):
         pos_interp = clip.pop('pos_interp', 'size')
         self.clip_cfg = clip
         self.clip_model = build_clip_model(**clip)
-        self.backbone = DenseCLIPVisionEncoder(self.clip_model.visual,
-                                               build_dense_strategy(strategy),
-                                               pos_interp=pos_interp)
+        self.backbone = DenseCLIPVisionEncoder(
+            self.clip_model.visual, build_dense_strategy(strategy),
+            pos_interp=pos_interp,
+            clip_model=self.clip_model)
         head = MODELS.build(decode_head or dict(type='CosineSimilarityHead'))
         if not isinstance(head, DenseCLIPHead):
             raise OVSSConfigError(
@@ -139,6 +239,20 @@ class CLIPDenseSegmentor(BaseSegmentor):
         self.area_thd = area_thd
         self.pamr = PAMR(**pamr) if pamr else None
         self.window_batch_size = max(1, int(window_batch_size))
+        logits_cfg = dict(max_mb=512.0, renormalize=False)
+        unknown = set(seg_logits or {}) - set(logits_cfg)
+        if unknown:
+            raise OVSSConfigError(
+                f'unknown seg_logits option(s) {sorted(unknown)}; use '
+                f'{sorted(logits_cfg)}')
+        logits_cfg.update(seg_logits or {})
+        self.seg_logits_max_mb = _budget_mb(logits_cfg['max_mb'],
+                                            'seg_logits.max_mb')
+        self.seg_logits_renormalize = bool(logits_cfg['renormalize'])
+        self.tile_mb = _budget_mb(tile_mb, 'tile_mb')
+        if not self.tile_mb:
+            raise OVSSConfigError(
+                f'tile_mb must be a positive size in MiB, got {tile_mb!r}')
         self.train_cfg = train_cfg
         self.test_cfg = dict(test_cfg or dict(mode='whole'))
         if self.test_cfg.get('mode', 'whole') not in ('slide', 'whole'):
@@ -201,30 +315,27 @@ class CLIPDenseSegmentor(BaseSegmentor):
             return self.text_encoder(self.vocabulary())
 
     # ----------------------------------------------------------- inference
-    def _encode_windows(self, windows: Tensor, vocab: VocabularyEmbeddings):
-        """Yield head maps (n, C, h, w) at window pixel size, per chunk of
-        ``window_batch_size`` windows (so that stitching never holds the
-        maps of all windows at once).
+    def _encode_windows(self, windows: Tensor, vocab: VocabularyEmbeddings
+                        ) -> Tuple[Tensor, Tuple[int, int]]:
+        """Head maps (n, C, h, w) of n windows on their patch grid, and the
+        pixel size they cover.
 
-        Windows are zero-padded bottom/right to a multiple of the patch and
-        the maps cropped back (NACLIP's own whole-image code drops the
-        remainder pixels instead)."""
+        Windows are zero-padded bottom/right to a multiple of the patch (the
+        maps are resized to the padded size and cropped back when stitched;
+        NACLIP's own whole-image code drops the remainder pixels instead).
+        ``window_batch_size`` windows are encoded together."""
         patch = self.backbone.patch_size
         height, width = windows.shape[-2:]
         pad_h, pad_w = -height % patch, -width % patch
         if pad_h or pad_w:
             windows = F.pad(windows, (0, pad_w, 0, pad_h))
+        grids = []
         for chunk in windows.split(self.window_batch_size):
             with profile_stage('backbone'):
                 feats = self._backbone_features(chunk)
             with profile_stage('head'):
-                maps = self.decode_head(feats, vocab)
-                mode = self.decode_head.window_resize_mode
-                maps = F.interpolate(
-                    maps.float(), size=windows.shape[-2:], mode=mode,
-                    align_corners=False if mode in ('bilinear', 'bicubic')
-                    else None)
-            yield maps[..., :height, :width]
+                grids.append(self.decode_head(feats, vocab).float())
+        return torch.cat(grids), (height + pad_h, width + pad_w)
 
     def _backbone_features(self, images: Tensor):
         head = self.decode_head
@@ -232,45 +343,51 @@ class CLIPDenseSegmentor(BaseSegmentor):
                              with_cls=head.requires_cls_token,
                              attention_heads=head.attention_heads)
 
-    def inference_maps(self, image: Tensor,
-                       vocab: VocabularyEmbeddings) -> Tensor:
-        """Head maps (1, C, H, W) of one normalised image: the stitched
-        window maps passed through ``decode_head.image_maps``."""
-        maps = self._stitched_maps(image, vocab)
-        with profile_stage('head'):
-            return self.decode_head.image_maps(
-                maps, image, vocab, self.backbone.encode_cls,
-                self.backbone.patch_size)
-
-    def _stitched_maps(self, image: Tensor,
-                       vocab: VocabularyEmbeddings) -> Tensor:
-        """Window maps (1, C, H, W) stitched with mmseg's slide rule."""
+    def stitched(self, image: Tensor,
+                 vocab: VocabularyEmbeddings) -> StitchedMaps:
+        """The window maps of one (1, 3, H, W) image and where they sit
+        (mmseg's slide grid, or one window in ``'whole'`` mode)."""
         height, width = image.shape[-2:]
         if self.test_cfg.get('mode', 'whole') == 'whole':
-            return torch.cat(list(self._encode_windows(image, vocab)))
-        crop = _pair(self.test_cfg.get('crop_size'), 'crop_size')
-        stride = _pair(self.test_cfg.get('stride'), 'stride')
-        windows = slide_windows(height, width, crop, stride)
-        crops = torch.cat([image[..., y1:y2, x1:x2]
-                           for y1, y2, x1, x2 in windows])
-        total = count = None
-        boxes = iter(windows)
-        for maps in self._encode_windows(crops, vocab):
-            with profile_stage('postprocess'):  # stitching
-                if total is None:
-                    total = maps.new_zeros((1, maps.shape[1], height, width))
-                    count = maps.new_zeros((1, 1, height, width))
-                for window_map in maps:
-                    y1, y2, x1, x2 = next(boxes)
-                    total[0, :, y1:y2, x1:x2] += window_map
-                    count[..., y1:y2, x1:x2] += 1
-        with profile_stage('postprocess'):
-            return total / count
+            windows, crops = [(0, height, 0, width)], image
+        else:
+            crop = _pair(self.test_cfg.get('crop_size'), 'crop_size')
+            stride = _pair(self.test_cfg.get('stride'), 'stride')
+            windows = slide_windows(height, width, crop, stride)
+            crops = torch.cat([image[..., y1:y2, x1:x2]
+                               for y1, y2, x1, x2 in windows])
+        grids, size = self._encode_windows(crops, vocab)
+        return StitchedMaps(grids, windows, (height, width), size,
+                            self.decode_head.window_resize_mode)
+
+    def inference_stitched(self, image: Tensor,
+                           vocab: VocabularyEmbeddings) -> StitchedMaps:
+        """:meth:`stitched` passed through ``decode_head.image_maps``."""
+        maps = self.stitched(image, vocab)
+        with profile_stage('head'):
+            maps = self.decode_head.image_maps(
+                maps, image, vocab, self.backbone.encode_cls,
+                self.backbone.patch_size)
+        if isinstance(maps, Tensor):
+            maps = StitchedMaps.from_tensor(maps)
+        return maps
+
+    def inference_maps(self, image: Tensor,
+                       vocab: VocabularyEmbeddings) -> Tensor:
+        """Head maps (1, C, H, W) of one normalised image at full size: the
+        stitched window maps passed through ``decode_head.image_maps``."""
+        return self.inference_stitched(image, vocab).render()
 
     def class_scores(self, image: Tensor, vocab: VocabularyEmbeddings,
                      out_shape: Tuple[int, int]) -> Tensor:
-        """(K, H, W) class scores of one image at ``out_shape``."""
-        maps = self.inference_maps(image, vocab)
+        """(K, H, W) class scores of one image at ``out_shape``, computed
+        on the whole image at once."""
+        return self._whole_scores(self.inference_maps(image, vocab), image,
+                                  vocab, out_shape)
+
+    def _whole_scores(self, maps: Tensor, image: Tensor,
+                      vocab: VocabularyEmbeddings,
+                      out_shape: Tuple[int, int]) -> Tensor:
         with profile_stage('postprocess'):
             maps = F.interpolate(maps, size=tuple(out_shape),
                                  mode='bilinear', align_corners=False)
@@ -280,24 +397,134 @@ class CLIPDenseSegmentor(BaseSegmentor):
             scores = self.decode_head.class_scores(maps, vocab)
         return scores[0]
 
-    def predict_labels(self, scores: Tensor,
-                       vocab: VocabularyEmbeddings) -> Tensor:
-        """Background rules and argmax: (K, H, W) -> (1, H, W) labels."""
+    def _score_bands(self, maps: StitchedMaps, image: Tensor,
+                     vocab: VocabularyEmbeddings,
+                     out_shape: Tuple[int, int]) -> Callable[[], Iterable]:
+        """A function yielding ``(first_row, (K, rows, W) scores)`` over the
+        output rows of one image.
+
+        Without PAMR and with a head whose scores are per pixel, the rows
+        come in bands of at most ``tile_mb`` per class-map tensor: each band
+        is rendered from the window grids, resized to ``out_shape`` (the
+        source rows it reads only, same weights as ``F.interpolate``) and
+        scored, so memory per class does not grow with the image. Else the
+        whole image is scored at once (:meth:`class_scores`).
+        """
+        out_h, out_w = (int(v) for v in out_shape)
+        in_h, in_w = maps.image_size
+        channels = max(maps.channels, vocab.num_classes)
+        step = band_height(channels, max(in_w, out_w), self.tile_mb * 2**20)
+        tiled = self.pamr is None and self.decode_head.pixelwise_scores
+        if not tiled or step >= max(in_h, out_h):
+            scores = [(0, self._whole_scores(maps.render(), image, vocab,
+                                             (out_h, out_w)))]
+            return lambda: scores
+        rows = linear_source(in_h, out_h)
+        tops = list(range(0, out_h, step))
+        patch = self.backbone.patch_size
+        if (in_h, in_w) == (out_h, out_w) and step >= patch:
+            # cut at patch centres: a band of k patches then reads k + 1
+            # rows of each window's grid (k + 2 when cut at patch borders)
+            step -= step % patch
+            tops = [0] + list(range(patch // 2 + step, out_h, step))
+        ends = tops[1:] + [out_h]
+
+        def bands():
+            for top, bottom in zip(tops, ends):
+                with profile_stage('postprocess'):
+                    band = self._resized_band(maps, rows, top, bottom,
+                                              out_w)
+                with profile_stage('head'):
+                    yield top, self.decode_head.class_scores(band, vocab)[0]
+        return bands
+
+    @staticmethod
+    def _resized_band(maps: StitchedMaps, rows, top: int, bottom: int,
+                      out_w: int) -> Tensor:
+        """Output rows [top, bottom) of the stitched maps resized
+        (bilinear) to ``len(rows[0])`` x ``out_w``."""
+        if maps.image_size == (len(rows[0]), out_w):
+            return maps.rows(top, bottom)
+        i0, i1, w0, w1 = (t[top:bottom] for t in rows)
+        first, last = int(i0[0]), int(i1[-1]) + 1
+        band = maps.rows(first, last)
+        # columns first (rows pass through unchanged at scale 1), then rows
+        band = F.interpolate(band, size=(last - first, out_w),
+                             mode='bilinear', align_corners=False)
+        device = band.device
+        upper = band.index_select(2, (i0 - first).to(device))
+        lower = band.index_select(2, (i1 - first).to(device))
+        return upper * w0.to(device).view(1, 1, -1, 1) + \
+            lower * w1.to(device).view(1, 1, -1, 1)
+
+    def _area_keep(self, area: Tensor,
+                   vocab: VocabularyEmbeddings) -> Tensor:
+        """SCLIP's area rule (``wangf3014/SCLIP`` clip_segmentor.py): keep
+        a foreground class predicted on more than ``area_thd`` x the
+        foreground area; (K,) bool."""
+        foreground = torch.ones_like(area, dtype=torch.bool)
+        if vocab.background_class is not None:
+            foreground[vocab.background_class] = False
+        keep = area > self.area_thd * area[foreground].sum()
+        return keep | ~foreground
+
+    def _labels(self, scores: Tensor, vocab: VocabularyEmbeddings) -> Tensor:
+        """Argmax of (K, h, w) scores, ``prob_thd`` -> background."""
+        max_score, labels = scores.max(0)
         background = vocab.background_class
-        if self.area_thd is not None and scores.shape[0] > 1:
-            labels = scores.argmax(0)
-            area = torch.bincount(labels.flatten(),
-                                  minlength=scores.shape[0]).float()
-            foreground = torch.ones_like(area, dtype=torch.bool)
-            if background is not None:
-                foreground[background] = False
-            keep = area > self.area_thd * area[foreground].sum()
-            keep = keep | ~foreground
-            scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
-        max_score, labels = scores.max(0, keepdim=True)
         if background is not None and self.prob_thd > 0:
             labels[max_score < self.prob_thd] = background
         return labels
+
+    def predict_labels(self, scores: Tensor,
+                       vocab: VocabularyEmbeddings) -> Tensor:
+        """Background rules and argmax: (K, H, W) -> (1, H, W) labels."""
+        if self.area_thd is not None and scores.shape[0] > 1:
+            area = torch.bincount(scores.argmax(0).flatten(),
+                                  minlength=scores.shape[0]).float()
+            keep = self._area_keep(area, vocab)
+            scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
+        return self._labels(scores, vocab)[None]
+
+    def segment(self, image: Tensor, vocab: VocabularyEmbeddings,
+                out_shape: Tuple[int, int]
+                ) -> Tuple[Tensor, Optional[PixelData]]:
+        """Labels (1, H, W) of one image at ``out_shape`` and the
+        ``seg_logits`` to store (None when ``seg_logits.max_mb=0``).
+
+        The stored scores are the class scores after the area rule (SCLIP's
+        code zeroes the dropped classes in what it stores) and before
+        ``prob_thd`` (which changes labels only, in every reference), see
+        :class:`SegLogitsStore` for their size.
+        """
+        maps = self.inference_stitched(image, vocab)
+        bands = self._score_bands(maps, image, vocab, out_shape)
+        num_classes = vocab.num_classes
+        keep = None
+        if self.area_thd is not None and num_classes > 1:
+            area = torch.zeros(num_classes, dtype=torch.long,
+                               device=image.device)
+            for _, scores in bands():
+                with profile_stage('postprocess'):
+                    area += torch.bincount(scores.argmax(0).flatten(),
+                                           minlength=num_classes)
+            keep = self._area_keep(area.float(), vocab)
+        labels = torch.empty(tuple(out_shape), dtype=torch.long,
+                             device=image.device)
+        store = SegLogitsStore(num_classes, out_shape, self.seg_logits_max_mb,
+                               self.seg_logits_renormalize, image.device)
+        for top, scores in bands():
+            with profile_stage('postprocess'):
+                if keep is not None:
+                    scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
+                labels[top:top + scores.shape[1]] = self._labels(scores,
+                                                                 vocab)
+                store.add(top, scores)
+        note = store.reduction_note()
+        if note and not getattr(self, '_logits_note_shown', False):
+            warnings.warn(note + ' (shown once)')
+            self._logits_note_shown = True
+        return labels[None], store.result()
 
     def predict(self, inputs: Tensor,
                 data_samples: OptSampleList = None) -> SampleList:
@@ -316,13 +543,12 @@ class CLIPDenseSegmentor(BaseSegmentor):
             height, width = meta['img_shape'][:2]
             image = inputs[index:index + 1, :, :height, :width]
             with torch.no_grad():
-                scores = self.class_scores(image, vocab,
-                                           meta['ori_shape'][:2])
-                with profile_stage('postprocess'):
-                    labels = self.predict_labels(scores, vocab)
-            data_samples[index].set_data({
-                'seg_logits': PixelData(data=scores),
-                'pred_sem_seg': PixelData(data=labels)})
+                labels, logits = self.segment(image, vocab,
+                                              meta['ori_shape'][:2])
+            fields = {'pred_sem_seg': PixelData(data=labels)}
+            if logits is not None:
+                fields['seg_logits'] = logits
+            data_samples[index].set_data(fields)
         return data_samples
 
     @staticmethod
