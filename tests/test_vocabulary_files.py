@@ -187,6 +187,42 @@ def test_background_class_forms_of_the_docs(classes, dataset, expected):
             expected
 
 
+@pytest.mark.parametrize('classes,dataset,expected', [
+    (['cat', 'background'], None, 1),       # tools/demo.py --classes
+    (['Background', 'cat'], None, 0),
+    ([STUFF, 'cat'], [' Background ', 'cat'], 0),
+    (['cat', 'dog'], None, None),
+])
+def test_segmentor_background_rule_is_the_documented_one(
+        tmp_path, classes, dataset, expected):
+    model = MODELS.build(dict(
+        type='CLIPDenseSegmentor',
+        clip=dict(model_name=MODEL, random_init=True),
+        text=dict(templates='single')))
+    if dataset is None:  # a vocabulary list (the demo's --classes)
+        model.set_vocabulary(classes)
+    else:  # a class-name file run on a dataset (VOC21 with SCLIP's file)
+        path = write(tmp_path / 'names.txt', '\n'.join(classes) + '\n')
+        model.set_vocabulary(class_names_file=str(path))
+        model.set_dataset_classes(dataset)
+    assert model.vocabulary().background_class == expected
+
+
+def test_segmentor_reads_a_reference_file_with_shared_synonyms(tmp_path):
+    path = write(tmp_path / 'ref.txt', 'sky, bed\ncat\nbed\n')
+    cfg = dict(type='CLIPDenseSegmentor',
+               clip=dict(model_name=MODEL, random_init=True),
+               text=dict(templates='single', class_names=str(path),
+                         background_class=0))
+    with pytest.raises(OVSSConfigError, match="'bed' is on line 1"):
+        MODELS.build(cfg).vocabulary()
+    cfg['text']['shared_synonyms'] = 'allow'
+    with pytest.warns(UserWarning, match='can never win'):
+        vocab = MODELS.build(cfg).vocabulary()
+    assert vocab.class_names == ['sky', 'cat', 'bed']
+    assert vocab.background_class == 0
+
+
 def test_two_background_classes_are_an_error():
     vocab = Vocabulary.from_names(['background', 'cat'])
     with pytest.raises(OVSSConfigError, match=r'classes \[0, 1\]'):

@@ -103,9 +103,13 @@ def build_model(args, config: Optional[str] = None):
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(args.seed)  # the same random model for every config
     model_cfg = cfg.model
+    if args.random_init and model_cfg.get('blip', {}).get(
+            'pretrained', '') is None:
+        model_cfg.blip.seed = args.seed
     if 'clip' in model_cfg:
         if args.random_init:
             model_cfg.clip.random_init = True
+            model_cfg.clip.seed = args.seed  # the loader seeds its weights
         if args.model_name:
             model_cfg.clip.model_name = args.model_name
     if args.templates and 'text' in model_cfg:
@@ -114,6 +118,7 @@ def build_model(args, config: Optional[str] = None):
     if args.random_init and isinstance(strategy, dict) and \
             strategy.get('type') == 'ProxyCLIP':
         strategy.random_init = True
+        strategy.seed = args.seed
     model = MODELS.build(model_cfg).to(args.device).eval()
     return cfg, model
 

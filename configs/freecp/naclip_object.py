@@ -15,6 +15,8 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
+    # FreeCP stores its own purified maps (no NACLIP renormalisation)
+    seg_logits=dict(renormalize=False),
     pamr=None,
     decode_head=dict(
         _delete_=True,
@@ -23,7 +25,10 @@ model = dict(
         ap_threshold=0.8,
         descriptions='data/descriptions/coco_object.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/coco_object.txt', background_class=0),
+    # the reference file lists "bed" among the background words and as
+    # class 60 (it can never win there): read as the authors do, with a warning
+    text=dict(templates='openai', class_names='data/class_names/coco_object.txt', background_class=0,
+        shared_synonyms='allow'),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -15,6 +15,8 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
+    # FreeCP stores its own purified maps (no NACLIP renormalisation)
+    seg_logits=dict(renormalize=False),
     pamr=None,
     decode_head=dict(
         _delete_=True,

@@ -31,6 +31,8 @@ class DenseCLIPFeatures:
             (``DenseCLIPVisionEncoder.encode_cls``).
         attn_heads: how ``attn_weights`` were reduced over heads: None
             (every head kept), ``'mean'`` (their average) or a head index.
+        logit_scale: 0-dim temperature ``logit_scale.exp()`` of the CLIP
+            model (FreeCP's CAM, Eq. 1), or None when unknown.
     """
     patch_tokens: Tensor
     images: Tensor
@@ -39,6 +41,7 @@ class DenseCLIPFeatures:
     attn_weights: Dict[int, Tensor] = field(default_factory=dict)
     encode_image: Optional[Callable[[Tensor], Tensor]] = None
     attn_heads: Union[None, str, int] = None
+    logit_scale: Optional[Tensor] = None
 
 
 @dataclass

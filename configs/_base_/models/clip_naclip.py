@@ -9,4 +9,7 @@ model = dict(
     strategy=dict(type='NACLIP', sigma=5.0, residual=False, ffn=False),
     decode_head=dict(logit_scale=40.0),
     pamr=dict(num_iter=10, dilations=(8, 16)),
+    # stored seg_logits divided by their sum over classes, as
+    # sinahmr/NACLIP naclip.py does (labels are unchanged)
+    seg_logits=dict(renormalize=True),
     test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112)))

@@ -44,7 +44,10 @@ class FreeCPHead(DenseCLIPHead):
 
     Args:
         descriptions: description file (``data/descriptions/<vocab>.json``),
-            or None to use templates wherever descriptions would be used.
+            or ``dict(path=..., deduplicate=False)`` (``deduplicate=True``
+            counts a repeated sentence once; the authors' code averages
+            every copy), or None to use templates wherever descriptions
+            would be used.
         initial_text: text of the CAM queries, ``'templates'`` (default) or
             ``'descriptions'`` (Table 4 "Initial").
         ap_text: text the crops are matched against, ``'descriptions'``

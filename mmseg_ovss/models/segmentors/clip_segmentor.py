@@ -14,6 +14,7 @@ by the head and post-processed with the background rules of the SCLIP code
 Optional PAMR, and heads whose scores are not per pixel, take the whole
 image at once.
 """
+import dataclasses
 import math
 import warnings
 from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
@@ -36,7 +37,7 @@ from mmseg_ovss.clip.strategies import build_dense_strategy
 from mmseg_ovss.clip.text_encoder import (CLIPTextEncoder, build_tokenizer,
                                           vocabulary_from)
 from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
-from mmseg_ovss.clip.vocabulary import Vocabulary
+from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.pamr import PAMR
 from mmseg_ovss.utils.profiler import profile_stage
@@ -171,10 +172,16 @@ class CLIPDenseSegmentor(BaseSegmentor):
         text (dict): ``templates`` ('openai' ...), ``class_names`` (a
             class-name file; default: the dataset's metainfo classes set by
             ``DatasetVocabularyHook``), ``background_class`` (int, None or
-            'auto': class 0 when the dataset's or vocabulary's class 0 is
-            named "background"), ``background_names`` (replace the
-            background class's words, e.g. ``['background']`` as ClearCLIP
-            does, instead of the stuff words of the class-name file).
+            'auto': the class one of whose synonyms is "background", in any
+            case or spacing, or whose dataset class is so named, e.g. a
+            stuff-word line 0 with VOC21's metainfo; see
+            ``clip.vocabulary.find_background_class``),
+            ``background_names`` (replace the background class's words,
+            e.g. ``['background']`` as ClearCLIP does, instead of the stuff
+            words of the class-name file), ``shared_synonyms`` ('error',
+            the default: a synonym on two lines is an error since the later
+            class could never win; 'allow': read such a reference file as
+            its authors do, with a warning).
         prob_thd (float): pixels whose top class score is below it become
             background (only with a background class).
         area_thd (float, optional): drop foreground classes predicted on
@@ -228,9 +235,10 @@ class CLIPDenseSegmentor(BaseSegmentor):
         self.class_names_file = text.pop('class_names', None)
         self.background_class = text.pop('background_class', 'auto')
         self.background_names = text.pop('background_names', None)
+        self.shared_synonyms = text.pop('shared_synonyms', 'error')
         model_key = '|'.join(str(clip.get(k)) for k in (
             'model_name', 'pretrained', 'checkpoint', 'random_init',
-            'precision'))
+            'precision', 'seed'))
         self.text_encoder = CLIPTextEncoder(
             self.clip_model, build_tokenizer(clip.get('model_name',
                                                       'ViT-B-16')),
@@ -282,23 +290,23 @@ class CLIPDenseSegmentor(BaseSegmentor):
     def _background_index(self, names: Sequence[Sequence[str]]):
         if self.background_class != 'auto':
             return self.background_class
-        first = [str(c).lower() for c in (self.dataset_classes or [])[:1]]
-        first += [n.lower() for n in names[0]] if names else []
-        return 0 if 'background' in first else None
+        return find_background_class(names, self.dataset_classes)
 
     def vocabulary(self) -> Vocabulary:
         """The active vocabulary (parsed once per setting)."""
         key = (tuple(self.dataset_classes or ()), self.class_names_file,
-               self.background_class, tuple(self.background_names or ()))
+               self.background_class, tuple(self.background_names or ()),
+               self.shared_synonyms)
         if getattr(self, '_vocabulary_key', None) == key:
             return self._vocabulary
-        vocab = vocabulary_from(self.dataset_classes, self.class_names_file)
+        vocab = vocabulary_from(self.dataset_classes, self.class_names_file,
+                                shared_synonyms=self.shared_synonyms)
         background = self._background_index(vocab.synonyms)
-        vocab = Vocabulary(vocab.synonyms, background)
+        vocab = dataclasses.replace(vocab, background_class=background)
         if self.background_names and background is not None:
             synonyms = list(vocab.synonyms)
             synonyms[background] = tuple(self.background_names)
-            vocab = Vocabulary(tuple(synonyms), background)
+            vocab = dataclasses.replace(vocab, synonyms=tuple(synonyms))
         if (self.class_names_file and self.dataset_classes is not None
                 and len(self.dataset_classes) != vocab.num_classes):
             raise OVSSConfigError(
