@@ -13,23 +13,15 @@ import torch.nn.functional as F
 from mmseg_ovss.clip.strategies import build_dense_strategy
 from mmseg_ovss.clip.vision_encoder import (DenseCLIPVisionEncoder,
                                             interpolate_position_embedding)
+from mmseg_ovss.testing.direct import (EPS32, assert_fp32_close,
+                                      attention_heads, merge_heads)
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import OVSSConfigError
 
-EPS32 = torch.finfo(torch.float32).eps
 # Reductions chained from a block's input to the projected dense output:
 # in_proj, the attention scores, attention x v, out_proj, ln_post and proj,
 # each of at most width 64 terms on the tiny ViT.
 LAST_BLOCK_TERMS = 6 * 64
-
-
-def assert_fp32_close(actual, expected, terms):
-    """The same formula in another operation order (or another kernel, batch
-    size, CPU): fp32 rounding of order ``terms`` * eps * max|value|, with
-    ``terms`` the summed lengths of the chained reductions; never a
-    tolerance tuned on one machine."""
-    tol = terms * EPS32 * expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=0, atol=tol)
 
 
 @pytest.fixture(scope='module')
@@ -41,24 +33,6 @@ def clip_model():
 def images():
     torch.manual_seed(1)
     return torch.randn(2, 3, 64, 64)  # the model's native 4x4 grid
-
-
-def heads(block, x):
-    """q, k, v (B, H, N, d) from in_proj weights of normalised tokens x."""
-    c = x.shape[-1]
-    num_heads = block.attn.num_heads
-    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
-    out = []
-    for i in range(3):
-        y = x @ w[i * c:(i + 1) * c].T + b[i * c:(i + 1) * c]
-        out.append(y.view(*y.shape[:2], num_heads, -1).permute(0, 2, 1, 3))
-    return out
-
-
-def merge(block, y):
-    b, h, n, d = y.shape
-    y = y.permute(0, 2, 1, 3).reshape(b, n, h * d)
-    return y @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
 
 
 def sm(a, b):
@@ -116,8 +90,8 @@ def test_vanilla_equals_open_clip_tokens_and_cls(clip_model, images):
 def test_maskclip_official_and_freecp_variant(clip_model, images):
     inputs, _ = stream_inputs(clip_model, images)
     block, x = last_block(clip_model), inputs[-1]
-    _, _, v = heads(block, block.ln_1(x))
-    y = merge(block, v)
+    _, _, v = attention_heads(block, block.ln_1(x))
+    y = merge_heads(block, v)
     assert_fp32_close(
         run(clip_model, dict(type='MaskCLIP'), images).patch_tokens,
         to_dense(clip_model, y), LAST_BLOCK_TERMS)
@@ -132,12 +106,12 @@ def test_maskclip_official_and_freecp_variant(clip_model, images):
 def test_sclip_official_and_freecp_variant(clip_model, images):
     inputs, _ = stream_inputs(clip_model, images)
     block, x = last_block(clip_model), inputs[-1]
-    q, k, v = heads(block, block.ln_1(x))
+    q, k, v = attention_heads(block, block.ln_1(x))
     weights = sm(q, q) + sm(k, k)
     # two softmax rows of 17 terms each
     assert_fp32_close(weights.sum(-1), torch.full(weights.shape[:-1], 2.0),
                       2 * 17)
-    attn = merge(block, weights @ v)
+    attn = merge_heads(block, weights @ v)
     official = x + attn
     official = official + block.mlp(block.ln_2(official))
     ffn_terms = LAST_BLOCK_TERMS + 64 + 64 + 256
@@ -153,8 +127,8 @@ def test_sclip_official_and_freecp_variant(clip_model, images):
 def test_clearclip(clip_model, images):
     inputs, _ = stream_inputs(clip_model, images)
     block, x = last_block(clip_model), inputs[-1]
-    q, _, v = heads(block, block.ln_1(x))
-    expected = to_dense(clip_model, merge(block, sm(q, q) @ v))
+    q, _, v = attention_heads(block, block.ln_1(x))
+    expected = to_dense(clip_model, merge_heads(block, sm(q, q) @ v))
     assert_fp32_close(run(clip_model, 'ClearCLIP', images).patch_tokens,
                       expected, LAST_BLOCK_TERMS)
 
@@ -170,7 +144,7 @@ def test_naclip_gaussian_neighbourhood(clip_model):
     for block in clip_model.visual.transformer.resblocks[:-1]:
         x = block(x)
     block = last_block(clip_model)
-    _, k, v = heads(block, block.ln_1(x))
+    _, k, v = attention_heads(block, block.ln_1(x))
     n = grid[0] * grid[1]
     omega = torch.zeros(n + 1, n + 1)
     for i in range(n):
@@ -179,7 +153,7 @@ def test_naclip_gaussian_neighbourhood(clip_model):
             omega[i + 1, j + 1] = math.exp(
                 -((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma ** 2))
     logits = k @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]) + omega
-    y = merge(block, logits.softmax(-1) @ v)
+    y = merge_heads(block, logits.softmax(-1) @ v)
     y = clip_model.visual.ln_post(y[:, 1:]) @ clip_model.visual.proj
     expected = y.transpose(1, 2).reshape(1, -1, *grid)
     got = run(clip_model, dict(type='NACLIP', sigma=sigma), images)
@@ -194,7 +168,7 @@ def test_gem_self_self_attention_path(clip_model, images):
     path = inputs[-depth]
     for block, x in zip(blocks[-depth:], inputs[-depth:]):
         h = block.ln_1(x)
-        q, k, v = heads(block, h)
+        q, k, v = attention_heads(block, h)
         t = h.norm(dim=-1).mean(-1).view(-1, 1, 1, 1) / math.sqrt(q.shape[-1])
         outs = []
         for z in (v, k, q):
@@ -202,7 +176,7 @@ def test_gem_self_self_attention_path(clip_model, images):
             z = ((z @ z.transpose(-1, -2)) * t).softmax(-1) @ z
             z = F.normalize(z, dim=-1)
             outs.append(((z @ z.transpose(-1, -2)) * t).softmax(-1) @ v)
-        path = path + merge(block, (outs[0] + outs[1] + outs[2]) / 3)
+        path = path + merge_heads(block, (outs[0] + outs[1] + outs[2]) / 3)
     got = run(clip_model, dict(type='GEM', num_blocks=depth), images)
     # per block: three self-self attentions with one refinement each
     assert_fp32_close(got.patch_tokens, to_dense(clip_model, path),
@@ -216,7 +190,7 @@ def test_attention_capture_is_vanilla_softmax(clip_model, images):
     assert sorted(feats.attn_weights) == [0, 2, 5]
     for layer in (0, 2, 5):
         block = clip_model.visual.transformer.resblocks[layer]
-        q, k, _ = heads(block, block.ln_1(inputs[layer]))
+        q, k, _ = attention_heads(block, block.ln_1(inputs[layer]))
         # in_proj (64 terms), q k^T (16), softmax row (17)
         assert_fp32_close(feats.attn_weights[layer], sm(q, k), 64 + 16 + 17)
 
@@ -274,8 +248,10 @@ NET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 def proxyclip_with_input_capture(vfm_model):
     """A ProxyCLIP strategy and the list its VFM's patch-embedding inputs
     are appended to."""
+    # seed=None: the random VFM is drawn from the global RNG, which the
+    # tests seed (torch.manual_seed) before building it
     strategy = build_dense_strategy(dict(
-        type='ProxyCLIP', random_init=True, vfm_model=vfm_model))
+        type='ProxyCLIP', random_init=True, vfm_model=vfm_model, seed=None))
     seen = []
     strategy.vfm.patch_embed.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].clone()))
@@ -291,13 +267,13 @@ def proxy_output(clip_model, images, weights, vfm_grid):
     for block in clip_model.visual.transformer.resblocks[:-1]:
         x = block(x)
     block = last_block(clip_model)
-    _, _, v = heads(block, block.ln_1(x))
+    _, _, v = attention_heads(block, block.ln_1(x))
     b, h, _, d = v.shape
     v = F.interpolate(
         v[:, :, 1:].reshape(b * h, *grid, d).permute(0, 3, 1, 2),
         size=vfm_grid, mode='bilinear', align_corners=False)
     v = v.permute(0, 2, 3, 1).reshape(b, h, -1, d)
-    y = clip_model.visual.ln_post(merge(block, weights.unsqueeze(1) @ v))
+    y = clip_model.visual.ln_post(merge_heads(block, weights.unsqueeze(1) @ v))
     y = y @ clip_model.visual.proj
     return y.transpose(1, 2).reshape(b, -1, *vfm_grid)
 

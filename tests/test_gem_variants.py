@@ -24,20 +24,13 @@ import mmseg_ovss  # noqa: F401
 from mmseg_ovss.clip.features import VocabularyEmbeddings
 from mmseg_ovss.clip.strategies import build_dense_strategy
 from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
+from mmseg_ovss.testing.direct import (EPS32, assert_fp32_close,
+                                      attention_heads, merge_heads)
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-EPS32 = torch.finfo(torch.float32).eps
 init_default_scope('mmseg')
-
-
-def assert_fp32_close(actual, expected, terms):
-    """The same formula in another operation order: fp32 rounding of order
-    ``terms`` * eps * max|value|, ``terms`` the summed lengths of the chained
-    reductions (not a tolerance tuned on one machine)."""
-    tol = terms * EPS32 * expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=0, atol=tol)
 
 
 @pytest.fixture(scope='module')
@@ -49,24 +42,6 @@ def clip_model():
 def images():
     torch.manual_seed(1)
     return torch.randn(2, 3, 64, 64)  # the model's native 4x4 grid
-
-
-def heads(block, x):
-    """q, k, v (B, H, N, d) from the in_proj weights of normalised x."""
-    c = x.shape[-1]
-    num_heads = block.attn.num_heads
-    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
-    out = []
-    for i in range(3):
-        y = x @ w[i * c:(i + 1) * c].T + b[i * c:(i + 1) * c]
-        out.append(y.view(*y.shape[:2], num_heads, -1).permute(0, 2, 1, 3))
-    return out
-
-
-def merge(block, y):
-    b, h, n, d = y.shape
-    y = y.permute(0, 2, 1, 3).reshape(b, n, h * d)
-    return y @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
 
 
 def stream_inputs(model, images):
@@ -85,7 +60,7 @@ def stream_inputs(model, images):
 def gem_attention_output(block, x):
     """out_proj(mean_z softmax(z' z'^T t) v), one refinement, adaptive t."""
     h = block.ln_1(x)
-    q, k, v = heads(block, h)
+    q, k, v = attention_heads(block, h)
     t = h.norm(dim=-1).mean(-1).view(-1, 1, 1, 1) / math.sqrt(q.shape[-1])
     outs = []
     for z in (v, k, q):
@@ -93,7 +68,7 @@ def gem_attention_output(block, x):
         z = ((z @ z.transpose(-1, -2)) * t).softmax(-1) @ z
         z = F.normalize(z, dim=-1)
         outs.append(((z @ z.transpose(-1, -2)) * t).softmax(-1) @ v)
-    return merge(block, (outs[0] + outs[1] + outs[2]) / 3)
+    return merge_heads(block, (outs[0] + outs[1] + outs[2]) / 3)
 
 
 def to_dense(model, tokens):
@@ -298,7 +273,9 @@ def test_clearclip_repo_gem_configs(dataset):
     assert cfg.model.strategy == dict(type='GEM', num_blocks=6, iterations=1,
                                       temperature=None, residual=False)
     assert cfg.model.decode_head.logit_scale == 50.0
-    assert cfg.model.text == clear.model.text
+    # gem_<ds> may allow shared synonyms for its own (SCLIP) file
+    assert {**cfg.model.text, 'shared_synonyms': 'error'} == \
+        {'shared_synonyms': 'error', **clear.model.text}
     assert cfg.model.prob_thd == clear.model.prob_thd
     assert cfg.model.test_cfg == clear.model.test_cfg
     assert cfg.model.clip.pos_interp == gem.model.clip.pos_interp == \

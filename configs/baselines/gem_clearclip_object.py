@@ -7,7 +7,9 @@ _base_ = ['./gem_object.py']
 model = dict(
     strategy=dict(residual=False),
     decode_head=dict(logit_scale=50.0),
+    # ClearCLIP's file has the single word "background": no shared synonym
     text=dict(
-        class_names='data/class_names/reference/clearclip_coco_object.txt'),
+        class_names='data/class_names/reference/clearclip_coco_object.txt',
+        shared_synonyms='error'),
     prob_thd=0.4,
 )
