@@ -1,4 +1,10 @@
-"""PnP-OVSS segmentor end to end: mmseg model, tools/test.py, search tool."""
+"""PnP-OVSS segmentor end to end: mmseg model, tools/test.py, search tool.
+
+The tools/test.py runs check values: their VOC20 dataset is planted
+(``mmseg_ovss.testing.planted``), its ground truth the tiny BLIP model's own
+prediction reached by a direct route, with a known corruption in the second
+image, so the tool must report the metrics counted by hand.
+"""
 import json
 import os
 import sys
@@ -12,8 +18,13 @@ from mmseg.structures import SegDataSample
 from mmengine.structures import PixelData
 
 import mmseg_ovss  # noqa: F401
+from mmseg_ovss.testing.planted import (CORRUPTED, IGNORE, IGNORED,
+                                        IMAGE_SIZE, encode_labels,
+                                        expected_metrics, plant_ground_truth,
+                                        planted_data_root,
+                                        reported_tolerance, uncorrupted)
 from mmseg_ovss.testing.tiny_blip import make_tiny_blip
-from mmseg_ovss.testing.tools import run_tool
+from mmseg_ovss.testing.tools import load_tool, run_tool
 from mmseg_ovss.utils.crf import crf_available
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
@@ -313,15 +324,116 @@ def voc20_root(tmp_path_factory):
         os.environ['OVSS_DATA_ROOT'] = previous
 
 
+# Text layer 2 / head 1 of the tiny random BLIP give the planted images maps
+# of many classes and some pixels left unlabelled (the "all classes off"
+# background channel, which predicts the ignore index 255 on VOC20); at the
+# paper's layer 8 every pixel is background, a degenerate check.
+PLANTED_OPTIONS = ('model.cross_attention_layer=2',
+                   'model.cross_attention_head=1')
+UNLABELLED = 255  # VOC20's ignore index, predicted by the background channel
+
+
+def _plant_voc20(tmp_path, cfg, corrupted=True):
+    """Plant VOC20 for the tools/test.py run of ``cfg`` with
+    ``PLANTED_OPTIONS`` (no checkpoint: the BLIP weights come from the
+    config, as a user runs PnP-OVSS); (tool argv, planted data).
+
+    No near-tie pixels are ignored (``tie_rtol``): the planting and the tool
+    run the same fp32 operations in one process at batch size 1, and
+    PnP-OVSS's threshold and Salience DropOut ranks make its labels
+    discontinuous in the BLIP scores anyway, beyond what a tie mask on the
+    final scores covers."""
+    data_root = planted_data_root('voc20', tmp_path / 'data')
+    argv = [str(cfg), '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+            *PLANTED_OPTIONS, f'test_dataloader.dataset.data_root={data_root}']
+    tool = load_tool('test')
+    planted = plant_ground_truth(tool.build_cfg(tool.parse_args(argv)),
+                                 tmp_path / 'data', None, corrupted=corrupted)
+    return argv, planted
+
+
+def _assert_hand_count(metrics, planted):
+    expected = planted.expected_metrics()
+    tolerance = reported_tolerance(planted.num_classes)
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert abs(float(metrics[key]) - expected[key]) <= tolerance, (
+            key, metrics, expected)
+
+
 @pytest.mark.parametrize('crf', [
     None, pytest.param(dict(iterations=2), marks=pytest.mark.skipif(
         not crf_available(), reason='pydensecrf (pydensecrf2) not installed'))
 ], ids=['no_crf', 'crf'])
-def test_tools_test_end_to_end_voc20(tmp_path, repo_root, blip_folder,
-                                     voc20_root, crf):
+def test_tools_test_end_to_end_voc20(tmp_path, repo_root, blip_folder, crf):
+    """tools/test.py reports the hand-counted metrics on planted VOC20
+    labels: image 1 exact (its unlabelled pixels ignored), image 2 with a
+    block of wrong labels, a block of ignored pixels and its unlabelled
+    pixels labelled class 0 (``planted.UNLABELLED_TRUTH``). GradCAM runs
+    inside the planting's no-grad predict as inside the tool's test loop."""
     cfg = _voc20_config(tmp_path, repo_root, blip_folder, crf=crf)
-    metrics = run_tool('test', [cfg, '--work-dir', tmp_path / 'work'])
-    assert 0 <= metrics['mIoU'] <= 100
+    argv, planted = _plant_voc20(tmp_path, cfg)
+    metrics = run_tool('test', argv)
+    first, second = planted.predictions
+    # non-degenerate maps: several classes in each image, unlabelled pixels
+    # in image 1 and in image 2 outside both blocks (misses the tool must
+    # count)
+    for prediction in planted.predictions:
+        assert len(np.unique(prediction[prediction != UNLABELLED])) >= 2
+    outside = np.ones(IMAGE_SIZE, dtype=bool)
+    outside[CORRUPTED] = outside[IGNORED] = False
+    unlabelled_first = int((first == UNLABELLED).sum())
+    missed = int(((second == UNLABELLED) & outside).sum())
+    assert unlabelled_first > 0 and missed > 0
+    # aAcc counted directly: image 1's labelled pixels all right; image 2:
+    # the 16 x 32 ignored block left out, the 16 x 32 corrupted block and
+    # the missed pixels wrong
+    pixels = IMAGE_SIZE[0] * IMAGE_SIZE[1]
+    valid = pixels - unlabelled_first + pixels - 16 * 32
+    assert planted.expected_metrics()['aAcc'] == pytest.approx(
+        100 * (1 - (16 * 32 + missed) / valid), rel=1e-12)
+    _assert_hand_count(metrics, planted)
+
+
+def test_planted_counts_unlabelled_predictions_as_misses():
+    """A prediction outside the classes (PnP-OVSS's 255) is in no class's
+    prediction area, only in its ground truth's area (mmseg's IoUMetric)."""
+    from mmseg.evaluation import IoUMetric
+    pred = np.array([[0, UNLABELLED], [1, 1]])
+    gt = np.array([[0, 0], [1, 2]])
+    # by hand, classes 0 / 1 / 2: I = 1 / 1 / 0, U = 2 / 2 / 1, gt area
+    # 2 / 1 / 1
+    expected = dict(aAcc=50.0, mIoU=100 * (0.5 + 0.5 + 0) / 3,
+                    mAcc=100 * (0.5 + 1 + 0) / 3)
+    got = expected_metrics([pred], [gt], 3)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12)
+    areas = IoUMetric.intersect_and_union(torch.from_numpy(pred),
+                                          torch.from_numpy(gt), 3, 255)
+    assert [a.tolist() for a in areas] == [[1, 1, 0], [2, 2, 1], [1, 2, 0],
+                                           [2, 1, 1]]
+    # the ground truth of an unlabelled pixel is ignored, not 255 + 1
+    # (which VOC20's uint8 label files would wrap around to 0)
+    truth = uncorrupted(pred, 20)
+    assert truth.tolist() == [[0, IGNORE], [1, 1]]
+    assert encode_labels(truth, 'voc20').tolist() == [[1, 255], [2, 2]]
+    with pytest.raises(OVSSDataError, match=r'voc20 labels \[255\].*uint8'):
+        encode_labels(pred, 'voc20')
+
+
+def test_tools_test_uncorrupted_voc20_scores_exactly_100(tmp_path, repo_root,
+                                                         blip_folder):
+    """Ground truth = the direct prediction (unlabelled pixels ignored):
+    through the real tool every metric is 100; a negative control, the
+    tool run at another cross-attention head, is far from it."""
+    cfg = _voc20_config(tmp_path, repo_root, blip_folder, crf=None)
+    argv, planted = _plant_voc20(tmp_path, cfg, corrupted=False)
+    metrics = run_tool('test', argv)
+    assert {k: float(metrics[k]) for k in ('aAcc', 'mIoU', 'mAcc')} == \
+        dict(aAcc=100.0, mIoU=100.0, mAcc=100.0)
+    for prediction in planted.predictions:
+        assert len(np.unique(prediction[prediction != UNLABELLED])) >= 2
+    other = run_tool('test', argv + ['model.cross_attention_head=2'])
+    assert float(other['mIoU']) < 90
 
 
 def test_search_reward_masks_are_per_class():

@@ -22,6 +22,15 @@ aAcc = mIoU = mAcc = 100 without corruption, and the exact per-class
 intersections and unions with it. This checks resizing, label encoding and
 alignment, the ignore index and the metric plumbing through the real tool.
 
+A segmentor may leave pixels unlabelled: a prediction outside the classes
+``[0, K)``, e.g. PnP-OVSS's "all classes off" background channel on a
+dataset without a background class predicts the ignore index 255. mmseg's
+``IoUMetric`` counts such a pixel in no class's prediction area. Its ground
+truth is ignored in the first image (the model's own "no class" is the
+dataset's "ignored", as VOC20's background) and is class
+:data:`UNLABELLED_TRUTH` in the corrupted images, so that there the tool
+must count each one as a miss of that class.
+
 Any mmseg segmentor works: the CLIP segmentors of this package (given the
 dataset's classes) and mmseg's ``EncoderDecoder`` (the tiny SegFormer of
 :mod:`mmseg_ovss.testing.tiny_configs`). The model is built from the config
@@ -38,7 +47,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mmseg_ovss.utils.errors import OVSSConfigError
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 from .tiny_datasets import LAYOUTS, _write_label, make_tiny_dataset, sample_ids
 
@@ -77,6 +86,9 @@ IMAGE_SIZE = (64, 96)
 CORRUPTED = (slice(8, 24), slice(16, 48))
 IGNORED = (slice(40, 56), slice(56, 88))
 IGNORE = -1  # ignored pixels in the label maps returned here
+# ground truth of the unlabelled pixels (predictions outside [0, K)) of the
+# corrupted images
+UNLABELLED_TRUTH = 0
 
 
 def benchmark_of(cfg) -> str:
@@ -90,9 +102,23 @@ def benchmark_of(cfg) -> str:
 
 
 def encode_labels(labels: np.ndarray, benchmark: str) -> np.ndarray:
-    """Class ids (``IGNORE`` for ignored pixels) -> values on disk."""
+    """Class ids (``IGNORE`` for ignored pixels) -> values on disk.
+
+    A value that the benchmark's label files cannot hold (uint8 PNG, uint16
+    TIFF) raises :class:`OVSSDataError` instead of wrapping around (VOC20's
+    255 + 1 would be written as 0, its background).
+    """
     offset, ignored = LABEL_ENCODING[benchmark]
-    return np.where(labels == IGNORE, ignored, labels + offset)
+    encoded = np.where(labels == IGNORE, ignored, labels + offset)
+    dtype = np.dtype(np.uint16 if LAYOUTS[benchmark].wide else np.uint8)
+    bad = (encoded < 0) | (encoded > np.iinfo(dtype).max)
+    if bad.any():
+        raise OVSSDataError(
+            f'{benchmark} labels {sorted(set(labels[bad].tolist()))[:5]} '
+            f'encode to values outside its {dtype.name} label files; pass '
+            f'class ids or IGNORE ({IGNORE}), e.g. unlabelled predictions '
+            'through uncorrupted() or corrupt()')
+    return encoded
 
 
 def pipeline_resize_scale(cfg) -> Optional[Tuple[int, int]]:
@@ -184,7 +210,9 @@ def expected_metrics(predictions: Sequence[np.ndarray],
     Per class c: I_c = #(pred = c = gt), U_c = #(pred = c) + #(gt = c) - I_c
     over non-ignored pixels; IoU_c = I_c / U_c and Acc_c = I_c / #(gt = c),
     classes with a zero denominator left out of the means (mmseg's
-    IoUMetric semantics).
+    IoUMetric semantics). An unlabelled prediction (outside ``[0, K)``)
+    counts in no class's prediction area (mmseg's ``histc`` over the K
+    bins), only in its ground truth's area.
     """
     inter = np.zeros(num_classes)
     pred_area = np.zeros(num_classes)
@@ -193,7 +221,8 @@ def expected_metrics(predictions: Sequence[np.ndarray],
         valid = gt != IGNORE
         pred, gt = pred[valid], gt[valid]
         inter += np.bincount(gt[pred == gt], minlength=num_classes)
-        pred_area += np.bincount(pred, minlength=num_classes)
+        pred_area += np.bincount(pred[~unlabelled(pred, num_classes)],
+                                 minlength=num_classes)
         gt_area += np.bincount(gt, minlength=num_classes)
     union = pred_area + gt_area - inter
     iou = inter[union > 0] / union[union > 0]
@@ -211,11 +240,26 @@ def reported_tolerance(num_classes: int) -> float:
         np.finfo(np.float32).eps)
 
 
+def unlabelled(prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """Mask of the pixels a segmentor left unlabelled: predictions outside
+    ``[0, num_classes)`` (e.g. its ignore index)."""
+    return (prediction < 0) | (prediction >= num_classes)
+
+
+def uncorrupted(prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """Ground truth = prediction, ``IGNORE`` where it is unlabelled."""
+    label = prediction.copy()
+    label[unlabelled(prediction, num_classes)] = IGNORE
+    return label
+
+
 def corrupt(prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    """Ground truth = prediction, except (pred + 1) mod K on ``CORRUPTED``
-    and ``IGNORE`` on ``IGNORED``."""
+    """Ground truth = prediction, except (pred + 1) mod K on ``CORRUPTED``,
+    ``UNLABELLED_TRUTH`` where the prediction is unlabelled (outside
+    ``IGNORED``) and ``IGNORE`` on ``IGNORED``."""
     label = prediction.copy()
     label[CORRUPTED] = (label[CORRUPTED] + 1) % num_classes
+    label[unlabelled(prediction, num_classes)] = UNLABELLED_TRUTH
     label[IGNORED] = IGNORE
     return label
 
@@ -279,7 +323,8 @@ def plant_ground_truth(cfg, root: Union[str, Path],
                 f'{image}: prediction of shape {prediction.shape}, not the '
                 f'original {IMAGE_SIZE}')
         truth = corrupt(prediction, len(classes)) if (
-            corrupted and index > 0) else prediction.copy()
+            corrupted and index > 0) else uncorrupted(prediction,
+                                                      len(classes))
         ties = np.zeros(IMAGE_SIZE, dtype=bool) if tie_rtol is None else \
             near_ties(result.seg_logits.data, tie_rtol)
         truth[ties] = IGNORE
