@@ -218,6 +218,9 @@ def test_softmax_normalization_for_the_attention_only_row(blip_folder):
         build(blip_folder, normalization='softmax')
     with pytest.raises(OVSSConfigError, match='normalization'):
         build(blip_folder, normalization='sigmoid')
+    # --cfg-options model.crf=dict(iterations=2) arrives as a string
+    with pytest.raises(OVSSConfigError, match='model.crf.iterations=2'):
+        build(blip_folder, crf='dict(iterations=2)')
 
 
 def test_class_sources(blip_folder, tmp_path):
@@ -278,7 +281,8 @@ def test_config_vocabularies_match_their_datasets(repo_root, name):
     cfg = Config.fromfile(f'{repo_root}/configs/pnp_ovss/blip_{name}.py')
     dataset = DATASETS.get(cfg.test_dataloader.dataset.type)
     classes = list(dataset.METAINFO['classes'])
-    synonyms = read_synonyms(cfg.model.class_names)
+    synonyms = read_synonyms(cfg.model.class_names,
+                             cfg.model.get('shared_synonyms', 'error'))
     assert len(synonyms) == len(classes)
     first = [names[0] for names in synonyms]
     if name == 'voc20':

@@ -160,6 +160,12 @@ class PnPOVSS(BaseSegmentor):
         self.threshold = threshold
         self.threshold_mode = threshold_mode
         self.blur_sigma = blur_sigma
+        if crf is not None and not isinstance(crf, dict):
+            raise OVSSConfigError(
+                f'crf must be None or a dict of dense_crf settings, got '
+                f'{crf!r} ({type(crf).__name__}); on the command line set '
+                'single values (--cfg-options model.crf.iterations=2) or '
+                'switch it off (model.crf=None)')
         if crf is not None:
             require_crf()
             crf = {**DEFAULT_CRF, **crf}
