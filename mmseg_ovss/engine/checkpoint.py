@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import HOOKS
 
@@ -361,8 +361,11 @@ class CheckpointKeysHook(Hook):
         self.filename = filename
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = runner.model
+        # the model the weights go to, unwrapped as mmengine's
+        # load_state_dict does (DDP wrappers, a test-time-augmentation model)
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
         match = KeyMatch(model, checkpoint)
         if match.fraction < self.min_fraction:
             raise OVSSWeightsError(match.describe(
