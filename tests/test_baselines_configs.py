@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-from mmseg_ovss.testing.planted import (benchmark_of, plant_ground_truth,
-                                        planted_data_root)
-from mmseg_ovss.testing.tools import load_tool, run_tool
+from mmseg_ovss.testing.planted import assert_reported
+from mmseg_ovss.testing.planted import run_planted as planted_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'configs' / 'baselines').glob('*.py'))
@@ -166,27 +165,9 @@ def run_planted(config: Path, tmp_path: Path, extra_options=(),
     """Plant a tiny dataset for ``config`` (shrunk), run ``tools/test.py``
     on it with the planted model's checkpoint; (metrics, planted data)."""
     cfg = Config.fromfile(str(config))
-    data_root = planted_data_root(benchmark_of(cfg), tmp_path / 'data')
-    argv = [config, '--work-dir', tmp_path / 'work', '--cfg-options',
-            *shrink_options(cfg), *extra_options,
-            f'test_dataloader.dataset.data_root={data_root}']
-    tool = load_tool('test')
-    run_cfg = tool.build_cfg(tool.parse_args([str(a) for a in argv]))
-    planted = plant_ground_truth(run_cfg, tmp_path / 'data',
-                                 tmp_path / 'planted.pth',
-                                 corrupted=corrupted)
-    metrics = run_tool('test', [argv[0], planted.checkpoint, *argv[1:]])
-    return metrics, planted
-
-
-def assert_reported(metrics, expected, num_classes):
-    """The tool reports percentages rounded to 2 decimals (half a unit of
-    the last digit: 0.005) from float32 ratios of exact pixel counts
-    averaged over at most num_classes classes (100 * (K + 2) * eps)."""
-    tol = 0.005 + 100 * (num_classes + 2) * np.finfo(np.float32).eps
-    for key, value in expected.items():
-        assert abs(float(metrics[key]) - value) <= tol, (key, metrics,
-                                                          expected)
+    return planted_run(config, tmp_path,
+                       [*shrink_options(cfg), *extra_options],
+                       corrupted=corrupted)
 
 
 @pytest.mark.parametrize('config', CONFIGS, ids=lambda p: p.stem)

@@ -1,8 +1,9 @@
-"""FreeCPHead on real tiny CLIP features; configs; tools/test.py end to end."""
-import json
+"""FreeCPHead on real tiny CLIP features; configs; tools/test.py end to end
+on planted tiny datasets (mmseg_ovss.testing.planted): hand-counted metrics."""
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,8 @@ from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
 from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
+from mmseg_ovss.testing.planted import assert_reported, run_planted
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
-from mmseg_ovss.testing.tools import run_tool
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -473,12 +474,36 @@ FREECP_CONFIGS = sorted(p.stem for p in (REPO / 'configs' / 'freecp').glob(
     '*.py'))
 
 
-@pytest.mark.parametrize('name', FREECP_CONFIGS)
-def test_tools_test_end_to_end(name, tiny_data_root, tmp_path):
-    """Every FreeCP config runs tools/test.py (tiny random CLIP/DINO)."""
+def run_shrunk(name: str, tmp_path: Path, corrupted: bool = True):
+    """Plant a tiny dataset for the shrunk FreeCP config ``name`` and run
+    tools/test.py on it: (metrics, planted data)."""
     cfg = shrink(Config.fromfile(str(REPO / 'configs' / 'freecp' /
                                      f'{name}.py')))
     path = tmp_path / f'{name}.py'
     cfg.dump(str(path))
-    metrics = run_tool('test', [path, '--work-dir', tmp_path / 'work'])
-    assert 0.0 <= metrics['mIoU'] <= 100.0
+    return run_planted(path, tmp_path, corrupted=corrupted)
+
+
+@pytest.mark.parametrize('name', FREECP_CONFIGS)
+def test_tools_test_end_to_end(name, tmp_path):
+    """Every FreeCP config runs tools/test.py (tiny random CLIP/DINO) and
+    reports the metrics counted by hand on planted labels: the ground truth
+    is the model's own direct prediction on the hand-loaded image, exact in
+    image 1, with a block of wrong labels and a block of ignored pixels in
+    image 2."""
+    metrics, planted = run_shrunk(name, tmp_path)
+    expected = planted.expected_metrics()
+    # the corruption is visible: 512 pixels wrong, 512 of 12288 ignored
+    assert expected['aAcc'] == pytest.approx(100 * (1 - 512 / 11776))
+    assert_reported(metrics, expected, planted.num_classes)
+
+
+@pytest.mark.parametrize('name', ['naclip_stuff', 'maskclip_city'])
+def test_uncorrupted_planted_labels_score_exactly_100(name, tmp_path):
+    """Ground truth = the direct prediction on the loaded, normalised
+    image: through the real tool every metric is exactly 100, on label
+    maps with several classes (so resizing and alignment are checked)."""
+    metrics, planted = run_shrunk(name, tmp_path, corrupted=False)
+    assert {k: float(metrics[k]) for k in ('aAcc', 'mIoU', 'mAcc')} == \
+        dict(aAcc=100.0, mIoU=100.0, mAcc=100.0)
+    assert len(np.unique(planted.predictions[0])) >= 2

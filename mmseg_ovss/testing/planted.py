@@ -371,3 +371,52 @@ def planted_data_root(benchmark: str, root: Union[str, Path]) -> str:
     """Where :func:`plant_ground_truth` writes ``benchmark`` below ``root``
     (the value of ``test_dataloader.dataset.data_root``)."""
     return str(Path(root) / LAYOUTS[benchmark].root)
+
+
+def assert_reported(metrics, expected: Dict[str, float],
+                    num_classes: int) -> None:
+    """Every metric of ``expected`` (:func:`expected_metrics`) is what the
+    tool reported, within :func:`reported_tolerance`."""
+    tol = reported_tolerance(num_classes)
+    for key, value in expected.items():
+        if key not in metrics:
+            raise AssertionError(
+                f'the tool reported no {key!r}; it reported {sorted(metrics)}')
+        if not abs(float(metrics[key]) - value) <= tol:
+            raise AssertionError(
+                f'{key}: the tool reported {float(metrics[key])}, counted by '
+                f'hand {value} (tolerance {tol}); all reported: '
+                f'{dict(metrics)}, counted: {expected}')
+
+
+def run_planted(config: Union[str, Path], tmp_path: Union[str, Path],
+                options: Sequence[str] = (), corrupted: bool = True,
+                seed: int = 0):
+    """Plant a tiny dataset for ``config`` and run ``tools/test.py`` on it.
+
+    The tool's command line is ``CONFIG CHECKPOINT --work-dir
+    TMP/work --cfg-options *options test_dataloader.dataset.data_root=...``
+    (``options``: e.g. the settings that make the config tiny). The dataset
+    is planted (:func:`plant_ground_truth`) below ``tmp_path / 'data'`` from
+    the very config the tool runs, its model saved to ``tmp_path /
+    'planted.pth'``, the checkpoint the tool evaluates.
+
+    Returns:
+        tuple: (the metrics the tool returned, :class:`PlantedDataset`).
+    """
+    from mmengine.config import Config
+
+    from .tools import load_tool, run_tool
+    tmp_path = Path(tmp_path)
+    cfg = Config.fromfile(str(config))
+    data_root = planted_data_root(benchmark_of(cfg), tmp_path / 'data')
+    argv = [str(config), '--work-dir', str(tmp_path / 'work'),
+            '--cfg-options', *[str(o) for o in options],
+            f'test_dataloader.dataset.data_root={data_root}']
+    tool = load_tool('test')
+    run_cfg = tool.build_cfg(tool.parse_args(argv))
+    planted = plant_ground_truth(run_cfg, tmp_path / 'data',
+                                 tmp_path / 'planted.pth',
+                                 corrupted=corrupted, seed=seed)
+    metrics = run_tool('test', [argv[0], planted.checkpoint, *argv[1:]])
+    return metrics, planted
