@@ -23,7 +23,7 @@ from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
 from mmseg_ovss.utils.errors import (OVSSConfigError,  # noqa: E402
-                                     OVSSDataError, OVSSWeightsError)
+                                     OVSSDataError)
 
 
 def parse_args(argv=None):
@@ -105,12 +105,8 @@ def build_cfg(args) -> Config:
     cfg = load_runner_config(args)
     keep_test_loop_only(cfg)
     if args.checkpoint is not None:
-        if not osp.isfile(args.checkpoint):
-            raise OVSSWeightsError(
-                f'checkpoint "{args.checkpoint}" does not exist; pass the path '
-                'of a .pth file saved by tools/train.py, or no checkpoint for '
-                'a training-free model.')
-        check_checkpoint_file(args.checkpoint)  # empty, cut, not a checkpoint
+        # missing, empty, cut short or not a checkpoint
+        check_checkpoint_file(args.checkpoint)
         cfg.load_from = args.checkpoint
     if cfg.get('load_from'):
         # refuse a checkpoint that matches few of the model's keys

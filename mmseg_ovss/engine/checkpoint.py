@@ -136,7 +136,8 @@ def check_checkpoint_file(path: str) -> None:
     if not osp.isfile(path):
         raise OVSSWeightsError(
             f'checkpoint "{path}" does not exist; pass the path of a .pth '
-            'file saved by tools/train.py.')
+            'file saved by tools/train.py (a training-free model needs '
+            'none).')
     problem = checkpoint_file_problem(path)
     if problem:
         raise bad_checkpoint_error(path, problem)
@@ -164,6 +165,9 @@ def load_from_local(filename, map_location):
                    "{'state_dict': torch.load(path, weights_only=False)"
                    "['state_dict']}, new_path).")
             raise bad_checkpoint_error(filename, problem, fix) from err
+        if problem is None and isinstance(err, RuntimeError) and (
+                'device' in str(err) or 'CUDA' in str(err)):
+            raise  # a sound file for another device: map_location's error
         problem = problem or (f'cannot be read ({type(err).__name__}: '
                               f'{err}); it may be cut short or corrupt')
         raise bad_checkpoint_error(filename, problem) from err

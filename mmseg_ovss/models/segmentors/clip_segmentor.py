@@ -109,10 +109,12 @@ class SegLogitsStore:
         self.stride = 1
         if max_mb is not None:
             budget = max_mb * 2**20
-            self.stride = 0 if budget < 4 * num_classes else next(
-                s for s in range(1, max(height, width) + 1)
-                if 4 * num_classes * -(-height // s) * -(-width // s)
-                <= budget)
+            # max_mb=0: nothing; a budget under one pixel's scores still
+            # keeps one pixel (and says so) rather than nothing silently
+            self.stride = 0 if budget == 0 else next(
+                (s for s in range(1, max(height, width) + 1)
+                 if 4 * num_classes * -(-height // s) * -(-width // s)
+                 <= budget), max(height, width))
         self.data = None
         if self.stride:
             self.data = torch.empty(
@@ -299,14 +301,23 @@ class CLIPDenseSegmentor(BaseSegmentor):
                self.shared_synonyms)
         if getattr(self, '_vocabulary_key', None) == key:
             return self._vocabulary
-        vocab = vocabulary_from(self.dataset_classes, self.class_names_file,
-                                shared_synonyms=self.shared_synonyms)
-        background = self._background_index(vocab.synonyms)
-        vocab = dataclasses.replace(vocab, background_class=background)
+        parsed = vocabulary_from(self.dataset_classes, self.class_names_file,
+                                 shared_synonyms=self.shared_synonyms)
+        background = self._background_index(parsed.synonyms)
+        synonyms = parsed.synonyms
         if self.background_names and background is not None:
-            synonyms = list(vocab.synonyms)
+            synonyms = list(synonyms)
             synonyms[background] = tuple(self.background_names)
-            vocab = dataclasses.replace(vocab, synonyms=tuple(synonyms))
+            synonyms = tuple(synonyms)
+        if synonyms == parsed.synonyms:
+            # the same names: checked (and warned about) once already
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', UserWarning)
+                vocab = dataclasses.replace(parsed,
+                                            background_class=background)
+        else:  # the background's words replaced: check the final names
+            vocab = dataclasses.replace(parsed, synonyms=synonyms,
+                                        background_class=background)
         if (self.class_names_file and self.dataset_classes is not None
                 and len(self.dataset_classes) != vocab.num_classes):
             raise OVSSConfigError(
