@@ -23,14 +23,10 @@ def repo_root() -> Path:
 @pytest.fixture(scope='session')
 def tiny_data_root(tmp_path_factory) -> Path:
     """Every benchmark's tiny dataset under one root; exported as OVSS_DATA_ROOT."""
-    from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
+    from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
+                                                  make_tiny_dataset)
     root = tmp_path_factory.mktemp('ovss_data')
     for name in BENCHMARKS:
         make_tiny_dataset(name, root)
-    previous = os.environ.get('OVSS_DATA_ROOT')
-    os.environ['OVSS_DATA_ROOT'] = str(root)
-    yield root
-    if previous is None:
-        os.environ.pop('OVSS_DATA_ROOT', None)
-    else:
-        os.environ['OVSS_DATA_ROOT'] = previous
+    with exported_data_root(root):
+        yield root

@@ -4,7 +4,6 @@ A checkpoint whose keys do not fit the model, a file that is empty, cut
 short or of another kind, and a ``--resume`` with nothing (or a cut file)
 to resume from each stop with a message that names the file and the fix.
 """
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -27,16 +26,12 @@ JPEG = REPO_ROOT / 'data' / 'samples' / 'cat.jpg'
 
 @pytest.fixture(scope='module')
 def voc21_root(tmp_path_factory):
-    from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
+    from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
+                                                  make_tiny_dataset)
     root = tmp_path_factory.mktemp('ckpt_data')
     make_tiny_dataset('voc21', root)
-    previous = os.environ.get('OVSS_DATA_ROOT')
-    os.environ['OVSS_DATA_ROOT'] = str(root)
-    yield root
-    if previous is None:
-        os.environ.pop('OVSS_DATA_ROOT', None)
-    else:
-        os.environ['OVSS_DATA_ROOT'] = previous
+    with exported_data_root(root):
+        yield root
 
 
 def _config(tmp_path, name='tiny.py', width=8, **kwargs):

@@ -163,6 +163,13 @@ def _save_with_orientation(path, orientation):
     image.save(path, exif=exif.tobytes(), quality=95)
 
 
+# the fix the EXIF errors give: keep the stored pixel order
+IGNORE_ORIENTATION_PIPELINE = [
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
+    dict(type='LoadCheckedAnnotations'),
+    dict(type='PackSegInputs')]
+
+
 def test_exif_rotated_photo_is_explained(tmp_path, monkeypatch):
     """LoadImageFromFile turns an Orientation=6 JPEG upright (64x96 stored
     -> 96x64 loaded); the label map is read as stored."""
@@ -178,12 +185,8 @@ def test_exif_rotated_photo_is_explained(tmp_path, monkeypatch):
     assert 'Orientation=6' in message
     assert "color_type='color_ignore_orientation'" in message
     # the fix the message gives: keep the stored pixel order
-    pipeline = [dict(type='LoadImageFromFile',
-                     color_type='color_ignore_orientation'),
-                dict(type='LoadCheckedAnnotations'),
-                dict(type='PackSegInputs')]
     dataset = build_test_dataset('voc21', tmp_path, monkeypatch,
-                                 pipeline=pipeline)
+                                 pipeline=IGNORE_ORIENTATION_PIPELINE)
     sample = dataset[0]['data_samples']
     assert tuple(sample.ori_shape) == sample.gt_sem_seg.shape == (64, 96)
 
@@ -196,10 +199,6 @@ def test_size_keeping_exif_rotation_warns(tmp_path, monkeypatch):
     dataset = build_test_dataset('voc21', tmp_path, monkeypatch)
     with pytest.warns(UserWarning, match=r'Orientation=3 \(rotated 180'):
         dataset[1]
-    pipeline = [dict(type='LoadImageFromFile',
-                     color_type='color_ignore_orientation'),
-                dict(type='LoadCheckedAnnotations'),
-                dict(type='PackSegInputs')]
     dataset = build_test_dataset('voc21', tmp_path, monkeypatch,
-                                 pipeline=pipeline)
+                                 pipeline=IGNORE_ORIENTATION_PIPELINE)
     assert not dataset.applies_exif_orientation

@@ -12,8 +12,8 @@ from PIL import Image
 import mmseg_ovss  # noqa: F401  (registers the metric)
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 from mmseg_ovss.evaluation.iou_metric import OVSSIoUMetric
+from mmseg_ovss.testing.planted import predict_bgr
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
 from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
 from mmseg_ovss.testing.tools import run_tool
@@ -113,15 +113,7 @@ def _tiny_ade847(tmp_path, monkeypatch):
 def _predict(model, image_path):
     """The model's labels for one image at its own size (no resize needed:
     the test pipeline's Resize(96, 48) keeps a 48x96 image as it is)."""
-    image = cv2.imread(str(image_path))
-    inputs = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-    data = model.data_preprocessor(dict(inputs=[inputs]), False)
-    shape = image.shape[:2]
-    sample = SegDataSample(metainfo=dict(
-        ori_shape=shape, img_shape=shape, pad_shape=shape,
-        padding_size=[0, 0, 0, 0]))
-    with torch.no_grad():
-        result = model.predict(data['inputs'], [sample])[0]
+    result = predict_bgr(model, cv2.imread(str(image_path)))
     return result.pred_sem_seg.data[0].numpy(), result.seg_logits.data
 
 

@@ -6,7 +6,6 @@ prediction reached by a direct route, with a known corruption in the second
 image, so the tool must report the metrics counted by hand.
 """
 import json
-import os
 import sys
 
 import numpy as np
@@ -316,16 +315,12 @@ model = {model!r}
 
 @pytest.fixture(scope='module')
 def voc20_root(tmp_path_factory):
-    from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
+    from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
+                                                  make_tiny_dataset)
     root = tmp_path_factory.mktemp('pnp_data')
     make_tiny_dataset('voc20', root)
-    previous = os.environ.get('OVSS_DATA_ROOT')
-    os.environ['OVSS_DATA_ROOT'] = str(root)
-    yield root
-    if previous is None:
-        os.environ.pop('OVSS_DATA_ROOT', None)
-    else:
-        os.environ['OVSS_DATA_ROOT'] = previous
+    with exported_data_root(root):
+        yield root
 
 
 # Text layer 2 / head 1 of the tiny random BLIP give the planted images maps

@@ -21,9 +21,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmseg_ovss.testing.hooks  # noqa: F401  (fault-injection hooks)
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 from mmseg_ovss.engine.hooks import NonFiniteLossError
 from mmseg_ovss.engine.launch import check_config_keys
+from mmseg_ovss.testing.planted import predict_bgr
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
 from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
 from mmseg_ovss.testing.tools import run_tool
@@ -176,14 +176,7 @@ def test_tta_is_refused_for_training_free_segmentors():
 
 def _predict(model, image: np.ndarray) -> torch.Tensor:
     """Class scores (C, H, W) of the model on one BGR image, unflipped."""
-    inputs = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    data = model.data_preprocessor(dict(inputs=[inputs]), False)
-    shape = image.shape[:2]
-    sample = SegDataSample(metainfo=dict(
-        ori_shape=shape, img_shape=shape, pad_shape=shape,
-        padding_size=[0, 0, 0, 0]))
-    with torch.no_grad():
-        return model.predict(data['inputs'], [sample])[0].seg_logits.data
+    return predict_bgr(model, image).seg_logits.data
 
 
 def test_flip_tta_averages_the_image_and_its_mirror(tmp_path, monkeypatch):

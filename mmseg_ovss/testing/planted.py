@@ -163,6 +163,21 @@ def predict_sample(model, path: Path, scale, preprocess):
         return model.predict(inputs, [sample])[0]
 
 
+def predict_bgr(model, image: np.ndarray):
+    """The ``SegDataSample`` ``model.predict`` returns for one (H, W, 3) BGR
+    image at its own size, through the model's own data preprocessor."""
+    import torch
+    from mmseg.structures import SegDataSample
+    inputs = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    data = model.data_preprocessor(dict(inputs=[inputs]), False)
+    shape = image.shape[:2]
+    sample = SegDataSample(metainfo=dict(
+        ori_shape=shape, img_shape=shape, pad_shape=shape,
+        padding_size=[0, 0, 0, 0]))
+    with torch.no_grad():
+        return model.predict(data['inputs'], [sample])[0]
+
+
 def predict_file(model, path: Path, scale, preprocess) -> np.ndarray:
     """(H, W) labels of one image file at its original size, by hand (see
     :func:`predict_sample`)."""

@@ -8,7 +8,9 @@ dataset's label conventions (palette PNG for VOC, 0 = background / "other",
 files included. Labels are blocks of random ids, so nearest-neighbour
 resizing keeps them meaningful.
 """
+import os
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -212,3 +214,19 @@ def make_tiny_dataset(name: str,
                 data_root / layout.seg_dirs[split_index] /
                 f'{sample_id}{layout.seg_suffix}', label, layout)
     return str(data_root)
+
+
+@contextmanager
+def exported_data_root(root: Union[str, Path]):
+    """Set ``OVSS_DATA_ROOT`` (the configs' data root) to ``root`` for the
+    block, then restore what it was (module- and session-scoped fixtures
+    cannot use ``monkeypatch``)."""
+    previous = os.environ.get('OVSS_DATA_ROOT')
+    os.environ['OVSS_DATA_ROOT'] = str(root)
+    try:
+        yield Path(root)
+    finally:
+        if previous is None:
+            os.environ.pop('OVSS_DATA_ROOT', None)
+        else:
+            os.environ['OVSS_DATA_ROOT'] = previous
