@@ -122,6 +122,8 @@ CASES = [
     ('cosine', SLIDE, dict(prob_thd=0.2)),
     ('cosine', dict(mode='whole'), dict(area_thd=0.2)),
     ('cosine', SLIDE, dict(area_thd=0.2, prob_thd=0.15)),
+    # one band: the area pass's scores are reused for the labels
+    ('cosine', SLIDE, dict(area_thd=0.2, tile_mb=64.0)),
     ('cosine', SLIDE, dict(pamr=dict(num_iter=2, dilations=(1, 2)))),
     ('freecp', SLIDE, dict()),
     ('freecp', dict(mode='whole'), dict(background=False)),

@@ -520,19 +520,31 @@ class CLIPDenseSegmentor(BaseSegmentor):
         bands = self._score_bands(maps, image, vocab, out_shape)
         num_classes = vocab.num_classes
         keep = None
+        scored = bands
         if self.area_thd is not None and num_classes > 1:
             area = torch.zeros(num_classes, dtype=torch.long,
                                device=image.device)
-            for _, scores in bands():
+            # the area pass's bands are kept for the label pass while they
+            # fit one tile (an image of one band is scored once)
+            kept, room = [], self.tile_mb * 2**20 / 4
+            for top, scores in bands():
                 with profile_stage('postprocess'):
                     area += torch.bincount(scores.argmax(0).flatten(),
                                            minlength=num_classes)
+                if kept is not None:
+                    room -= scores.numel()
+                    if room < 0:
+                        kept = None
+                    else:
+                        kept.append((top, scores))
             keep = self._area_keep(area.float(), vocab)
+            if kept is not None:
+                scored = lambda: kept  # noqa: E731
         labels = torch.empty(tuple(out_shape), dtype=torch.long,
                              device=image.device)
         store = SegLogitsStore(num_classes, out_shape, self.seg_logits_max_mb,
                                self.seg_logits_renormalize, image.device)
-        for top, scores in bands():
+        for top, scores in scored():
             with profile_stage('postprocess'):
                 if keep is not None:
                     scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
