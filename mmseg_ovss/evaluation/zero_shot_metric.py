@@ -1,5 +1,4 @@
 """Zero-shot metric: pAcc, mIoU, mIoU(seen), mIoU(unseen) and hIoU."""
-import json
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -10,20 +9,9 @@ from prettytable import PrettyTable
 
 from mmseg.registry import METRICS
 
+from mmseg_ovss.datasets.zero_shot import load_zero_shot_split
 from mmseg_ovss.evaluation.iou_metric import OVSSIoUMetric
 from mmseg_ovss.utils.errors import OVSSConfigError
-from mmseg_ovss.utils.paths import resolve_data_path
-
-
-def load_split(path: str) -> dict:
-    """Read a ``data/splits/*.json`` zero-shot split."""
-    with open(resolve_data_path(path), encoding='utf-8') as f:
-        split = json.load(f)
-    if 'unseen_ids' not in split:
-        raise OVSSConfigError(
-            f'split file {path} has no "unseen_ids" list; see '
-            'data/splits/voc_15_5.json for the format')
-    return split
 
 
 def zero_shot_scores(intersect: torch.Tensor, union: torch.Tensor,
@@ -86,8 +74,9 @@ class ZeroShotIoUMetric(OVSSIoUMetric):
             raise OVSSConfigError(
                 'ZeroShotIoUMetric needs exactly one of split= (e.g. '
                 "'data/splits/voc_15_5.json') or unseen_ids=[...]")
-        self.split = load_split(split) if split is not None else None
-        ids = self.split['unseen_ids'] if self.split else unseen_ids
+        self.split = (load_zero_shot_split(split)
+                      if split is not None else None)
+        ids = self.split.unseen_ids if self.split else unseen_ids
         self.unseen_ids = [int(i) for i in ids]
         if not self.unseen_ids:
             raise OVSSConfigError('ZeroShotIoUMetric: the unseen class list '
@@ -101,22 +90,8 @@ class ZeroShotIoUMetric(OVSSIoUMetric):
                 f'ZeroShotIoUMetric: unseen ids {out_of_range} do not exist '
                 f'in a dataset of {num_classes} classes; use the split file '
                 'of this dataset')
-        if self.split is None:
-            return
-        expected = self.split.get('num_classes')
-        if expected is not None and expected != num_classes:
-            raise OVSSConfigError(
-                f'split {self.split.get("name")} is for '
-                f'{self.split.get("dataset")} ({expected} classes) but the '
-                f'dataset has {num_classes} classes; use the matching split '
-                'or dataset config')
-        names = self.split.get('unseen_names')
-        found = [class_names[i].strip() for i in self.unseen_ids]
-        if names and found != names:
-            raise OVSSConfigError(
-                f'split {self.split.get("name")}: unseen names {names} do not '
-                'match the dataset classes at those ids '
-                f'{[class_names[i] for i in self.unseen_ids]}')
+        if self.split is not None:
+            self.split.check_classes(class_names)
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         class_names = self.dataset_meta['classes']
