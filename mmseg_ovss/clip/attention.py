@@ -2,9 +2,14 @@
 
 The dense strategies re-use the block's own projections (``attn.in_proj_*``
 and ``attn.out_proj`` of ``nn.MultiheadAttention``) and change only how the
-token-to-token weights are formed.
+token-to-token weights are formed. :func:`block_forward` and
+:func:`block_forward_with_attention` write a whole block out from its own
+modules (``ln_1``, the attention projections, ``ls_1``, ``ln_2``, ``mlp``,
+``ls_2``) so that an attention mask and drop path can be added; they work
+unchanged when q/k/v are split by :func:`mmseg_ovss.clip.freeze.
+split_qkv_projection` (``attn.in_proj_weight`` still reads fused there).
 """
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,31 +71,97 @@ def score_batch_size(q: Tensor) -> int:
     return max(1, CPU_SCORE_ELEMENTS // (heads * n * n))
 
 
+def apply_mask(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Attention logits with a mask: ``scores + mask`` for an additive
+    float mask, ``-inf`` where a bool mask is False (SDPA's meaning)."""
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float('-inf'))
+    return scores + mask
+
+
+def _window_mask(mask: Optional[Tensor], window: slice) -> Optional[Tensor]:
+    """The rows of a (B, ...) 4-D mask for a slice of windows."""
+    if mask is None or mask.dim() < 4 or mask.shape[0] == 1:
+        return mask
+    return mask[window]
+
+
+def finish_block(block: nn.Module, x: Tensor, attended: Tensor,
+                 drop_path: Optional[nn.Module] = None) -> Tensor:
+    """The two residual branches of a pre-norm block around the merged
+    attention output ``attended`` (B, N, C): ``x + ls_1(attended)``, then
+    ``+ ls_2(mlp(ln_2(.)))``; ``drop_path`` (stochastic depth, Huang et
+    al. 2016) on both branches, as in mmseg's ``TransformerEncoderLayer``."""
+    branch = block.ls_1(attended)
+    x = x + (branch if drop_path is None else drop_path(branch))
+    branch = block.ls_2(block.mlp(block.ln_2(x)))
+    return x + (branch if drop_path is None else drop_path(branch))
+
+
+def block_forward(block: nn.Module, x: Tensor,
+                  attn_mask: Optional[Tensor] = None,
+                  drop_path: Optional[nn.Module] = None) -> Tensor:
+    """One block on batch-first tokens (B, N, C), written out from its own
+    modules, with ``attn_mask`` (checked, broadcastable to (B, heads, N,
+    N), see :mod:`mmseg_ovss.clip.tokens`) added to the attention logits
+    (CLIP-RC Eq. 2) by :func:`F.scaled_dot_product_attention`."""
+    q, k, v = project_qkv(block, block.ln_1(x))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return finish_block(block, x, project_out(block, out), drop_path)
+
+
 def block_forward_with_attention(
         block: nn.Module,
         x: Tensor,
-        reduce_heads: Optional[Callable[[Tensor], Tensor]] = None
+        reduce_heads: Optional[Callable[[Tensor], Tensor]] = None,
+        attn_mask: Optional[Tensor] = None,
+        drop_path: Optional[nn.Module] = None
 ) -> Tuple[Tensor, Tensor]:
-    """Run an unmodified block and return its output and attention weights.
+    """Run a block and return its output and attention weights.
 
-    Same result as ``block(x)``; also returns softmax(q k^T / sqrt(d)) of
-    shape (B, heads, N, N), or ``reduce_heads`` of it (applied per block of
-    windows, see :func:`score_batch_size`).
+    Without mask and drop path, the same result as ``block(x)``; also
+    returns softmax(q k^T / sqrt(d) [+ mask]) of shape (B, heads, N, N), or
+    ``reduce_heads`` of it (applied per block of windows, see
+    :func:`score_batch_size`).
     """
     q, k, v = project_qkv(block, block.ln_1(x))
     step = score_batch_size(q)
     outputs, captured = [], []
     for start in range(0, q.shape[0], step):
         window = slice(start, start + step)
-        weights = vanilla_attention(q[window], k[window])
+        if attn_mask is None:
+            weights = vanilla_attention(q[window], k[window])
+        else:
+            weights = apply_mask(scaled_similarity(q[window], k[window]),
+                                 _window_mask(attn_mask, window)).softmax(-1)
         outputs.append(torch.matmul(weights, v[window]))
         captured.append(weights if reduce_heads is None
                         else reduce_heads(weights))
     if len(outputs) > 1:
         outputs, captured = [torch.cat(outputs)], [torch.cat(captured)]
-    x = x + block.ls_1(project_out(block, outputs[0]))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = finish_block(block, x, project_out(block, outputs[0]), drop_path)
     return x, captured[0]
+
+
+def head_reduction(attention_heads: Union[None, str, int], num_heads: int
+                   ) -> Callable[[Tensor], Tensor]:
+    """The map applied to captured (B, heads, N, N) attention: every head
+    (None), their mean (``'mean'``) or one head (an index, negative
+    allowed); the last two keep a head axis of size 1."""
+    if attention_heads is None:
+        return lambda weights: weights
+    if attention_heads == 'mean':
+        return lambda weights: weights.mean(dim=1, keepdim=True)
+    if (isinstance(attention_heads, bool)
+            or not isinstance(attention_heads, int)
+            or not -num_heads <= attention_heads < num_heads):
+        raise OVSSConfigError(
+            f'attention_heads={attention_heads!r} is not None, '
+            f"'mean' or a head index in [{-num_heads}, {num_heads - 1}]")
+    index = attention_heads % num_heads
+    return lambda weights: weights[:, index:index + 1].clone()
 
 
 def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:

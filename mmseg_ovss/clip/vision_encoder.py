@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.attention import (block_forward_with_attention,
-                                       cls_block_forward)
+                                       cls_block_forward, head_reduction)
 from mmseg_ovss.clip.features import DenseCLIPFeatures
 from mmseg_ovss.clip.strategies import DenseStrategy
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
@@ -225,19 +225,7 @@ class DenseCLIPVisionEncoder(nn.Module):
 
     def _head_reduction(self, attention_heads: Union[None, str, int]):
         """The map applied to captured (B, heads, N, N) attention."""
-        if attention_heads is None:
-            return lambda weights: weights
-        if attention_heads == 'mean':
-            return lambda weights: weights.mean(dim=1, keepdim=True)
-        heads = self.blocks[0].attn.num_heads
-        if (isinstance(attention_heads, bool)
-                or not isinstance(attention_heads, int)
-                or not -heads <= attention_heads < heads):
-            raise OVSSConfigError(
-                f'attention_heads={attention_heads!r} is not None, '
-                f"'mean' or a head index in [{-heads}, {heads - 1}]")
-        index = attention_heads % heads
-        return lambda weights: weights[:, index:index + 1].clone()
+        return head_reduction(attention_heads, self.blocks[0].attn.num_heads)
 
     def output_patch_size(self, images: Tensor, grid: Tuple[int, int],
                           out_grid: Tuple[int, int]) -> int:
