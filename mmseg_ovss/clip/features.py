@@ -57,6 +57,10 @@ class VocabularyEmbeddings:
             has one (VOC21, PC60, COCO-Object), else None.
         encode_text: callable mapping raw sentences to (N, D) L2-normalised
             embeddings (no template applied), e.g. for descriptions.
+        template_embeddings: (Q, T, D) the L2-normalised embedding of each
+            query under each of the T templates (``query_embeddings`` is
+            their normalised mean), or None when not asked for
+            (``embed_vocabulary(vocab, with_templates=True)``).
     """
     query_embeddings: Tensor
     query_to_class: Tensor
@@ -64,6 +68,7 @@ class VocabularyEmbeddings:
     synonyms: List[List[str]]
     background_class: Optional[int] = None
     encode_text: Optional[Callable[[List[str]], Tensor]] = None
+    template_embeddings: Optional[Tensor] = None
 
     @property
     def num_classes(self) -> int:

@@ -1,10 +1,11 @@
 """Prompt templates for class-name queries.
 
 ``'openai'``: the 80 ImageNet templates of CLIP (Radford et al., 2021), as
-shipped by open_clip; ``'simple'``: open_clip's short list; ``'single'``:
-``'a photo of a {}.'``; a list of ``'{}'`` strings; or a UTF-8 text file
-with one template per line (``data/templates/*.txt``; empty lines and a
-byte-order mark are ignored).
+shipped by open_clip; ``'vild'``: the 15 ViLD templates as ZegCLIP averages
+them for COCO (:data:`VILD_TEMPLATES`); ``'simple'``: open_clip's short
+list; ``'single'``: ``'a photo of a {}.'``; a list of ``'{}'`` strings; or a
+UTF-8 text file with one template per line (``data/templates/*.txt``; empty
+lines and a byte-order mark are ignored).
 """
 from pathlib import Path
 from typing import Callable, List, Sequence, Union
@@ -16,7 +17,30 @@ from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.paths import resolve_data_path
 
 TemplateSpec = Union[str, Path, Sequence[str]]
-NAMED_TEMPLATES = ('openai', 'simple', 'single')
+NAMED_TEMPLATES = ('openai', 'vild', 'simple', 'single')
+
+#: The prompt templates of ViLD (Gu et al., ICLR 2022) as ZegCLIP averages
+#: them into its COCO text embeddings (``coco_multi.npy``; ZegCLIP, Zhou et
+#: al., CVPR 2023, ``ZiqinZhou66/ZegCLIP``,
+#: ``configs/_base_/datasets/text_embedding/get_embedding.ipynb``,
+#: ``templates``): 15 templates, in that order.
+VILD_TEMPLATES = (
+    'a photo of a {}.',
+    'a photo of a small {}.',
+    'a photo of a medium {}.',
+    'a photo of a large {}.',
+    'This is a photo of a {}.',
+    'This is a photo of a small {}.',
+    'This is a photo of a medium {}.',
+    'This is a photo of a large {}.',
+    'a {} in the scene.',
+    'a photo of a {} in the scene.',
+    'There is a {} in the scene.',
+    'There is the {} in the scene.',
+    'This is a {} in the scene.',
+    'This is the {} in the scene.',
+    'This is one {} in the scene.',
+)
 
 
 def _from_strings(templates: Sequence[str], origin: str) -> List[Callable]:
@@ -37,6 +61,8 @@ def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
     if isinstance(spec, str):
         if spec == 'openai':
             return list(OPENAI_IMAGENET_TEMPLATES)
+        if spec == 'vild':
+            return _from_strings(VILD_TEMPLATES, spec)
         if spec == 'simple':
             return list(SIMPLE_IMAGENET_TEMPLATES)
         if spec == 'single':
@@ -53,6 +79,8 @@ def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
     return _from_strings(list(spec), 'the config')
 
 
-def templates_key(spec: TemplateSpec) -> tuple:
-    """Hashable identity of a template spec (for caching)."""
-    return (str(spec), ) if isinstance(spec, (str, Path)) else tuple(spec)
+def templates_key(templates: Sequence[Callable[[str], str]]) -> tuple:
+    """Hashable identity of loaded templates (for caching): each template
+    rendered with ``'{}'`` in the name's place, so equal prompts give equal
+    keys whatever list, file or name they came from."""
+    return tuple(template('{}') for template in templates)

@@ -1,17 +1,23 @@
-"""Text side of dense CLIP: prompt-ensembled query embeddings.
+"""Text side of CLIP: prompt-ensembled query embeddings.
 
 For each query (class name or synonym) q: e_q = normalise(mean_t
 normalise(E_text(t(q)))) over the templates t (CLIP's prompt ensembling,
 Radford et al., 2021, Sec. 3.1.4; computed so in SCLIP, ``wangf3014/SCLIP``,
-``clip_segmentor.py``). Embeddings are cached per (model, vocabulary,
-templates).
+``clip_segmentor.py``).
+
+:class:`PromptEnsembleEncoding` holds this computation once, for the
+registered :class:`~mmseg_ovss.models.text_encoders.OpenCLIPTextEncoder`
+and for :class:`CLIPTextEncoder` (the adapter over a whole open_clip model
+that the segmentors use until they build the registered one).
 """
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.features import VocabularyEmbeddings
@@ -20,114 +26,257 @@ from mmseg_ovss.clip.templates import (TemplateSpec, load_templates,
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
+#: What an open_clip text transformer is made of: attributes of ``CLIP``
+#: (pooling in ``text_pool_type``) and of ``TextTransformer``, the ``.text``
+#: of ``CustomTextCLIP`` (pooling in ``pool_type``).
+TEXT_TOWER_PARTS = ('token_embedding', 'positional_embedding', 'transformer',
+                    'ln_final', 'text_projection', 'attn_mask')
 
-class CLIPTextEncoder:
-    """Encodes vocabularies with an open_clip model's text tower.
 
-    Args:
-        clip_model: open_clip ``CLIP`` (its ``encode_text`` is used).
-        tokenizer: the model's open_clip tokenizer.
-        model_key: identity of the weights (for the cache key).
-        templates: see :func:`mmseg_ovss.clip.templates.load_templates`.
-        batch_size: sentences per text-tower call.
-        cache_size: vocabularies kept in memory.
-        truncate_context: run the text tower only up to the longest prompt
-            of a batch (exact for causal CLIP text towers, several times
-            faster); False calls ``encode_text`` on the full context.
+# ------------------------------------------------------------ the tower
+def text_tower_of(model: nn.Module) -> nn.Module:
+    """The module holding an open_clip model's text tower: ``CLIP`` itself
+    (the tower's parts are its attributes) or ``CustomTextCLIP.text``."""
+    if all(hasattr(model, name) for name in TEXT_TOWER_PARTS):
+        return model
+    text = getattr(model, 'text', None)
+    if isinstance(text, nn.Module):
+        return text
+    raise OVSSConfigError(
+        f'{type(model).__name__} has no open_clip text tower (neither the '
+        f'attributes {TEXT_TOWER_PARTS} of open_clip.CLIP nor a .text module '
+        'of open_clip.CustomTextCLIP); pass an open_clip CLIP model')
+
+
+def is_layered_tower(tower: nn.Module) -> bool:
+    """Whether ``tower`` is open_clip's plain causal text transformer, run
+    here part by part (no CoCa class token, no padding mask)."""
+    return (all(hasattr(tower, name) for name in TEXT_TOWER_PARTS)
+            and getattr(tower, 'cls_emb', None) is None
+            and not getattr(tower, 'use_pad_mask', False))
+
+
+def tower_pooling(tower: nn.Module):
+    """``(pool_type, eos_token_id)`` of a layered tower."""
+    if hasattr(tower, 'text_pool_type'):
+        return tower.text_pool_type, getattr(tower, 'text_eos_id', None)
+    return getattr(tower, 'pool_type', 'argmax'), getattr(tower, 'eos_id',
+                                                          None)
+
+
+def tower_dtype(tower: nn.Module) -> torch.dtype:
+    """The dtype the text tower computes in."""
+    if is_layered_tower(tower):
+        return tower.transformer.get_cast_dtype()
+    return next(tower.parameters()).dtype
+
+
+def encode_tokens(tower: nn.Module, tokens: Tensor, device: torch.device,
+                  truncate_context: bool = True) -> Tensor:
+    """(N, D) text features (not normalised) of token ids (N, L).
+
+    A layered tower computes what open_clip's ``CLIP.encode_text`` (or
+    ``TextTransformer.forward``) computes, step by step. With
+    ``truncate_context``, a causal tower that pools at the end-of-text token
+    (``argmax``: the highest token id) runs only up to the last end-of-text
+    token of the batch: positions after it cannot reach the pooled token
+    through the causal mask, so the result is the same at a fraction of the
+    cost. The cut is found on ``tokens`` where they are (the tokenizer's CPU
+    tensor: no device sync). Other towers (Hugging Face text models, CoCa)
+    are called on the full context.
+    """
+    if not is_layered_tower(tower):
+        out = tower(tokens.to(device))
+        return out[0] if isinstance(out, tuple) else out
+    pool_type, eos_id = tower_pooling(tower)
+    if (truncate_context and pool_type == 'argmax'
+            and tower.attn_mask is not None):
+        tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+    tokens = tokens.to(device)
+    length = tokens.shape[1]
+    dtype = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens).to(dtype)
+    x = x + tower.positional_embedding[:length].to(dtype)
+    mask = None if tower.attn_mask is None else \
+        tower.attn_mask[:length, :length]
+    x = tower.transformer(x, attn_mask=mask)
+    x = tower.ln_final(x)
+    x = text_global_pool(x, tokens, pool_type, eos_token_id=eos_id)
+    projection = tower.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Linear) \
+        else x @ projection
+
+
+def weights_version_key(tensors: Iterable[Tensor]) -> tuple:
+    """Identity and version of each tensor: changes with every in-place
+    update (an optimiser step, ``load_state_dict``) and every move or cast
+    (edits through ``.data`` bypass the version counter)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+# ------------------------------------------------------ the computation
+class PromptEnsembleEncoding:
+    """Sentences, template prompts and vocabularies through a text tower.
+
+    A subclass provides :attr:`text_tower`, :meth:`weights_key` and
+    :meth:`tracks_gradients`, and calls :meth:`setup_encoding`. Results
+    computed without gradients are cached per vocabulary (LRU,
+    ``cache_size`` entries) under a key of the weights' versions, the
+    vocabulary, the templates, device, dtype and inference mode, so that a
+    weight update can never return stale embeddings.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer, model_key: str,
-                 templates: TemplateSpec = 'openai', batch_size: int = 256,
-                 cache_size: int = 8, truncate_context: bool = True):
-        self.clip_model = clip_model
+    def setup_encoding(self, tokenizer, templates: TemplateSpec,
+                       batch_size: int, cache_size: int,
+                       truncate_context: bool) -> None:
+        """Set the tokenizer, templates, batching and cache.
+
+        Args:
+            tokenizer: the model's open_clip tokenizer.
+            templates: see :func:`mmseg_ovss.clip.templates.load_templates`.
+            batch_size: sentences per text-tower call.
+            cache_size: vocabularies kept in memory (0: none).
+            truncate_context: run the tower only up to the longest prompt
+                of a batch (see :func:`encode_tokens`).
+        """
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise OVSSConfigError(
+                f'batch_size={batch_size!r} must be a positive number of '
+                'sentences per text-tower call (e.g. 256)')
+        if isinstance(cache_size, bool) or int(cache_size) < 0:
+            raise OVSSConfigError(
+                f'cache_size={cache_size!r} must be a number of '
+                'vocabularies >= 0 (0 disables the cache)')
         self.tokenizer = tokenizer
-        self.model_key = model_key
         self.templates_spec = templates
         self.templates = load_templates(templates)
         self.batch_size = int(batch_size)
         self.cache_size = int(cache_size)
         self.truncate_context = bool(truncate_context)
-        self._cache: 'OrderedDict[tuple, VocabularyEmbeddings]' = OrderedDict()
+        self._cache: 'OrderedDict[tuple, VocabularyEmbeddings]' = \
+            OrderedDict()
+        self._cached_weights: Optional[tuple] = None
 
+    # -------------------------------------------------- subclass contract
+    @property
+    def text_tower(self) -> nn.Module:
+        raise NotImplementedError
+
+    def weights_key(self) -> tuple:
+        """Identity and versions of every weight the embeddings depend on."""
+        raise NotImplementedError
+
+    def tracks_gradients(self) -> bool:
+        """Whether results are computed with gradients (and not cached)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
-        return next(self.clip_model.parameters()).device
+        return next(self.text_tower.parameters()).device
 
-    def _supports_truncation(self) -> bool:
-        model = self.clip_model
-        return (getattr(model, 'text_pool_type', None) == 'argmax'
-                and getattr(model, 'attn_mask', None) is not None
-                and hasattr(model, 'token_embedding')
-                and hasattr(model, 'positional_embedding'))
+    @property
+    def dtype(self) -> torch.dtype:
+        return tower_dtype(self.text_tower)
+
+    def _grad_mode(self):
+        return nullcontext() if self.tracks_gradients() else torch.no_grad()
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
 
     def _encode_tokens(self, tokens: Tensor) -> Tensor:
-        """CLIP text tower on tokens cut after the last end-of-text token.
+        """(N, D) text features of token ids (:func:`encode_tokens`)."""
+        return encode_tokens(self.text_tower, tokens, self.device,
+                             self.truncate_context)
 
-        With the causal mask and pooling at the end-of-text token (the
-        highest token id), positions after it cannot change the result, so
-        this equals ``model.encode_text`` at a fraction of the cost.
-        """
-        model = self.clip_model
-        if not self.truncate_context or not self._supports_truncation():
-            return model.encode_text(tokens)
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1
-        dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens[:, :length]).to(dtype)
-        x = x + model.positional_embedding[:length].to(dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
-        proj = model.text_projection
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-
-    @torch.no_grad()
+    # --------------------------------------------------------- encodings
     def encode_text(self, sentences: Sequence[str]) -> Tensor:
         """(N, D) L2-normalised embeddings of raw sentences (no template)."""
         if isinstance(sentences, str):
             sentences = [sentences]
-        if len(sentences) == 0:
-            raise OVSSConfigError('encode_text needs at least one sentence')
+        sentences = list(sentences)
+        if not sentences:
+            raise OVSSConfigError(
+                'encode_text needs at least one sentence, got an empty list')
         chunks = []
-        for start in range(0, len(sentences), self.batch_size):
-            tokens = self.tokenizer(list(sentences[start:start +
-                                                   self.batch_size]))
-            emb = self._encode_tokens(tokens.to(self.device))
-            chunks.append(F.normalize(emb.float(), dim=-1))
+        with self._grad_mode():
+            for start in range(0, len(sentences), self.batch_size):
+                features = self._encode_tokens(self.tokenizer(
+                    sentences[start:start + self.batch_size]))
+                chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks)
 
-    @torch.no_grad()
+    def encode_templates(self, queries: Sequence[str]) -> Tensor:
+        """(Q, T, D) embedding of each query under each template, each
+        L2-normalised."""
+        if isinstance(queries, str):
+            queries = [queries]
+        queries = list(queries)
+        if not queries:
+            raise OVSSConfigError(
+                'no queries to encode (empty vocabulary); give at least one '
+                'class name')
+        prompts = [template(query) for query in queries
+                   for template in self.templates]
+        return self.encode_text(prompts).view(len(queries),
+                                              len(self.templates), -1)
+
     def encode_queries(self, queries: Sequence[str]) -> Tensor:
-        """(Q, D) prompt-ensembled embeddings, one per query string."""
-        prompts = [t(q) for q in queries for t in self.templates]
-        emb = self.encode_text(prompts).view(len(queries),
-                                             len(self.templates), -1)
-        return F.normalize(emb.mean(dim=1), dim=-1)
+        """(Q, D) prompt-ensembled embeddings: the normalised mean over the
+        templates of :meth:`encode_templates`."""
+        return F.normalize(self.encode_templates(queries).mean(dim=1),
+                           dim=-1)
 
-    def cache_key(self, vocab: Vocabulary) -> tuple:
-        return (self.model_key, vocab.synonyms, vocab.background_class,
-                templates_key(self.templates_spec), str(self.device))
+    def cache_key(self, vocab: Vocabulary, with_templates: bool) -> tuple:
+        """Everything an entry of the vocabulary cache depends on, except
+        the weights (the cache is emptied when :meth:`weights_key`
+        changes)."""
+        return (vocab.synonyms, vocab.background_class, bool(with_templates),
+                templates_key(self.templates), str(self.device), self.dtype,
+                torch.is_inference_mode_enabled())
 
-    def __call__(self, vocab: Vocabulary) -> VocabularyEmbeddings:
-        """Embeddings of a vocabulary (cached)."""
-        key = self.cache_key(vocab)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+    def embed_vocabulary(self, vocab: Vocabulary,
+                         with_templates: bool = False
+                         ) -> VocabularyEmbeddings:
+        """Embeddings of a vocabulary; ``with_templates`` also keeps the
+        (Q, T, D) per-template embeddings. Cached unless computed with
+        gradients."""
+        if not isinstance(vocab, Vocabulary):
+            raise OVSSConfigError(
+                f'embed_vocabulary needs a mmseg_ovss.clip.vocabulary.'
+                f'Vocabulary, got {type(vocab).__name__}; build one with '
+                'Vocabulary.from_names([...]) or pass query strings to '
+                'encode_queries')
+        cached = self.cache_size > 0 and not self.tracks_gradients()
+        if cached:
+            weights = self.weights_key()
+            if weights != self._cached_weights:
+                self._cache.clear()
+                self._cached_weights = weights
+            key = self.cache_key(vocab, with_templates)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        per_template = self.encode_templates(vocab.queries)
         embeddings = VocabularyEmbeddings(
-            query_embeddings=self.encode_queries(vocab.queries),
+            query_embeddings=F.normalize(per_template.mean(dim=1), dim=-1),
             query_to_class=torch.tensor(vocab.query_to_class,
-                                        dtype=torch.long, device=self.device),
+                                        dtype=torch.long,
+                                        device=per_template.device),
             class_names=vocab.class_names,
             synonyms=[list(names) for names in vocab.synonyms],
             background_class=vocab.background_class,
-            encode_text=self.encode_text)
-        self._cache[key] = embeddings
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            encode_text=self.encode_text,
+            template_embeddings=per_template if with_templates else None)
+        if cached:
+            self._cache[key] = embeddings
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return embeddings
 
-    @torch.no_grad()
     def encode_descriptions(
             self, descriptions: Union[str, Path, Mapping],
             class_names: Sequence[str]) -> Tensor:
@@ -153,13 +302,56 @@ class CLIPTextEncoder:
                     f'no description sentences for class {name!r}; add them '
                     'to the description file (class name -> list of '
                     'sentences)')
-        return mean_sentence_embeddings(self.encode_text, matched)
+        with self._grad_mode():
+            return mean_sentence_embeddings(self.encode_text, matched)
 
 
-def build_tokenizer(model_name: str):
-    """open_clip's tokenizer for an architecture name."""
+class CLIPTextEncoder(PromptEnsembleEncoding):
+    """Encodes vocabularies with the text tower of a whole open_clip model
+    (always without gradients; the registered module
+    :class:`~mmseg_ovss.models.text_encoders.OpenCLIPTextEncoder` owns its
+    tower and can train it).
+
+    Args:
+        clip_model: open_clip ``CLIP`` or ``CustomTextCLIP``.
+        tokenizer: the model's open_clip tokenizer.
+        model_key: a name of the weights (part of the cache key, with the
+            weights' versions).
+        templates, batch_size, cache_size, truncate_context: see
+            :meth:`PromptEnsembleEncoding.setup_encoding`.
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer, model_key: str,
+                 templates: TemplateSpec = 'openai', batch_size: int = 256,
+                 cache_size: int = 8, truncate_context: bool = True):
+        self.clip_model = clip_model
+        self.model_key = model_key
+        self._text_tower = text_tower_of(clip_model)
+        self.setup_encoding(tokenizer, templates, batch_size, cache_size,
+                            truncate_context)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self._text_tower
+
+    def weights_key(self) -> tuple:
+        return (self.model_key, weights_version_key(
+            (*self._text_tower.parameters(), *self._text_tower.buffers())))
+
+    def tracks_gradients(self) -> bool:
+        return False
+
+    def __call__(self, vocab: Vocabulary,
+                 with_templates: bool = False) -> VocabularyEmbeddings:
+        """Embeddings of a vocabulary (cached)."""
+        return self.embed_vocabulary(vocab, with_templates)
+
+
+def build_tokenizer(model_name: str, context_length: Optional[int] = None):
+    """open_clip's tokenizer for an architecture name (``context_length``:
+    the model's, by default the architecture config's)."""
     import open_clip
-    return open_clip.get_tokenizer(model_name)
+    return open_clip.get_tokenizer(model_name, context_length=context_length)
 
 
 def vocabulary_from(classes: Optional[Sequence] = None,

@@ -1,1 +1,1 @@
-from . import backbones, heads, losses, segmentors  # noqa: F401
+from . import backbones, heads, losses, segmentors, text_encoders  # noqa: F401
