@@ -15,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import CheckpointLoader
+from mmseg.registry import MODELS
 from PIL import Image
 
 import mmseg_ovss.testing.hooks  # noqa: F401  (CrashAfterIterHook)
@@ -28,6 +30,7 @@ from mmseg_ovss.testing.planted import (IMAGE_SIZE, LABEL_ENCODING,
                                         planted_data_root, reported_tolerance,
                                         runner_model)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
+from mmseg_ovss.testing.tiny_datasets import make_tiny_dataset
 from mmseg_ovss.testing.tools import load_tool, run_tool
 from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
                                      OVSSWeightsError)
@@ -324,3 +327,100 @@ def test_testing_helpers_use_the_shipped_configs_and_tools(tmp_path,
     with pytest.raises(OVSSDataError, match=r"no tool .*tset\.py; the tools "
                        r"in .* are \[.*'test'"):
         load_tool('tset')
+
+
+# ----------------------------------------------------- --tta, CLIP segmentor
+#: a baseline config made tiny on the command line (tiny random CLIP, one
+#: template, 32/16 windows, a 32-pixel short side), with a probability
+#: threshold that sends part of each image to the background
+CLIP_TTA_CONFIG = 'configs/baselines/sclip_voc21.py'
+CLIP_TTA_OPTIONS = (
+    'model.clip.model_name=ovss-tiny-ViT-16', 'model.clip.random_init=True',
+    'model.text.templates=single', 'model.test_cfg.crop_size=(32,32)',
+    'model.test_cfg.stride=(16,16)', 'model.prob_thd=0.3',
+    'test_dataloader.num_workers=0',
+    'test_dataloader.persistent_workers=False',
+    'test_dataloader.dataset.pipeline.1.scale=(2048,32)')
+
+
+def _clip_tta_argv(tmp_path, *options):
+    data_root = make_tiny_dataset('voc21', tmp_path / 'data',
+                                  image_size=(48, 64))
+    return [find_resource('configs').parent / CLIP_TTA_CONFIG, '--work-dir',
+            tmp_path / 'work', '--cfg-options', *CLIP_TTA_OPTIONS, *options,
+            f'test_dataloader.dataset.data_root={data_root}'], data_root
+
+
+def _view_scores(model, path, mirrored):
+    """Class scores (K, H, W) at the original size of one image file, or
+    of its left-right mirror, mirrored back; by hand: decoded (BGR),
+    rescaled as Resize(keep_ratio=True), mirrored, turned RGB, normalised,
+    predicted as an unflipped image."""
+    import mmcv
+    from mmseg.structures import SegDataSample
+    image = mmcv.imread(str(path))
+    ori_shape = image.shape[:2]
+    image = mmcv.imrescale(image, (2048, 32), interpolation='bilinear',
+                           backend='cv2')
+    if mirrored:
+        image = image[:, ::-1]
+    pixels = torch.from_numpy(np.ascontiguousarray(
+        image[..., ::-1].transpose(2, 0, 1))).float()
+    cfg = model.data_preprocessor
+    inputs = ((pixels - cfg.mean) / cfg.std)[None]
+    sample = SegDataSample(metainfo=dict(
+        ori_shape=ori_shape, img_shape=image.shape[:2],
+        pad_shape=image.shape[:2], padding_size=[0, 0, 0, 0]))
+    with torch.no_grad():
+        scores = model.predict(inputs, [sample])[0].seg_logits.data
+    return scores.flip(-1) if mirrored else scores
+
+
+def test_flip_tta_of_a_clip_segmentor(tmp_path):
+    """tools/test.py --tta on a CLIP config writes, per image, the labels of
+    the mean of the image's and its mirror's class scores (the mirror's
+    mirrored back), with prob_thd -> background on the mean."""
+    from mmseg.registry import DATASETS
+    argv, data_root = _clip_tta_argv(tmp_path)
+    out = tmp_path / 'pred'
+    metrics = run_tool('test', [*argv[:1], '--tta', '--out', out, *argv[1:]])
+    assert 'mIoU' in metrics
+    tool = load_tool('test')
+    cfg = tool.build_cfg(tool.parse_args([str(a) for a in argv]))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    model.set_dataset_classes(
+        DATASETS.get(cfg.test_dataloader.dataset.type).METAINFO['classes'])
+    images = sorted(Path(data_root, 'JPEGImages').glob('*.jpg'))
+    assert len(images) == 2
+    # the two routes run the same operations on the same pixels; the mean
+    # of two scores <= 1 adds a rounding or two
+    tol = 16 * float(torch.finfo(torch.float32).eps)
+    for path in images:
+        plain = _view_scores(model, path, mirrored=False)
+        mean = (plain + _view_scores(model, path, mirrored=True)) / 2
+        best, expected = mean.max(0)
+        background = best < 0.3
+        expected[background] = 0
+        top2 = mean.topk(2, dim=0).values
+        clear = ((top2[0] - top2[1] > tol) &
+                 ((best - 0.3).abs() > tol)).numpy()
+        assert clear.mean() > 0.9
+        written = cv2.imread(str(out / f'{path.stem}.png'),
+                             cv2.IMREAD_UNCHANGED)
+        assert written.shape == (48, 64)
+        np.testing.assert_array_equal(written[clear],
+                                      expected.numpy()[clear])
+        # the threshold and the mirrored view both matter here
+        assert background.any() and (~background).any()
+        assert (plain.argmax(0).numpy() != expected.numpy()).any()
+
+
+@pytest.mark.parametrize('max_mb', ['0.0001', '0'])
+def test_flip_tta_needs_full_size_seg_logits(tmp_path, max_mb):
+    """Subsampled (or no) stored scores cannot be averaged: the error names
+    the option to raise."""
+    argv, _ = _clip_tta_argv(tmp_path, f'+model.seg_logits.max_mb={max_mb}')
+    with pytest.raises(OVSSConfigError, match=r'model\.seg_logits\.max_mb='
+                       r'.*Raise model\.seg_logits\.max_mb \(None'):
+        run_tool('test', [*argv[:1], '--tta', *argv[1:]])

@@ -7,7 +7,8 @@ Trained models:
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 ``--out DIR`` writes one PNG of label ids per image (16-bit where ids exceed
 255, e.g. PC-459 and ADE-847); ``--tta`` adds horizontal-flip test-time
-augmentation for segmentors that support it (mmseg's ``EncoderDecoder``).
+augmentation for segmentors that support it (mmseg's ``EncoderDecoder``
+models and the training-free CLIP segmentors).
 """
 import argparse
 import os.path as osp
@@ -49,7 +50,7 @@ def parse_args(argv=None):
         '--tta', action='store_true',
         help='horizontal-flip test-time augmentation (the config\'s '
         'tta_pipeline if it has one); segmentors built on mmseg\'s '
-        'EncoderDecoder only')
+        'EncoderDecoder (the CLIP segmentors included, not PnP-OVSS)')
     add_runner_arguments(parser, 'model.decode_head.logit_scale=50')
     return check_arguments(parse_runner_args(parser, argv))
 
@@ -142,17 +143,22 @@ def flip_tta_pipeline(test_pipeline: list) -> list:
 
 
 def enable_flip_tta(cfg: Config, config_path: str) -> None:
-    """Wrap the model in mmseg's ``SegTTAModel`` (``--tta``).
+    """Wrap the model in a test-time augmentation model (``--tta``).
 
-    ``SegTTAModel`` averages the softmax of each view's ``seg_logits`` and
-    relies on the segmentor to undo the flip (mmseg's ``EncoderDecoder``
-    does, in ``postprocess_result``) and on its ``out_channels``. The
-    training-free segmentors of mmseg_ovss do neither (their scores are
-    probabilities after background rules, at the original image size), so
-    they are refused rather than evaluated wrongly.
+    mmseg's ``SegTTAModel`` averages the softmax of each view's
+    ``seg_logits`` and relies on the segmentor to undo the flip (mmseg's
+    ``EncoderDecoder`` does, in ``postprocess_result``) and on its
+    ``out_channels``. ``CLIPDenseSegmentor`` undoes flips too but stores
+    class scores before its background rule, so it gets
+    ``CLIPSegTTAModel`` (the views' scores averaged, then the rule) in
+    place of the default ``SegTTAModel``. PnP-OVSS undoes no flip: it is
+    refused rather than evaluated wrongly.
     """
     from mmseg.models.segmentors import EncoderDecoder
     from mmseg.registry import MODELS
+
+    from mmseg_ovss.models.segmentors.clip_segmentor import \
+        CLIPDenseSegmentor
     model_type = cfg.model.get('type')
     try:
         model_cls = MODELS.get(model_type) if isinstance(
@@ -165,12 +171,15 @@ def enable_flip_tta(cfg: Config, config_path: str) -> None:
             f'--tta: {model_type} (config {config_path}) does not support '
             "test-time augmentation: mmseg's SegTTAModel needs a segmentor "
             "that undoes flips and has out_channels, as mmseg's "
-            'EncoderDecoder. Evaluate it without --tta (the training-free '
-            'methods report single-scale, unflipped results).')
+            'EncoderDecoder and the CLIP segmentors. Evaluate it without '
+            '--tta (PnP-OVSS reports single-scale, unflipped results).')
     pipeline = cfg.get('tta_pipeline') or flip_tta_pipeline(
         cfg.test_dataloader.dataset.pipeline)
     cfg.test_dataloader.dataset.pipeline = pipeline
     tta_model = dict(cfg.get('tta_model') or dict(type='SegTTAModel'))
+    if issubclass(model_cls, CLIPDenseSegmentor) and tta_model.get(
+            'type') in ('SegTTAModel', 'mmseg.SegTTAModel'):
+        tta_model['type'] = 'CLIPSegTTAModel'
     tta_model['module'] = cfg.model
     cfg.model = tta_model
 

@@ -31,6 +31,11 @@ How to write a head (see ``docs/baselines.md``):
    CLIP image encoder (FreeCP's per-image purification); it may change the
    number of channels. Window maps are resized to window pixels with
    ``window_resize_mode``.
+
+The head is an mmseg decode head in interface: :meth:`DenseCLIPHead.predict`
+(``inputs = (DenseCLIPFeatures, VocabularyEmbeddings)``) gives the window
+maps at input size, as mmseg's ``BaseDecodeHead.predict`` does, for the
+segmentor's ``encode_decode``; :meth:`DenseCLIPHead.loss` refuses training.
 """
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -40,7 +45,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
-from mmseg_ovss.utils.errors import OVSSConfigError
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 LayerSpec = Union[str, Sequence[int]]
 Window = Tuple[int, int, int, int]
@@ -275,6 +280,9 @@ class DenseCLIPHead(BaseModule):
             (``'mean'``) or one head (an int); see ``DenseCLIPFeatures``.
         window_resize_mode: ``F.interpolate`` mode that resizes window maps
             to window pixels before stitching (``'bilinear'``).
+        align_corners: mmseg's decode-head attribute, read by the
+            segmentor's resizes; always False (``F.interpolate``'s
+            ``align_corners=False``, as every reference code here).
         pixelwise_scores: :meth:`class_scores` computes each pixel's scores
             from that pixel's channels only (softmax over queries, 1 - max),
             so the segmentor may call it on bands of output rows and never
@@ -291,6 +299,7 @@ class DenseCLIPHead(BaseModule):
     requires_cls_token: bool = False
     attention_heads: Union[None, str, int] = None
     window_resize_mode: str = 'bilinear'
+    align_corners: bool = False
     pixelwise_scores: bool = True
 
     def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:
@@ -301,6 +310,43 @@ class DenseCLIPHead(BaseModule):
                 vocab: VocabularyEmbeddings) -> Tensor:
         """Return (B, num_output_maps, h, w) maps for B windows."""
         raise NotImplementedError
+
+    def predict(self, inputs: Tuple[DenseCLIPFeatures, VocabularyEmbeddings],
+                batch_img_metas: List[dict], test_cfg=None) -> Tensor:
+        """mmseg's decode-head ``predict``: the (B, C, H, W) window maps of
+        :meth:`forward` resized (``window_resize_mode``) to the pixels the
+        features were computed on (``features.images``, padded to whole
+        patches) and cropped to the input size of mmseg's
+        ``BaseDecodeHead.predict_by_feat`` rule: ``img_shape`` when it is a
+        ``torch.Size`` (set so by mmseg's slide inference), else
+        ``pad_shape``, else ``img_shape``."""
+        features, vocab = inputs
+        maps = self.forward(features, vocab).float()
+        covered = tuple(features.images.shape[-2:])
+        meta = batch_img_metas[0]
+        size = meta.get('img_shape')
+        if not isinstance(size, torch.Size) and 'pad_shape' in meta:
+            size = meta['pad_shape']
+        if size is None:
+            raise OVSSDataError(
+                f'image meta without img_shape or pad_shape (keys: '
+                f'{sorted(meta)}): the window maps are resized to it')
+        height, width = (int(v) for v in tuple(size)[:2])
+        if height > covered[0] or width > covered[1]:
+            raise OVSSDataError(
+                f'image meta size {height}x{width} is larger than the '
+                f'{covered[0]}x{covered[1]} pixels the features cover; the '
+                'metas must describe the inputs given to the backbone')
+        return interpolate(maps, covered,
+                           self.window_resize_mode)[..., :height, :width]
+
+    def loss(self, inputs, batch_data_samples, train_cfg=None) -> dict:
+        """mmseg's decode-head ``loss``: refused, the head is training-free."""
+        raise OVSSConfigError(
+            f'{type(self).__name__} is a training-free head: it has no loss '
+            'and nothing to train. Evaluate with tools/test.py (no '
+            'checkpoint needed), or train a model with a trainable decode '
+            'head')
 
     def class_scores(self, maps: Tensor,
                      vocab: VocabularyEmbeddings) -> Tensor:

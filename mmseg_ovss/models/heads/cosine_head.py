@@ -11,6 +11,10 @@ Head interface (shared with ``FreeCPHead``; base class
     head.class_scores(maps (N, C, H, W), vocab)
         -> (N, num_classes, H, W)   # after stitching, per pixel
     head.pixelwise_scores           # class_scores reads one pixel at a time
+    head.predict((features, vocab), batch_img_metas, test_cfg)
+        -> (B, C, H, W)             # mmseg's decode-head predict: the
+                                    # window maps at input size
+    head.loss(...)                  # mmseg's: refused (training-free)
 
 ``CLIPDenseSegmentor`` calls the head once per batch of sliding windows,
 stitches the maps (mmseg slide semantics: overlaps averaged), resizes them to

@@ -13,6 +13,15 @@ by the head and post-processed with the background rules of the SCLIP code
 (``wangf3014/SCLIP`` clip_segmentor.py: ``area_thd``, ``prob_thd``).
 Optional PAMR, and heads whose scores are not per pixel, take the whole
 image at once.
+
+The segmentor is an mmseg ``EncoderDecoder`` in its contracts (mmseg 1.x
+``mmseg/models/segmentors/encoder_decoder.py`` and ``base.py``):
+``encode_decode`` (window maps at input size, via ``decode_head.predict``),
+``slide_inference`` / ``whole_inference`` (the same tensors as mmseg's own,
+windows batched), ``inference`` (class scores, what ``postprocess_result``
+argmaxes) and ``predict`` (padding removed, flips undone, resized to
+``ori_shape``), so that mmseg's tools and ``tools/test.py --tta``
+(:class:`~mmseg_ovss.models.segmentors.tta.CLIPSegTTAModel`) work.
 """
 import dataclasses
 import math
@@ -22,7 +31,9 @@ from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
 
 import torch
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmengine.structures import PixelData
+from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
@@ -43,6 +54,10 @@ from mmseg_ovss.utils.pamr import PAMR
 from mmseg_ovss.utils.profiler import profile_stage
 
 Window = Tuple[int, int, int, int]
+#: ``flip_direction`` values of mmcv's ``RandomFlip`` and the image axes
+#: (of a (..., H, W) tensor) each one reverses.
+FLIP_AXES = {'horizontal': (-1, ), 'vertical': (-2, ),
+             'diagonal': (-2, -1)}
 
 
 def slide_windows(height: int, width: int, crop: Tuple[int, int],
@@ -64,7 +79,49 @@ def slide_windows(height: int, width: int, crop: Tuple[int, int],
     return windows
 
 
+def flip_direction(meta: dict) -> Optional[str]:
+    """The flip an image went through (its meta ``flip`` and
+    ``flip_direction``, as mmcv's ``RandomFlip`` sets them), or None."""
+    if not meta.get('flip', False):
+        return None
+    direction = meta.get('flip_direction')
+    if direction not in FLIP_AXES:
+        raise OVSSDataError(
+            f'image meta flip=True with flip_direction={direction!r}: not '
+            f'one of {tuple(FLIP_AXES)}, so the flip cannot be undone; use '
+            "RandomFlip(direction='horizontal'|'vertical'|'diagonal')")
+    return direction
+
+
+def flip_back(tensor: Tensor, direction: Optional[str]) -> Tensor:
+    """Undo a flip of ``direction`` (None: none) on a (..., H, W) tensor."""
+    return tensor if direction is None else tensor.flip(FLIP_AXES[direction])
+
+
+def unpadded_box(meta: dict, height: int, width: int) -> Window:
+    """(y1, y2, x1, x2) of the image inside its padded (height, width)
+    input: mmseg's ``postprocess_result`` rule (``img_padding_size``, else
+    ``padding_size`` = (left, right, top, bottom), cut off), then at most
+    ``img_shape`` (the image's size before padding) from that corner."""
+    padding = meta.get('img_padding_size', meta.get('padding_size'))
+    left, right, top, bottom = (int(v) for v in (padding or (0, 0, 0, 0)))
+    y2, x2 = height - bottom, width - right
+    shape = meta.get('img_shape')
+    if shape is not None:
+        y2, x2 = min(y2, top + int(shape[0])), min(x2, left + int(shape[1]))
+    if min(top, left) < 0 or y2 <= top or x2 <= left:
+        raise OVSSDataError(
+            f'image meta padding_size={padding}, img_shape={shape} leave no '
+            f'pixel of the {height}x{width} input; padding_size is (left, '
+            'right, top, bottom) as SegDataPreProcessor sets it')
+    return top, y2, left, x2
+
+
 def _pair(value, name) -> Tuple[int, int]:
+    if value is None:
+        raise OVSSConfigError(
+            f"test_cfg.{name} is required with mode='slide': give a "
+            'positive int or (h, w)')
     if isinstance(value, int):
         value = (value, value)
     value = tuple(int(v) for v in value)
@@ -158,8 +215,35 @@ class SegLogitsStore:
 
 
 @MODELS.register_module()
-class CLIPDenseSegmentor(BaseSegmentor):
+class CLIPDenseSegmentor(EncoderDecoder):
     """Open-vocabulary segmentor over a frozen open_clip model.
+
+    An mmseg ``EncoderDecoder`` whose backbone and text encoder are the
+    CLIP towers (:meth:`_build_clip_towers`) and whose vocabulary is set at
+    run time, so ``num_classes`` (the active vocabulary's classes) and
+    ``out_channels`` (the head's window maps for that vocabulary,
+    ``decode_head.num_output_maps``: one per query for the cosine head,
+    i.e. per synonym) are properties; there is no neck and no auxiliary
+    head. mmseg's methods keep their contracts:
+
+    - ``encode_decode(inputs, metas)``: the (B, out_channels, H, W) window
+      maps of whole inputs at input size (``decode_head.predict``);
+    - ``slide_inference`` / ``whole_inference``: the tensors of mmseg's own
+      (which call ``encode_decode`` window by window), with the windows
+      batched (``window_batch_size``) and stitched as :class:`StitchedMaps`;
+    - ``inference(inputs, metas)``: (B, K, H, W) class scores, the maps
+      through ``decode_head.image_maps``, PAMR and ``class_scores`` (what
+      ``postprocess_result`` argmaxes; no background rules);
+    - ``predict``: mmseg's ``postprocess_result`` contract (padding removed,
+      flips undone, labels and ``seg_logits`` at ``ori_shape``) on the
+      memory-bounded banded path. Two differences, both on purpose: the
+      padding is cut off before the windows are (a padded image gives the
+      prediction of the image alone; mmseg runs the windows over the
+      padding and crops after), and the head's maps are resized to
+      ``ori_shape`` before ``class_scores`` (as the SCLIP code does; mmseg
+      resizes the scores). With ``ori_shape`` equal to the unpadded input
+      size and no background rule, the labels are the argmax of
+      ``postprocess_result(inference(...))``.
 
     Args:
         clip (dict): :func:`~mmseg_ovss.clip.loading.build_clip_model`
@@ -217,34 +301,31 @@ class CLIPDenseSegmentor(BaseSegmentor):
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
-        super().__init__(data_preprocessor=data_preprocessor,
-                         init_cfg=init_cfg)
-        clip = dict(clip)
-        pos_interp = clip.pop('pos_interp', 'size')
-        self.clip_cfg = clip
-        self.clip_model = build_clip_model(**clip)
-        self.backbone = DenseCLIPVisionEncoder(
-            self.clip_model.visual, build_dense_strategy(strategy),
-            pos_interp=pos_interp,
-            clip_model=self.clip_model)
-        head = MODELS.build(decode_head or dict(type='CosineSimilarityHead'))
-        if not isinstance(head, DenseCLIPHead):
-            raise OVSSConfigError(
-                f'decode_head {type(head).__name__} is not a DenseCLIPHead; '
-                'see mmseg_ovss/clip/dense_head.py for the head interface')
-        self.decode_head = head
+        # BaseSegmentor's init: the towers are built here, not by
+        # EncoderDecoder from backbone=/neck= configs
+        BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor,
+                               init_cfg=init_cfg)
         text = dict(text or {})
         self.class_names_file = text.pop('class_names', None)
         self.background_class = text.pop('background_class', 'auto')
         self.background_names = text.pop('background_names', None)
         self.shared_synonyms = text.pop('shared_synonyms', 'error')
-        model_key = '|'.join(str(clip.get(k)) for k in (
-            'model_name', 'pretrained', 'checkpoint', 'random_init',
-            'precision', 'seed'))
-        self.text_encoder = CLIPTextEncoder(
-            self.clip_model, build_tokenizer(clip.get('model_name',
-                                                      'ViT-B-16')),
-            model_key=model_key, **text)
+        self._build_clip_towers(clip, strategy, text)
+        head = MODELS.build(decode_head or dict(type='CosineSimilarityHead'))
+        if not isinstance(head, DenseCLIPHead):
+            raise OVSSConfigError(
+                f'decode_head {type(head).__name__} is not a DenseCLIPHead; '
+                'see mmseg_ovss/clip/dense_head.py for the head interface')
+        if head.align_corners:
+            raise OVSSConfigError(
+                f'decode_head {type(head).__name__} has align_corners=True; '
+                'the banded resize to the original size (and mmseg\'s '
+                'postprocess_result here) use align_corners=False: set it '
+                'False')
+        self.decode_head = head
+        self.align_corners = head.align_corners
+        self.neck = None
+        self.auxiliary_head = None
         self.prob_thd = float(prob_thd)
         self.area_thd = area_thd
         self.pamr = PAMR(**pamr) if pamr else None
@@ -264,15 +345,55 @@ class CLIPDenseSegmentor(BaseSegmentor):
             raise OVSSConfigError(
                 f'tile_mb must be a positive size in MiB, got {tile_mb!r}')
         self.train_cfg = train_cfg
-        self.test_cfg = dict(test_cfg or dict(mode='whole'))
-        if self.test_cfg.get('mode', 'whole') not in ('slide', 'whole'):
+        self.test_cfg = ConfigDict(test_cfg or dict(mode='whole'))
+        self.test_cfg.setdefault('mode', 'whole')
+        if self.test_cfg.mode not in ('slide', 'whole'):
             raise OVSSConfigError(
                 f"test_cfg.mode must be 'slide' or 'whole', got "
-                f"{self.test_cfg.get('mode')!r}")
+                f"{self.test_cfg.mode!r}")
+        if self.test_cfg.mode == 'slide':  # pairs, as mmseg's code reads
+            for name in ('crop_size', 'stride'):
+                self.test_cfg[name] = _pair(self.test_cfg.get(name), name)
         self.dataset_classes: Optional[Sequence[str]] = None
         self._attention_layers = resolve_layer_indices(
             getattr(head, 'required_attention_layers', ()),
             self.backbone.num_layers)
+
+    def _build_clip_towers(self, clip: dict, strategy: Union[dict, str],
+                           text: Optional[dict] = None) -> None:
+        """Build ``clip_model``, ``backbone`` (the dense image encoder) and
+        ``text_encoder`` from the ``clip`` weights block, the dense
+        ``strategy`` and the text encoder's options (``text`` without the
+        vocabulary keys). Everything else reads the towers only through
+        ``backbone.patch_size``, ``backbone.num_layers``,
+        ``backbone.encode_cls``, :meth:`_backbone_features` and
+        ``text_encoder(vocabulary)``."""
+        clip = dict(clip)
+        pos_interp = clip.pop('pos_interp', 'size')
+        self.clip_cfg = clip
+        self.clip_model = build_clip_model(**clip)
+        self.backbone = DenseCLIPVisionEncoder(
+            self.clip_model.visual, build_dense_strategy(strategy),
+            pos_interp=pos_interp,
+            clip_model=self.clip_model)
+        model_key = '|'.join(str(clip.get(k)) for k in (
+            'model_name', 'pretrained', 'checkpoint', 'random_init',
+            'precision', 'seed'))
+        self.text_encoder = CLIPTextEncoder(
+            self.clip_model, build_tokenizer(clip.get('model_name',
+                                                      'ViT-B-16')),
+            model_key=model_key, **(text or {}))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the active vocabulary."""
+        return self.vocabulary().num_classes
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of :meth:`encode_decode`'s maps for the active
+        vocabulary (``decode_head.num_output_maps``)."""
+        return self.decode_head.num_output_maps(self.vocabulary_embeddings())
 
     # ------------------------------------------------------------------ text
     def set_vocabulary(self, classes: Optional[Sequence] = None,
@@ -334,6 +455,14 @@ class CLIPDenseSegmentor(BaseSegmentor):
             return self.text_encoder(self.vocabulary())
 
     # ----------------------------------------------------------- inference
+    def _pad_to_patches(self, images: Tensor) -> Tensor:
+        """Zero-pad (B, 3, H, W) images bottom/right to whole patches."""
+        patch = self.backbone.patch_size
+        pad_h, pad_w = -images.shape[-2] % patch, -images.shape[-1] % patch
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        return images
+
     def _encode_windows(self, windows: Tensor, vocab: VocabularyEmbeddings
                         ) -> Tuple[Tensor, Tuple[int, int]]:
         """Head maps (n, C, h, w) of n windows on their patch grid, and the
@@ -343,41 +472,54 @@ class CLIPDenseSegmentor(BaseSegmentor):
         maps are resized to the padded size and cropped back when stitched;
         NACLIP's own whole-image code drops the remainder pixels instead).
         ``window_batch_size`` windows are encoded together."""
-        patch = self.backbone.patch_size
-        height, width = windows.shape[-2:]
-        pad_h, pad_w = -height % patch, -width % patch
-        if pad_h or pad_w:
-            windows = F.pad(windows, (0, pad_w, 0, pad_h))
+        windows = self._pad_to_patches(windows)
         grids = []
         for chunk in windows.split(self.window_batch_size):
             with profile_stage('backbone'):
                 feats = self._backbone_features(chunk)
             with profile_stage('head'):
                 grids.append(self.decode_head(feats, vocab).float())
-        return torch.cat(grids), (height + pad_h, width + pad_w)
+        return torch.cat(grids), tuple(windows.shape[-2:])
 
     def _backbone_features(self, images: Tensor):
+        """Dense features of (B, 3, H, W) images: the one call of the
+        backbone's dense forward."""
         head = self.decode_head
         return self.backbone(images, attention_layers=self._attention_layers,
                              with_cls=head.requires_cls_token,
                              attention_heads=head.attention_heads)
 
+    def _windows(self, height: int, width: int, mode: str) -> List[Window]:
+        if mode == 'whole':
+            return [(0, height, 0, width)]
+        crop = _pair(self.test_cfg.get('crop_size'), 'crop_size')
+        stride = _pair(self.test_cfg.get('stride'), 'stride')
+        return slide_windows(height, width, crop, stride)
+
+    def stitched_batch(self, inputs: Tensor, vocab: VocabularyEmbeddings,
+                       mode: Optional[str] = None) -> List[StitchedMaps]:
+        """The window maps of each (B, 3, H, W) input image and where they
+        sit: mmseg's slide grid (``mode='slide'``) or one window per image
+        (``'whole'``); default: ``test_cfg.mode``. The windows of all
+        images are encoded together, ``window_batch_size`` at a time."""
+        mode = mode or self.test_cfg.get('mode', 'whole')
+        batch, (height, width) = inputs.shape[0], inputs.shape[-2:]
+        windows = self._windows(height, width, mode)
+        if len(windows) == 1:
+            crops = inputs
+        else:  # window-major: crop j of image b is row j * B + b
+            crops = torch.cat([inputs[..., y1:y2, x1:x2]
+                               for y1, y2, x1, x2 in windows])
+        grids, size = self._encode_windows(crops, vocab)
+        return [StitchedMaps(grids[index::batch], windows, (height, width),
+                             size, self.decode_head.window_resize_mode)
+                for index in range(batch)]
+
     def stitched(self, image: Tensor,
                  vocab: VocabularyEmbeddings) -> StitchedMaps:
         """The window maps of one (1, 3, H, W) image and where they sit
         (mmseg's slide grid, or one window in ``'whole'`` mode)."""
-        height, width = image.shape[-2:]
-        if self.test_cfg.get('mode', 'whole') == 'whole':
-            windows, crops = [(0, height, 0, width)], image
-        else:
-            crop = _pair(self.test_cfg.get('crop_size'), 'crop_size')
-            stride = _pair(self.test_cfg.get('stride'), 'stride')
-            windows = slide_windows(height, width, crop, stride)
-            crops = torch.cat([image[..., y1:y2, x1:x2]
-                               for y1, y2, x1, x2 in windows])
-        grids, size = self._encode_windows(crops, vocab)
-        return StitchedMaps(grids, windows, (height, width), size,
-                            self.decode_head.window_resize_mode)
+        return self.stitched_batch(image, vocab)[0]
 
     def inference_stitched(self, image: Tensor,
                            vocab: VocabularyEmbeddings) -> StitchedMaps:
@@ -487,8 +629,9 @@ class CLIPDenseSegmentor(BaseSegmentor):
         keep = area > self.area_thd * area[foreground].sum()
         return keep | ~foreground
 
-    def _labels(self, scores: Tensor, vocab: VocabularyEmbeddings) -> Tensor:
-        """Argmax of (K, h, w) scores, ``prob_thd`` -> background."""
+    def threshold_labels(self, scores: Tensor, vocab) -> Tensor:
+        """Argmax of (K, h, w) scores, ``prob_thd`` -> background (``vocab``:
+        anything with a ``background_class``)."""
         max_score, labels = scores.max(0)
         background = vocab.background_class
         if background is not None and self.prob_thd > 0:
@@ -503,10 +646,10 @@ class CLIPDenseSegmentor(BaseSegmentor):
                                   minlength=scores.shape[0]).float()
             keep = self._area_keep(area, vocab)
             scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
-        return self._labels(scores, vocab)[None]
+        return self.threshold_labels(scores, vocab)[None]
 
     def segment(self, image: Tensor, vocab: VocabularyEmbeddings,
-                out_shape: Tuple[int, int]
+                out_shape: Tuple[int, int], flip: Optional[str] = None
                 ) -> Tuple[Tensor, Optional[PixelData]]:
         """Labels (1, H, W) of one image at ``out_shape`` and the
         ``seg_logits`` to store (None when ``seg_logits.max_mb=0``).
@@ -514,7 +657,8 @@ class CLIPDenseSegmentor(BaseSegmentor):
         The stored scores are the class scores after the area rule (SCLIP's
         code zeroes the dropped classes in what it stores) and before
         ``prob_thd`` (which changes labels only, in every reference), see
-        :class:`SegLogitsStore` for their size.
+        :class:`SegLogitsStore` for their size. ``flip`` (a
+        ``flip_direction``) is undone on each band of labels and scores.
         """
         maps = self.inference_stitched(image, vocab)
         bands = self._score_bands(maps, image, vocab, out_shape)
@@ -540,6 +684,8 @@ class CLIPDenseSegmentor(BaseSegmentor):
             keep = self._area_keep(area.float(), vocab)
             if kept is not None:
                 scored = lambda: kept  # noqa: E731
+        height = int(out_shape[0])
+        flip_rows = flip in ('vertical', 'diagonal')
         labels = torch.empty(tuple(out_shape), dtype=torch.long,
                              device=image.device)
         store = SegLogitsStore(num_classes, out_shape, self.seg_logits_max_mb,
@@ -548,8 +694,12 @@ class CLIPDenseSegmentor(BaseSegmentor):
             with profile_stage('postprocess'):
                 if keep is not None:
                     scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
-                labels[top:top + scores.shape[1]] = self._labels(scores,
-                                                                 vocab)
+                if flip is not None:  # the band's rows land mirrored
+                    scores = flip_back(scores, flip)
+                    if flip_rows:
+                        top = height - top - scores.shape[1]
+                labels[top:top + scores.shape[1]] = self.threshold_labels(
+                    scores, vocab)
                 store.add(top, scores)
         note = store.reduction_note()
         if note and not getattr(self, '_logits_note_shown', False):
@@ -559,28 +709,46 @@ class CLIPDenseSegmentor(BaseSegmentor):
 
     def predict(self, inputs: Tensor,
                 data_samples: OptSampleList = None) -> SampleList:
-        if inputs.dim() != 4 or inputs.shape[1] != 3:
-            raise OVSSDataError(
-                f'expected a (B, 3, H, W) batch of RGB images, got '
-                f'{tuple(inputs.shape)}; load images as 3-channel colour '
-                "(LoadImageFromFile's default color_type='color' converts "
-                'grayscale and RGBA)')
+        """Labels and ``seg_logits`` of each image at its ``ori_shape``
+        (mmseg's ``postprocess_result`` contract): the padding
+        (``padding_size``, :func:`unpadded_box`) is cut off first, the flip
+        of the meta (``flip``, ``flip_direction``) undone on the results."""
+        self._check_rgb(inputs)
         metas = self._metas(inputs, data_samples)
         vocab = self.vocabulary_embeddings()
         if data_samples is None:
             from mmseg.structures import SegDataSample
             data_samples = [SegDataSample() for _ in metas]
         for index, meta in enumerate(metas):
-            height, width = meta['img_shape'][:2]
-            image = inputs[index:index + 1, :, :height, :width]
+            y1, y2, x1, x2 = unpadded_box(meta, *inputs.shape[-2:])
+            image = inputs[index:index + 1, :, y1:y2, x1:x2]
             with torch.no_grad():
                 labels, logits = self.segment(image, vocab,
-                                              meta['ori_shape'][:2])
+                                              self._ori_shape(meta),
+                                              flip_direction(meta))
             fields = {'pred_sem_seg': PixelData(data=labels)}
             if logits is not None:
                 fields['seg_logits'] = logits
             data_samples[index].set_data(fields)
         return data_samples
+
+    @staticmethod
+    def _check_rgb(inputs: Tensor) -> None:
+        if inputs.dim() != 4 or inputs.shape[1] != 3:
+            raise OVSSDataError(
+                f'expected a (B, 3, H, W) batch of RGB images, got '
+                f'{tuple(inputs.shape)}; load images as 3-channel colour '
+                "(LoadImageFromFile's default color_type='color' converts "
+                'grayscale and RGBA)')
+
+    @staticmethod
+    def _ori_shape(meta: dict) -> Tuple[int, int]:
+        if 'ori_shape' not in meta:
+            raise OVSSDataError(
+                f'image meta without ori_shape (keys: {sorted(meta)}): the '
+                "predictions are resized to it; PackSegInputs' default "
+                'meta_keys include it')
+        return tuple(int(v) for v in meta['ori_shape'][:2])
 
     @staticmethod
     def _metas(inputs: Tensor, data_samples: OptSampleList) -> List[Dict]:
@@ -590,19 +758,72 @@ class CLIPDenseSegmentor(BaseSegmentor):
         return [dict(ori_shape=shape, img_shape=shape, pad_shape=shape,
                      padding_size=[0, 0, 0, 0])] * inputs.shape[0]
 
-    # ------------------------------------------------- BaseSegmentor API
+    # ------------------------------------------------ EncoderDecoder API
     def extract_feat(self, inputs: Tensor):
         """Dense CLIP features of whole (B, 3, H, W) inputs."""
         return self._backbone_features(inputs)
 
-    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]):
-        """Stitched head maps at input size, one image after another."""
+    def encode_decode(self, inputs: Tensor,
+                      batch_img_metas: List[dict]) -> Tensor:
+        """(B, out_channels, H, W) window maps of whole inputs at input size
+        (mmseg's contract): the features of the inputs zero-padded to whole
+        patches, through ``decode_head.predict`` (resized to the padded
+        pixels, cropped to the size of mmseg's ``predict_by_feat`` rule)."""
         vocab = self.vocabulary_embeddings()
-        return torch.cat([self.inference_maps(inputs[i:i + 1], vocab)
-                          for i in range(inputs.shape[0])])
+        features = self.extract_feat(self._pad_to_patches(inputs))
+        return self.decode_head.predict((features, vocab), batch_img_metas,
+                                        self.test_cfg)
+
+    def slide_inference(self, inputs: Tensor,
+                        batch_img_metas: List[dict]) -> Tensor:
+        """mmseg's sliding-window inference with the windows of all images
+        batched: the tensor ``EncoderDecoder.slide_inference`` computes by
+        calling :meth:`encode_decode` window by window (overlaps averaged),
+        up to the summation order of batched windows."""
+        vocab = self.vocabulary_embeddings()
+        return torch.cat([maps.render() for maps in
+                          self.stitched_batch(inputs, vocab, 'slide')])
+
+    def whole_inference(self, inputs: Tensor,
+                        batch_img_metas: List[dict]) -> Tensor:
+        """:meth:`encode_decode` of the inputs, ``window_batch_size``
+        images at a time (mmseg's ``whole_inference``)."""
+        vocab = self.vocabulary_embeddings()
+        return torch.cat([maps.render() for maps in
+                          self.stitched_batch(inputs, vocab, 'whole')])
+
+    def inference(self, inputs: Tensor,
+                  batch_img_metas: List[dict]) -> Tensor:
+        """(B, K, H, W) class scores at input size, what mmseg's
+        ``postprocess_result`` argmaxes: the slide or whole window maps of
+        each image through ``decode_head.image_maps``, PAMR (at input
+        size) and ``decode_head.class_scores``. The background rules
+        (``prob_thd``, ``area_thd``) are :meth:`predict`'s."""
+        self._check_rgb(inputs)
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode == 'slide':
+            maps = self.slide_inference(inputs, batch_img_metas)
+        else:
+            maps = self.whole_inference(inputs, batch_img_metas)
+        vocab = self.vocabulary_embeddings()
+        head, scores = self.decode_head, []
+        for index in range(inputs.shape[0]):
+            image = inputs[index:index + 1]
+            image_maps = head.image_maps(maps[index:index + 1], image, vocab,
+                                         self.backbone.encode_cls,
+                                         self.backbone.patch_size)
+            if isinstance(image_maps, StitchedMaps):
+                image_maps = image_maps.render()
+            if self.pamr is not None:
+                image_maps = self.pamr(image, image_maps)
+            scores.append(head.class_scores(image_maps, vocab))
+        return torch.cat(scores)
 
     def _forward(self, inputs: Tensor, data_samples: OptSampleList = None):
-        return self.encode_decode(inputs, self._metas(inputs, data_samples))
+        """mmseg's tensor mode: the head's window maps (B, out_channels, h,
+        w) on the patch grid of the inputs (padded to whole patches)."""
+        features = self.extract_feat(self._pad_to_patches(inputs))
+        return self.decode_head(features, self.vocabulary_embeddings())
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         raise NotImplementedError(
