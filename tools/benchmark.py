@@ -22,6 +22,16 @@ over the baseline's (of the means, of the medians and per image)::
     python tools/benchmark.py configs/freecp/sclip_ade.py \
         --baseline configs/freecp/benchmark/sclip_ade_base.py \
         --random-init --num-images 10 --templates single
+
+``--train`` times training steps instead (forward, backward, AdamW step on
+``--batch-size`` generated images with random labels) and reports the
+trainable parameters, the gradient and optimiser-state memory and how many
+frozen parameters got a gradient (must be 0); a training-free CLIP
+segmentor trains its image backbone alone, with ``--freeze`` and
+``--prompts K`` (deep visual prompts) overriding its freeze policy::
+
+    python tools/benchmark.py configs/baselines/sclip_ade.py --random-init \
+        --train --prompts 10 --size 512x512 --batch-size 2 --num-images 3
 """
 import argparse
 import json
@@ -90,6 +100,23 @@ def parse_args(argv=None):
                         'time ratio CONFIG / BASELINE (peak memory then '
                         'covers both models)')
     parser.add_argument('--json', help='write the results to this file')
+    train = parser.add_argument_group(
+        'training mode (--train)', 'time training steps instead of '
+        'inference: the whole model for a trainable segmentor (generated '
+        'labels), the image backbone alone for a training-free one')
+    train.add_argument('--train', action='store_true',
+                       help='time training steps (forward, backward, AdamW '
+                       'step); --num-images is the number of steps')
+    train.add_argument('--batch-size', type=int, default=2,
+                       help='images per training step')
+    train.add_argument('--freeze', default=None,
+                       help="override the backbone's freeze policy ('all', "
+                       "'none', 'attn_qv')")
+    train.add_argument('--prompts', type=int, default=None, metavar='K',
+                       help='add deep visual prompts of K tokens per block '
+                       '(DeepVisualPrompts) to the backbone')
+    train.add_argument('--drop-path-rate', type=float, default=None,
+                       help="override the backbone's drop_path_rate")
     return parser.parse_args(argv)
 
 
@@ -112,15 +139,41 @@ def build_model(args, config: Optional[str] = None):
             model_cfg.clip.seed = args.seed  # the loader seeds its weights
         if args.model_name:
             model_cfg.clip.model_name = args.model_name
-    if args.templates and 'text' in model_cfg:
-        model_cfg.text.templates = args.templates
-    strategy = model_cfg.get('strategy', None)
+    if args.templates:
+        if 'text_encoder' in model_cfg:
+            model_cfg.text_encoder.templates = args.templates
+        elif 'text' in model_cfg:
+            model_cfg.text.templates = args.templates
+    backbone = model_cfg.get('backbone', None)
+    strategy = backbone.get('dense_strategy', None) \
+        if isinstance(backbone, dict) else None
+    strategy = strategy or model_cfg.get('strategy', None)
     if args.random_init and isinstance(strategy, dict) and \
             strategy.get('type') == 'ProxyCLIP':
         strategy.random_init = True
         strategy.seed = args.seed
-    model = MODELS.build(model_cfg).to(args.device).eval()
-    return cfg, model
+    if args.train:
+        apply_train_overrides(model_cfg, args)
+    model = MODELS.build(model_cfg).to(args.device)
+    return cfg, model.train(args.train)
+
+
+def apply_train_overrides(model_cfg, args) -> None:
+    """``--freeze``, ``--prompts``, ``--drop-path-rate`` on the backbone."""
+    overrides = {}
+    if args.freeze is not None:
+        overrides['freeze'] = args.freeze
+    if args.prompts is not None:
+        overrides['prompts'] = dict(type='DeepVisualPrompts',
+                                    num_tokens=args.prompts)
+    if args.drop_path_rate is not None:
+        overrides['drop_path_rate'] = args.drop_path_rate
+    if overrides and not isinstance(model_cfg.get('backbone'), dict):
+        raise OVSSConfigError(
+            f'--freeze/--prompts/--drop-path-rate need a model with a '
+            f'backbone config; {model_cfg.get("type")} has none')
+    if overrides:
+        model_cfg.backbone.update(overrides)
 
 
 def vocabulary(cfg, args) -> List[str]:
@@ -226,12 +279,162 @@ class Subject:
             stages_s_per_image=stages)
 
 
+class TrainSubject:
+    """Training steps of one config: the whole model (``train_step`` on
+    generated labels) or, for a training-free CLIP segmentor, its image
+    backbone alone (a squared-feature objective over every output).
+
+    Reports what a step stores: the trainable parameters, the gradients
+    present after ``backward`` (frozen weights must have none) and the
+    optimiser state, besides latency and peak memory.
+    """
+
+    def __init__(self, args):
+        from mmengine.optim import OptimWrapper
+
+        from mmseg_ovss.models.segmentors.clip_segmentor import \
+            CLIPDenseSegmentor
+        self.args = args
+        self.cfg, model = build_model(args)
+        self.backbone_only = isinstance(model, CLIPDenseSegmentor)
+        self.module = model.backbone if self.backbone_only else model
+        self.model = model
+        self.names = vocabulary(self.cfg, args)
+        if not self.backbone_only and hasattr(model, 'set_dataset_classes'):
+            model.set_dataset_classes(self.names)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not params:
+            raise OVSSConfigError(
+                f'{args.config}: nothing to train (every parameter is '
+                'frozen); use --freeze none, --prompts K or a trainable '
+                'config')
+        self.optim = OptimWrapper(torch.optim.AdamW(params, lr=1e-5))
+        self.profiler = StageProfiler()
+        self.latencies: List[float] = []
+
+    def _batch(self, images, height, width):
+        from mmseg.structures import SegDataSample
+        from mmengine.structures import PixelData
+        generator = torch.Generator().manual_seed(len(self.latencies))
+        samples = []
+        for _ in images:
+            labels = torch.randint(0, len(self.names), (1, height, width),
+                                   generator=generator)
+            sample = SegDataSample(metainfo=dict(
+                ori_shape=(height, width), img_shape=(height, width),
+                pad_shape=(height, width), padding_size=[0, 0, 0, 0]))
+            sample.gt_sem_seg = PixelData(data=labels)
+            samples.append(sample)
+        return dict(inputs=list(images), data_samples=samples)
+
+    def _backbone_step(self, data):
+        from mmseg_ovss.utils.profiler import profile_stage
+        inputs = self.model.data_preprocessor(data, True)['inputs']
+        with profile_stage('forward'):
+            outputs = self.module(inputs)
+            loss = sum(t.float().pow(2).mean() for out in outputs
+                       for t in (out if isinstance(out, (list, tuple))
+                                 else [out]))
+        with profile_stage('backward'):
+            loss.backward()
+
+    def step(self, images, height, width, timed=True):
+        from mmseg_ovss.utils.profiler import profile_stage
+        data = self._batch(images, height, width)
+        with self.profiler:
+            start = time.perf_counter()
+            if self.backbone_only:
+                self._backbone_step(data)
+            else:
+                with profile_stage('forward'):
+                    data = self.model.data_preprocessor(data, True)
+                    losses = self.model(**data, mode='loss')
+                    loss, _ = self.model.parse_losses(losses)
+                with profile_stage('backward'):
+                    loss.backward()
+            self.grad_mb = sum(p.grad.numel() * p.grad.element_size()
+                               for p in self.module.parameters()
+                               if p.grad is not None) / 2**20
+            self.frozen_with_grad = sum(
+                1 for p in self.module.parameters()
+                if not p.requires_grad and p.grad is not None)
+            with profile_stage('optimizer'):
+                self.optim.step()
+                self.optim.zero_grad(set_to_none=True)
+            if self.args.device.startswith('cuda'):
+                torch.cuda.synchronize()
+            if timed:
+                self.latencies.append(time.perf_counter() - start)
+
+    def result(self, image_size) -> Dict:
+        args = self.args
+        num = len(self.latencies)
+        params = list(self.module.parameters())
+        state = self.optim.optimizer.state.values()
+        return dict(
+            config=args.config, device=args.device, mode='train',
+            trained=('backbone' if self.backbone_only else 'model'),
+            freeze=getattr(self.model.backbone, 'freeze', None)
+            if hasattr(self.model, 'backbone') else None,
+            prompts=args.prompts, batch_size=args.batch_size,
+            image_size=list(image_size), num_classes=len(self.names),
+            num_steps=num, random_init=args.random_init,
+            threads=torch.get_num_threads(),
+            params_total_m=sum(p.numel() for p in params) / 1e6,
+            params_trainable_m=sum(p.numel() for p in params
+                                   if p.requires_grad) / 1e6,
+            grad_mb=self.grad_mb,
+            frozen_params_with_grad=self.frozen_with_grad,
+            optimizer_state_mb=sum(
+                t.numel() * t.element_size() for s in state
+                for t in s.values() if torch.is_tensor(t)) / 2**20,
+            step_s_mean=sum(self.latencies) / num,
+            step_s_median=statistics.median(self.latencies),
+            images_per_s=num * args.batch_size / sum(self.latencies),
+            stages_s_per_step={name: seconds / num for name, seconds in
+                               sorted(self.profiler.seconds.items())})
+
+
+def train_main(args) -> Dict:
+    """``--train``: time ``--num-images`` training steps."""
+    subject = TrainSubject(args)
+    if args.size:
+        height, width = args.size
+    else:
+        height = width = args.short_side
+    images = make_images(args.batch_size * (args.warmup + args.num_images),
+                         height, width)
+    batches = [images[i:i + args.batch_size]
+               for i in range(0, len(images), args.batch_size)]
+    for batch in batches[:args.warmup]:
+        subject.step(batch, height, width, timed=False)
+    subject.profiler.reset()
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    for batch in batches[args.warmup:]:
+        subject.step(batch, height, width)
+    result = subject.result((height, width))
+    result.update(peak_memory_mb(args.device))
+    return result
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     if args.num_images < 1:
         raise OVSSConfigError('--num-images must be at least 1')
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train:
+        if args.baseline:
+            raise OVSSConfigError(
+                '--train measures one config per process (peak memory is '
+                "the process's); run the baseline in a second process")
+        result = train_main(args)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(result, f, indent=2)
+        return result
     subjects = [Subject(args.config, args)]
     if args.baseline:
         subjects.append(Subject(args.baseline, args))

@@ -5,6 +5,6 @@
 # configs/cfg_ade20k.py).
 _base_ = ['./gem_ade.py']
 model = dict(
-    strategy=dict(residual=False),
+    backbone=dict(dense_strategy=dict(residual=False)),
     decode_head=dict(logit_scale=50.0),
 )

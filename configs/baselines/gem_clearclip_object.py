@@ -5,7 +5,7 @@
 # configs/cfg_coco_object.py).
 _base_ = ['./gem_object.py']
 model = dict(
-    strategy=dict(residual=False),
+    backbone=dict(dense_strategy=dict(residual=False)),
     decode_head=dict(logit_scale=50.0),
     # ClearCLIP's file has the single word "background": no shared synonym
     text=dict(

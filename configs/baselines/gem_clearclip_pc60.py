@@ -5,7 +5,7 @@
 # configs/cfg_context60.py).
 _base_ = ['./gem_pc60.py']
 model = dict(
-    strategy=dict(residual=False),
+    backbone=dict(dense_strategy=dict(residual=False)),
     decode_head=dict(logit_scale=50.0),
     text=dict(background_names=['background']),
     prob_thd=0.15,

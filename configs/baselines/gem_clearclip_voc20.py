@@ -5,7 +5,7 @@
 # configs/cfg_voc20.py).
 _base_ = ['./gem_voc20.py']
 model = dict(
-    strategy=dict(residual=False),
+    backbone=dict(dense_strategy=dict(residual=False)),
     decode_head=dict(logit_scale=50.0),
     text=dict(class_names='data/class_names/reference/clearclip_voc20.txt'),
 )

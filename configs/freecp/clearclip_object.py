@@ -22,7 +22,8 @@ model = dict(
         ap_threshold=0.8,
         descriptions='data/descriptions/coco_object.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/reference/clearclip_coco_object.txt', background_class=0),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/reference/clearclip_coco_object.txt', background_class=0),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -22,7 +22,8 @@ model = dict(
         ap_threshold=0.7,
         descriptions='data/descriptions/pc60.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/pc60.txt', background_class=0, background_names=['background']),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/pc60.txt', background_class=0, background_names=['background']),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -24,7 +24,8 @@ model = dict(
         descriptions='data/descriptions/coco_stuff171.json',
         affinity_head=0,
     ),
-    text=dict(templates='openai', class_names='data/class_names/reference/coco_stuff171.txt', background_class='auto'),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/reference/coco_stuff171.txt', background_class='auto'),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

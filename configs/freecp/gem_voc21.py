@@ -24,7 +24,8 @@ model = dict(
         descriptions='data/descriptions/voc21.json',
         affinity_head=0,
     ),
-    text=dict(templates='openai', class_names='data/class_names/voc21.txt', background_class=0),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/voc21.txt', background_class=0),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

@@ -25,7 +25,8 @@ model = dict(
         ap_threshold=0.7,
         descriptions='data/descriptions/ade150.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/reference/ade150.txt', background_class='auto'),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/reference/ade150.txt', background_class='auto'),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

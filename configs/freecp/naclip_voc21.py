@@ -25,7 +25,8 @@ model = dict(
         ap_threshold=0.8,
         descriptions='data/descriptions/voc21.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/voc21.txt', background_class=0),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/voc21.txt', background_class=0),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

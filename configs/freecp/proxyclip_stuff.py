@@ -4,7 +4,7 @@
 # token maps with CLIP's 16-px attention, so the proxy tokens must lie on the
 # same grid (FreeCPHead refuses mismatched grids). DINO weights come from a
 # local file: set OVSS_DINO16_CHECKPOINT or --cfg-options
-# model.strategy.vfm_checkpoint=/path/dino_vitbase16_pretrain.pth
+# model.backbone.dense_strategy.vfm_checkpoint=/path/dino_vitbase16_pretrain.pth
 _base_ = [
     '../_base_/models/clip_proxyclip.py',
     '../_base_/datasets/coco_stuff171.py',
@@ -19,9 +19,9 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    strategy=dict(
+    backbone=dict(dense_strategy=dict(
         vfm_model='vit_base_patch16_224',
-        vfm_checkpoint='{{$OVSS_DINO16_CHECKPOINT:checkpoints/dino_vitbase16_pretrain.pth}}'),
+        vfm_checkpoint='{{$OVSS_DINO16_CHECKPOINT:checkpoints/dino_vitbase16_pretrain.pth}}')),
     decode_head=dict(
         _delete_=True,
         type='FreeCPHead',
@@ -29,7 +29,8 @@ model = dict(
         ap_threshold=0.7,
         descriptions='data/descriptions/coco_stuff171.json',
     ),
-    text=dict(templates='openai', class_names='data/class_names/reference/coco_stuff171.txt', background_class='auto'),
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/reference/coco_stuff171.txt', background_class='auto'),
     prob_thd=0.0,
     area_thd=None,
     test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(112, 112)))

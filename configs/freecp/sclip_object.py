@@ -16,7 +16,7 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 val_dataloader = test_dataloader
 train_dataloader = None  # training-free
 model = dict(
-    strategy=dict(residual=False),
+    backbone=dict(dense_strategy=dict(residual=False)),
     decode_head=dict(
         _delete_=True,
         type='FreeCPHead',
@@ -26,7 +26,8 @@ model = dict(
     ),
     # the reference file lists "bed" among the background words and as
     # class 60 (it can never win there): read as the authors do, with a warning
-    text=dict(templates='openai', class_names='data/class_names/coco_object.txt', background_class=0,
+    text_encoder=dict(templates='openai'),
+    text=dict(class_names='data/class_names/coco_object.txt', background_class=0,
         shared_synonyms='allow'),
     prob_thd=0.0,
     area_thd=None,

@@ -4,7 +4,8 @@ _base_ = ['./clip_dense.py']
 # Position embeddings: DINO-style scale-factor interpolation as in the
 # SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
-    clip=dict(pos_interp='dino'),
-    strategy=dict(type='ClearCLIP', residual=False, ffn=False),
+    backbone=dict(
+        pos_interp='dino',
+        dense_strategy=dict(type='ClearCLIP', residual=False, ffn=False)),
     decode_head=dict(logit_scale=50.0),
     test_cfg=dict(mode='slide', crop_size=(448, 448), stride=(224, 224)))

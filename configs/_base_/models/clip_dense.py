@@ -3,7 +3,8 @@
 # ImageNet templates of its prompts/imagenet_template.py): open_clip
 # ViT-B/16 with OpenAI weights, a dense strategy for the last block(s), a
 # cosine head over prompt-ensembled class queries, mmseg slide inference.
-# A method file sets `strategy`, `decode_head.logit_scale` and `test_cfg`;
+# A method file sets `backbone.dense_strategy`, `decode_head.logit_scale`
+# and `test_cfg`;
 # a benchmark file sets the test pipeline and the background rules.
 _base_ = ['../default_runtime.py']
 
@@ -16,20 +17,26 @@ model = dict(
         bgr_to_rgb=True,
         pad_val=0,
         seg_pad_val=255),
+    # the CLIP weights both towers load (mmseg's `pretrained=` for two
+    # modules): a pretrained tag, a local file or random weights
     clip=dict(
         model_name='ViT-B-16',
         pretrained='openai',
         # local weights file, e.g. --cfg-options model.clip.checkpoint=...
         checkpoint=None,
         precision='fp32',
-        random_init=False,
+        random_init=False),
+    backbone=dict(
+        type='OpenCLIPViT',
         # position-embedding resize: 'size', 'size_antialias' (GEM) or
         # 'dino' (SCLIP lineage); set per method in clip_<method>.py
-        pos_interp='size'),
-    strategy=dict(type='Vanilla'),
+        pos_interp='size',
+        dense_strategy=dict(type='Vanilla'),
+        freeze='all'),
+    text_encoder=dict(type='OpenCLIPTextEncoder', templates='openai',
+                      freeze='all'),
     decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
     text=dict(
-        templates='openai',
         # None: the dataset's metainfo classes (DatasetVocabularyHook)
         class_names=None,
         background_class='auto'),

@@ -3,7 +3,8 @@
 _base_ = ['./clip_dense.py']
 # Position embeddings: resized by size with antialias=True, as GEM's code.
 model = dict(
-    clip=dict(pos_interp='size_antialias'),
-    strategy=dict(type='GEM', num_blocks=6, iterations=1, temperature=None),
+    backbone=dict(
+        pos_interp='size_antialias',
+        dense_strategy=dict(type='GEM', num_blocks=6, iterations=1, temperature=None)),
     decode_head=dict(logit_scale=40.0),
     test_cfg=dict(mode='slide', crop_size=(448, 448), stride=(224, 224)))

@@ -5,8 +5,9 @@ _base_ = ['./clip_dense.py']
 # Position embeddings: DINO-style scale-factor interpolation as in the
 # SCLIP, NACLIP, ClearCLIP and ProxyCLIP code (MaskCLIP: ClearCLIP's code).
 model = dict(
-    clip=dict(pos_interp='dino'),
-    strategy=dict(type='NACLIP', sigma=5.0, residual=False, ffn=False),
+    backbone=dict(
+        pos_interp='dino',
+        dense_strategy=dict(type='NACLIP', sigma=5.0, residual=False, ffn=False)),
     decode_head=dict(logit_scale=40.0),
     pamr=dict(num_iter=10, dilations=(8, 16)),
     # stored seg_logits divided by their sum over classes, as

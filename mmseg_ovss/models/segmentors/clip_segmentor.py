@@ -1,7 +1,9 @@
 """Training-free dense-CLIP segmentor (MaskCLIP, SCLIP, ClearCLIP, GEM, ...).
 
-backbone = open_clip ViT with a dense strategy (``strategy``), text encoder =
-prompt-ensembled class queries, decode head = any
+backbone = the registered open_clip ViT (``OpenCLIPViT``) with a dense
+strategy (``backbone.dense_strategy``), text encoder = the registered
+open_clip text tower (``OpenCLIPTextEncoder``: prompt-ensembled class
+queries), both from one ``clip`` weights block, decode head = any
 :class:`~mmseg_ovss.clip.dense_head.DenseCLIPHead` (cosine head, FreeCP).
 Inference follows mmseg's ``test_cfg`` (``mode='slide'`` with ``crop_size``
 and ``stride``, or ``'whole'``) with all windows of an image batched; the
@@ -43,17 +45,16 @@ from mmseg_ovss.clip.dense_head import (DenseCLIPHead, StitchedMaps,
                                         band_height, linear_source,
                                         resolve_layer_indices)
 from mmseg_ovss.clip.features import VocabularyEmbeddings
-from mmseg_ovss.clip.loading import build_clip_model
-from mmseg_ovss.clip.strategies import build_dense_strategy
-from mmseg_ovss.clip.text_encoder import (CLIPTextEncoder, build_tokenizer,
-                                          vocabulary_from)
-from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
+from mmseg_ovss.clip.text_encoder import (                                          vocabulary_from)
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.pamr import PAMR
 from mmseg_ovss.utils.profiler import profile_stage
 
 Window = Tuple[int, int, int, int]
+#: Text-tower options that configs of the old layout gave in ``text``.
+TEXT_TOWER_KEYS = ('templates', 'batch_size', 'cache_size',
+                   'truncate_context')
 #: ``flip_direction`` values of mmcv's ``RandomFlip`` and the image axes
 #: (of a (..., H, W) tensor) each one reverses.
 FLIP_AXES = {'horizontal': (-1, ), 'vertical': (-2, ),
@@ -246,17 +247,22 @@ class CLIPDenseSegmentor(EncoderDecoder):
       ``postprocess_result(inference(...))``.
 
     Args:
-        clip (dict): :func:`~mmseg_ovss.clip.loading.build_clip_model`
-            arguments (``model_name``, ``pretrained``, ``checkpoint``,
-            ``precision``, ``random_init``) and ``pos_interp``, how the
-            position embeddings are resized to a window ('size',
+        clip (dict): the CLIP weights both towers load,
+            :func:`~mmseg_ovss.clip.loading.build_clip_model` arguments
+            (``model_name``, ``pretrained``, ``checkpoint``, ``precision``,
+            ``random_init``, ``seed``); filled into ``backbone`` and
+            ``text_encoder`` where they do not set a key.
+        backbone (dict): the image tower, ``OpenCLIPViT`` by default:
+            ``dense_strategy`` (e.g. ``dict(type='SCLIP')``), ``pos_interp``
+            (how position embeddings are resized to a window: 'size',
             'size_antialias' as GEM's code, 'dino' as the SCLIP, NACLIP,
-            ClearCLIP and ProxyCLIP code; see
-            ``vision_encoder.interpolate_position_embedding``).
-        strategy (dict): dense strategy, e.g. ``dict(type='SCLIP')``.
+            ClearCLIP and ProxyCLIP code), ``freeze`` ('all'); see
+            ``docs/clip_backbone.md``.
+        text_encoder (dict): the text tower, ``OpenCLIPTextEncoder`` by
+            default: ``templates`` ('openai', 'vild', 'single', a list or
+            a file), ``freeze``; see ``docs/clip_text_encoder.md``.
         decode_head (dict): a registered ``DenseCLIPHead``.
-        text (dict): ``templates`` ('openai' ...), ``class_names`` (a
-            class-name file; default: the dataset's metainfo classes set by
+        text (dict): the vocabulary: ``class_names`` (a class-name file; default: the dataset's metainfo classes set by
             ``DatasetVocabularyHook``), ``background_class`` (int, None or
             'auto': the class one of whose synonyms is "background", in any
             case or spacing, or whose dataset class is so named, e.g. a
@@ -284,11 +290,15 @@ class CLIPDenseSegmentor(EncoderDecoder):
             bands plus the window maps on their patch grids.
         test_cfg (dict): ``mode`` 'slide' (``crop_size``, ``stride``) or
             'whole'.
+        strategy (dict, optional): the old place of
+            ``backbone.dense_strategy`` (read with a warning, as are
+            ``clip.pos_interp`` and the text tower's options in ``text``).
     """
 
     def __init__(self,
-                 clip: dict,
-                 strategy: Union[dict, str] = 'Vanilla',
+                 clip: Optional[dict] = None,
+                 backbone: Optional[dict] = None,
+                 text_encoder: Optional[dict] = None,
                  decode_head: Optional[dict] = None,
                  text: Optional[dict] = None,
                  prob_thd: float = 0.0,
@@ -300,9 +310,11 @@ class CLIPDenseSegmentor(EncoderDecoder):
                  data_preprocessor: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None):
-        # BaseSegmentor's init: the towers are built here, not by
-        # EncoderDecoder from backbone=/neck= configs
+                 init_cfg: Optional[dict] = None,
+                 strategy: Union[dict, str, None] = None):
+        # BaseSegmentor's init: the towers are built with the shared clip
+        # weights (_build_clip_towers) and num_classes / out_channels follow
+        # the run-time vocabulary, so EncoderDecoder's init does not apply
         BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor,
                                init_cfg=init_cfg)
         text = dict(text or {})
@@ -310,7 +322,7 @@ class CLIPDenseSegmentor(EncoderDecoder):
         self.background_class = text.pop('background_class', 'auto')
         self.background_names = text.pop('background_names', None)
         self.shared_synonyms = text.pop('shared_synonyms', 'error')
-        self._build_clip_towers(clip, strategy, text)
+        self._build_clip_towers(clip, backbone, text_encoder, strategy, text)
         head = MODELS.build(decode_head or dict(type='CosineSimilarityHead'))
         if not isinstance(head, DenseCLIPHead):
             raise OVSSConfigError(
@@ -359,30 +371,69 @@ class CLIPDenseSegmentor(EncoderDecoder):
             getattr(head, 'required_attention_layers', ()),
             self.backbone.num_layers)
 
-    def _build_clip_towers(self, clip: dict, strategy: Union[dict, str],
+    def _build_clip_towers(self, clip: Optional[dict], backbone: Optional[dict],
+                           text_encoder: Optional[dict], strategy=None,
                            text: Optional[dict] = None) -> None:
-        """Build ``clip_model``, ``backbone`` (the dense image encoder) and
-        ``text_encoder`` from the ``clip`` weights block, the dense
-        ``strategy`` and the text encoder's options (``text`` without the
-        vocabulary keys). Everything else reads the towers only through
-        ``backbone.patch_size``, ``backbone.num_layers``,
-        ``backbone.encode_cls``, :meth:`_backbone_features` and
-        ``text_encoder(vocabulary)``."""
-        clip = dict(clip)
-        pos_interp = clip.pop('pos_interp', 'size')
-        self.clip_cfg = clip
-        self.clip_model = build_clip_model(**clip)
-        self.backbone = DenseCLIPVisionEncoder(
-            self.clip_model.visual, build_dense_strategy(strategy),
-            pos_interp=pos_interp,
-            clip_model=self.clip_model)
-        model_key = '|'.join(str(clip.get(k)) for k in (
-            'model_name', 'pretrained', 'checkpoint', 'random_init',
-            'precision', 'seed'))
-        self.text_encoder = CLIPTextEncoder(
-            self.clip_model, build_tokenizer(clip.get('model_name',
-                                                      'ViT-B-16')),
-            model_key=model_key, **(text or {}))
+        """Build ``backbone`` (:class:`~mmseg_ovss.models.backbones.
+        OpenCLIPViT`) and ``text_encoder`` (:class:`~mmseg_ovss.models.
+        text_encoders.OpenCLIPTextEncoder`) from their configs, each filled
+        with the ``clip`` weights block where it does not set a key (as
+        mmseg's ``pretrained=`` fills the backbone's). Each tower keeps its
+        own half of the CLIP model, so the weights exist once.
+
+        The keys of configs written before the towers were registered are
+        still read, with a warning: ``strategy`` (now
+        ``backbone.dense_strategy``), ``clip.pos_interp`` (now
+        ``backbone.pos_interp``) and the text tower's options in ``text``
+        (now ``text_encoder``: ``templates``, ``batch_size``,
+        ``cache_size``, ``truncate_context``)."""
+        clip = dict(clip or {})
+        backbone = dict(backbone or {})
+        text_encoder = dict(text_encoder or {})
+        backbone.setdefault('type', 'OpenCLIPViT')
+        text_encoder.setdefault('type', 'OpenCLIPTextEncoder')
+        legacy = []
+        if 'pos_interp' in clip:
+            backbone['pos_interp'] = clip.pop('pos_interp')
+            legacy.append('clip.pos_interp -> backbone.pos_interp')
+        if strategy is not None:
+            current = backbone.get('dense_strategy')
+            if isinstance(strategy, dict) and 'type' not in strategy and \
+                    isinstance(current, dict):
+                strategy = {**current, **strategy}
+            backbone['dense_strategy'] = strategy
+            legacy.append('strategy -> backbone.dense_strategy')
+        for key in TEXT_TOWER_KEYS:
+            if key in (text or {}):
+                text_encoder[key] = text.pop(key)
+                legacy.append(f'text.{key} -> text_encoder.{key}')
+        if text:
+            raise OVSSConfigError(
+                f'unknown text option(s) {sorted(text)}; text takes '
+                "class_names, background_class, background_names and "
+                "shared_synonyms (the text tower's options go in "
+                'text_encoder=dict(...))')
+        if legacy:
+            warnings.warn(
+                f'{type(self).__name__}: config keys of the old layout were '
+                f'moved ({"; ".join(legacy)}); write them there (see '
+                'configs/_base_/models/clip_dense.py)', DeprecationWarning)
+        for key, value in clip.items():
+            backbone.setdefault(key, value)
+            text_encoder.setdefault(key, value)
+        self.backbone = MODELS.build(backbone)
+        self.text_encoder = MODELS.build(text_encoder)
+        for tower, needs in ((self.backbone, ('forward_dense', 'encode_cls',
+                                              'patch_size', 'num_layers')),
+                             (self.text_encoder, ('embed_vocabulary',
+                                                  'logit_scale'))):
+            missing = [name for name in needs if not hasattr(tower, name)]
+            if missing:
+                raise OVSSConfigError(
+                    f'{type(tower).__name__} lacks {missing}: '
+                    f'{type(self).__name__} needs an open_clip tower '
+                    "(backbone type='OpenCLIPViT', text_encoder "
+                    "type='OpenCLIPTextEncoder') or one with their API")
 
     @property
     def num_classes(self) -> int:
@@ -452,7 +503,7 @@ class CLIPDenseSegmentor(EncoderDecoder):
     def vocabulary_embeddings(self) -> VocabularyEmbeddings:
         """Embeddings of the active vocabulary (cached by the encoder)."""
         with profile_stage('text'):
-            return self.text_encoder(self.vocabulary())
+            return self.text_encoder.embed_vocabulary(self.vocabulary())
 
     # ----------------------------------------------------------- inference
     def _pad_to_patches(self, images: Tensor) -> Tensor:
@@ -485,9 +536,13 @@ class CLIPDenseSegmentor(EncoderDecoder):
         """Dense features of (B, 3, H, W) images: the one call of the
         backbone's dense forward."""
         head = self.decode_head
-        return self.backbone(images, attention_layers=self._attention_layers,
-                             with_cls=head.requires_cls_token,
-                             attention_heads=head.attention_heads)
+        features = self.backbone.forward_dense(
+            images, attention_layers=self._attention_layers,
+            with_cls=head.requires_cls_token,
+            attention_heads=head.attention_heads)
+        # CLIP's temperature lives with the text tower (FreeCP's Eq. 1)
+        features.logit_scale = self.text_encoder.logit_scale
+        return features
 
     def _windows(self, height: int, width: int, mode: str) -> List[Window]:
         if mode == 'whole':
