@@ -329,7 +329,8 @@ class TrainSubject:
 
     def _backbone_step(self, data):
         from mmseg_ovss.utils.profiler import profile_stage
-        inputs = self.model.data_preprocessor(data, True)['inputs']
+        # normalised and stacked (the generated images share one size)
+        inputs = self.model.data_preprocessor(data, False)['inputs']
         with profile_stage('forward'):
             outputs = self.module(inputs)
             loss = sum(t.float().pow(2).mean() for out in outputs
