@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg.registry import MODELS
 
+import mmseg_ovss  # noqa: F401  (registers the modules)
 from mmseg_ovss.clip.loading import build_clip_model
 from mmseg_ovss.clip.templates import load_templates
-from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
@@ -29,9 +30,21 @@ def text_tolerance(magnitude: float = 1.0) -> float:
 
 @pytest.fixture(scope='module')
 def encoder():
-    model = build_tiny_clip(MODEL)
-    return CLIPTextEncoder(model, build_tokenizer(MODEL), model_key='tiny',
-                           templates=['a photo of a {}.', 'art of the {}.'])
+    return MODELS.build(dict(
+        type='OpenCLIPTextEncoder', model_name=MODEL, random_init=True,
+        templates=['a photo of a {}.', 'art of the {}.']))
+
+
+@pytest.fixture(scope='module')
+def clip_model(encoder):
+    """A whole open_clip CLIP (another seed) loaded with the encoder's text
+    weights: its own ``encode_text`` is the direct computation."""
+    model = build_clip_model(MODEL, pretrained=None, random_init=True,
+                             seed=1)
+    result = model.load_state_dict(encoder.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.startswith('visual.') for k in result.missing_keys)
+    return model
 
 
 def test_vocabulary_synonyms_and_errors(tmp_path):
@@ -88,10 +101,10 @@ def test_templates():
 
 
 @torch.no_grad()
-def test_prompt_ensemble_matches_direct_computation(encoder):
+def test_prompt_ensemble_matches_direct_computation(encoder, clip_model):
     vocab = Vocabulary.from_names(['sky, wall', 'cat'], background_class=0)
     emb = encoder(vocab)
-    model, tokenizer = encoder.clip_model, encoder.tokenizer
+    model, tokenizer = clip_model, encoder.tokenizer
     rows = []
     for query in ['sky', 'wall', 'cat']:
         tokens = tokenizer([f'a photo of a {query}.', f'art of the {query}.'])
@@ -146,7 +159,7 @@ def test_random_init_half_precision_builds():
     assert model.visual.conv1.weight.dtype == torch.bfloat16
 
 
-def test_template_file_and_descriptions(encoder, tmp_path):
+def test_template_file_and_descriptions(encoder, clip_model, tmp_path):
     path = tmp_path / 'mine.txt'
     path.write_text('a photo of the {}.\n\nitap of a {}.\n')
     templates = load_templates(str(path))
@@ -156,7 +169,7 @@ def test_template_file_and_descriptions(encoder, tmp_path):
                     'dog': ['it barks.']}
     emb = encoder.encode_descriptions(descriptions, ['dog', 'cat'])
     with torch.no_grad():  # open_clip's own text tower, full context
-        direct = F.normalize(encoder.clip_model.encode_text(
+        direct = F.normalize(clip_model.encode_text(
             encoder.tokenizer(descriptions['cat'])), dim=-1)
     expected = F.normalize(direct[0] + direct[1], dim=0)
     tol = text_tolerance()
@@ -166,11 +179,11 @@ def test_template_file_and_descriptions(encoder, tmp_path):
 
 
 @torch.no_grad()
-def test_truncated_context_equals_full_text_tower(encoder):
+def test_truncated_context_equals_full_text_tower(encoder, clip_model):
     sentences = ['a photo of a cat.', 'a very long sentence about a small '
                  'grey cat sitting on a red mat in the sun.', 'dog']
     tokens = encoder.tokenizer(sentences)
-    full = encoder.clip_model.encode_text(tokens)
+    full = clip_model.encode_text(tokens)
     torch.testing.assert_close(
         encoder._encode_tokens(tokens), full, rtol=text_tolerance(),
         atol=text_tolerance(float(full.abs().max())))

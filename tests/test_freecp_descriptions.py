@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg.registry import MODELS
 
-from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
+import mmseg_ovss  # noqa: F401  (registers the modules)
+from mmseg_ovss.clip.loading import build_clip_model
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.freecp.descriptions import (description_class_embeddings,
                                             load_descriptions,
                                             match_descriptions,
                                             template_class_embeddings)
-from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.testing.tools import run_tool
 from mmseg_ovss.utils.errors import OVSSDataError
 
@@ -70,9 +71,21 @@ def test_shipped_descriptions_cover_their_vocabulary(names, vocab):
 
 @pytest.fixture(scope='module')
 def text_encoder():
-    model = build_tiny_clip(seed=0)
-    return CLIPTextEncoder(model, build_tokenizer('ovss-tiny-ViT-16'),
-                           model_key='tiny', templates=['a photo of a {}.'])
+    return MODELS.build(dict(
+        type='OpenCLIPTextEncoder', model_name='ovss-tiny-ViT-16',
+        random_init=True, templates=['a photo of a {}.']))
+
+
+@pytest.fixture(scope='module')
+def clip_model(text_encoder):
+    """A whole open_clip CLIP (another seed) loaded with the encoder's text
+    weights: its own ``encode_text`` is the direct computation."""
+    model = build_clip_model('ovss-tiny-ViT-16', pretrained=None,
+                             random_init=True, seed=1)
+    result = model.load_state_dict(text_encoder.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.startswith('visual.') for k in result.missing_keys)
+    return model
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -84,7 +97,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load_descriptions(bad)
 
 
-def test_uncovered_class_falls_back_to_template(text_encoder):
+def test_uncovered_class_falls_back_to_template(text_encoder, clip_model):
     vocab = text_encoder(Vocabulary((('cat', 'kitty'), ('dog', ), ('yak', )),
                                     None))
     table = {'Kitty': ['A small furry pet.', 'It purrs.'],
@@ -95,7 +108,7 @@ def test_uncovered_class_falls_back_to_template(text_encoder):
     templates = template_class_embeddings(vocab)
     torch.testing.assert_close(emb[2], templates[2], rtol=0, atol=0)
     with torch.no_grad():  # open_clip's own text tower, full context
-        direct = F.normalize(text_encoder.clip_model.encode_text(
+        direct = F.normalize(clip_model.encode_text(
             text_encoder.tokenizer(table['Kitty'])), dim=-1)
     expect = F.normalize(direct[0] + direct[1], dim=0)
     # fp32, unit-norm rows; each output of the 2-layer width-32 tower sums

@@ -13,13 +13,12 @@ from mmseg.structures import SegDataSample
 
 import mmseg_ovss  # noqa: F401 (registers the models)
 from mmseg_ovss.blip.class_source import ClassSource
+from mmseg_ovss.clip.loading import build_clip_model
 from mmseg_ovss.clip.templates import load_templates
-from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.freecp.descriptions import (description_class_embeddings,
                                             load_descriptions,
                                             match_descriptions)
-from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 MODEL = 'ovss-tiny-ViT-16'
@@ -52,7 +51,8 @@ def test_bom_file_gets_its_background_class_in_the_segmentor(tmp_path):
     model = MODELS.build(dict(
         type='CLIPDenseSegmentor',
         clip=dict(model_name=MODEL, random_init=True),
-        text=dict(templates='single', class_names=str(path))))
+        text_encoder=dict(templates='single'),
+        text=dict(class_names=str(path))))
     vocab = model.vocabulary_embeddings()
     assert vocab.class_names == ['background', 'cat', 'dog']
     assert vocab.background_class == 0
@@ -198,7 +198,7 @@ def test_segmentor_background_rule_is_the_documented_one(
     model = MODELS.build(dict(
         type='CLIPDenseSegmentor',
         clip=dict(model_name=MODEL, random_init=True),
-        text=dict(templates='single')))
+        text_encoder=dict(templates='single')))
     if dataset is None:  # a vocabulary list (the demo's --classes)
         model.set_vocabulary(classes)
     else:  # a class-name file run on a dataset (VOC21 with SCLIP's file)
@@ -212,8 +212,8 @@ def test_segmentor_reads_a_reference_file_with_shared_synonyms(tmp_path):
     path = write(tmp_path / 'ref.txt', 'sky, bed\ncat\nbed\n')
     cfg = dict(type='CLIPDenseSegmentor',
                clip=dict(model_name=MODEL, random_init=True),
-               text=dict(templates='single', class_names=str(path),
-                         background_class=0))
+               text_encoder=dict(templates='single'),
+               text=dict(class_names=str(path), background_class=0))
     with pytest.raises(OVSSConfigError, match="'bed' is on line 1"):
         MODELS.build(cfg).vocabulary()
     cfg['text']['shared_synonyms'] = 'allow'
@@ -271,14 +271,19 @@ def test_pnp_class_lists_match_names_in_any_script(tmp_path):
 # --------------------------------------------------------- repeats count
 @pytest.fixture(scope='module')
 def text_encoder():
-    model = build_tiny_clip(MODEL, seed=0)
-    return CLIPTextEncoder(model, build_tokenizer(MODEL), model_key='tiny',
-                           templates='single')
+    return MODELS.build(dict(type='OpenCLIPTextEncoder', model_name=MODEL,
+                             random_init=True, templates='single'))
 
 
 def direct_embeddings(encoder, sentences):
-    """open_clip's own text tower (full context), normalised rows."""
-    model, tokenizer = encoder.clip_model, encoder.tokenizer
+    """open_clip's own text tower (full context), normalised rows, of a
+    whole CLIP (another seed) loaded with the encoder's text weights."""
+    model = build_clip_model(MODEL, pretrained=None, random_init=True,
+                             seed=1)
+    result = model.load_state_dict(encoder.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.startswith('visual.') for k in result.missing_keys)
+    tokenizer = encoder.tokenizer
     with torch.no_grad():
         return F.normalize(model.encode_text(tokenizer(sentences)), dim=-1)
 

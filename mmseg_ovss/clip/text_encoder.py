@@ -5,10 +5,9 @@ normalise(E_text(t(q)))) over the templates t (CLIP's prompt ensembling,
 Radford et al., 2021, Sec. 3.1.4; computed so in SCLIP, ``wangf3014/SCLIP``,
 ``clip_segmentor.py``).
 
-:class:`PromptEnsembleEncoding` holds this computation once, for the
-registered :class:`~mmseg_ovss.models.text_encoders.OpenCLIPTextEncoder`
-and for :class:`CLIPTextEncoder` (the adapter over a whole open_clip model
-that the segmentors use until they build the registered one).
+:class:`PromptEnsembleEncoding` holds this computation for the registered
+:class:`~mmseg_ovss.models.text_encoders.OpenCLIPTextEncoder`; the helpers
+here read an open_clip model's text tower and run it.
 """
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -304,47 +303,6 @@ class PromptEnsembleEncoding:
                     'sentences)')
         with self._grad_mode():
             return mean_sentence_embeddings(self.encode_text, matched)
-
-
-class CLIPTextEncoder(PromptEnsembleEncoding):
-    """Encodes vocabularies with the text tower of a whole open_clip model
-    (always without gradients; the registered module
-    :class:`~mmseg_ovss.models.text_encoders.OpenCLIPTextEncoder` owns its
-    tower and can train it).
-
-    Args:
-        clip_model: open_clip ``CLIP`` or ``CustomTextCLIP``.
-        tokenizer: the model's open_clip tokenizer.
-        model_key: a name of the weights (part of the cache key, with the
-            weights' versions).
-        templates, batch_size, cache_size, truncate_context: see
-            :meth:`PromptEnsembleEncoding.setup_encoding`.
-    """
-
-    def __init__(self, clip_model: nn.Module, tokenizer, model_key: str,
-                 templates: TemplateSpec = 'openai', batch_size: int = 256,
-                 cache_size: int = 8, truncate_context: bool = True):
-        self.clip_model = clip_model
-        self.model_key = model_key
-        self._text_tower = text_tower_of(clip_model)
-        self.setup_encoding(tokenizer, templates, batch_size, cache_size,
-                            truncate_context)
-
-    @property
-    def text_tower(self) -> nn.Module:
-        return self._text_tower
-
-    def weights_key(self) -> tuple:
-        return (self.model_key, weights_version_key(
-            (*self._text_tower.parameters(), *self._text_tower.buffers())))
-
-    def tracks_gradients(self) -> bool:
-        return False
-
-    def __call__(self, vocab: Vocabulary,
-                 with_templates: bool = False) -> VocabularyEmbeddings:
-        """Embeddings of a vocabulary (cached)."""
-        return self.embed_vocabulary(vocab, with_templates)
 
 
 def build_tokenizer(model_name: str, context_length: Optional[int] = None):
