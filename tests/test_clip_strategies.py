@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mmseg_ovss.clip.strategies import build_dense_strategy
-from mmseg_ovss.clip.vision_encoder import (DenseCLIPVisionEncoder,
-                                            interpolate_position_embedding)
+from mmseg_ovss.clip.vision_encoder import interpolate_position_embedding
+from mmseg_ovss.models.backbones import OpenCLIPViT
 from mmseg_ovss.testing.direct import (EPS32, assert_fp32_close,
                                       attention_heads, merge_heads)
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
@@ -57,11 +57,15 @@ def to_dense(model, tokens):
     return y.transpose(1, 2).reshape(y.shape[0], -1, 4, 4)
 
 
+def backbone_over(model, strategy='Vanilla', **kwargs):
+    """An OpenCLIPViT over ``model``'s image tower (weights not copied)."""
+    return OpenCLIPViT(visual=model.visual, dense_strategy=strategy,
+                       **kwargs).eval()
+
+
 def run(model, strategy, images, **kwargs):
-    encoder = DenseCLIPVisionEncoder(model.visual,
-                                     build_dense_strategy(strategy))
     with torch.no_grad():
-        return encoder(images, **kwargs)
+        return backbone_over(model, strategy).forward_dense(images, **kwargs)
 
 
 def last_block(model):
@@ -138,9 +142,8 @@ def test_naclip_gaussian_neighbourhood(clip_model):
     torch.manual_seed(2)
     images = torch.randn(1, 3, 48, 80)  # 3 x 5 grid, interpolated positions
     sigma = 1.5
-    encoder = DenseCLIPVisionEncoder(clip_model.visual,
-                                     build_dense_strategy('Vanilla'))
-    x, grid = encoder.embed(images)
+    x, layout = backbone_over(clip_model).embed(images)
+    grid = layout.grid
     for block in clip_model.visual.transformer.resblocks[:-1]:
         x = block(x)
     block = last_block(clip_model)
@@ -234,9 +237,7 @@ def test_unknown_strategy_and_bad_depth(clip_model):
     with pytest.raises(OVSSConfigError, match='unknown dense strategy'):
         build_dense_strategy(dict(type='NoSuchCLIP'))
     with pytest.raises(OVSSConfigError, match='replaces 8 blocks'):
-        DenseCLIPVisionEncoder(clip_model.visual,
-                               build_dense_strategy(dict(type='GEM',
-                                                         num_blocks=8)))
+        backbone_over(clip_model, dict(type='GEM', num_blocks=8))
 
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -261,9 +262,8 @@ def proxyclip_with_input_capture(vfm_model):
 def proxy_output(clip_model, images, weights, vfm_grid):
     """out_proj(W v) of the last block, v bilinearly resized from CLIP's
     grid to the VFM's, then ln_post and proj: (B, D, h', w')."""
-    encoder = DenseCLIPVisionEncoder(clip_model.visual,
-                                     build_dense_strategy('Vanilla'))
-    x, grid = encoder.embed(images)
+    x, layout = backbone_over(clip_model).embed(images)
+    grid = layout.grid
     for block in clip_model.visual.transformer.resblocks[:-1]:
         x = block(x)
     block = last_block(clip_model)
@@ -283,7 +283,7 @@ def test_proxyclip_proxy_attention(clip_model):
     torch.manual_seed(5)
     images = torch.randn(1, 3, 32, 32)  # CLIP grid 2 x 2, DINO's 4 x 4
     strategy, seen = proxyclip_with_input_capture('vit_small_patch8_224')
-    got = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
+    got = backbone_over(clip_model, strategy).forward_dense(images)
     # the VFM gets CLIP-normalised pixels renormalised to ImageNet's
     # statistics (a product, a sum, a difference and a quotient per value)
     net = (images * CLIP_STD + CLIP_MEAN - NET_MEAN) / NET_STD
@@ -335,13 +335,11 @@ def test_position_embedding_modes_match_direct_interpolate(clip_model):
     with pytest.raises(OVSSConfigError, match='interpolation'):
         interpolate_position_embedding(pos, (4, 4), dst, 'nearest')
     with pytest.raises(OVSSConfigError, match='pos_interp'):
-        DenseCLIPVisionEncoder(clip_model.visual,
-                               build_dense_strategy('Vanilla'),
-                               pos_interp='bilinear')
+        backbone_over(clip_model, pos_interp='bilinear')
 
 
 @torch.no_grad()
-def test_encoder_embeds_with_configured_pos_interp(clip_model):
+def test_backbone_embeds_with_configured_pos_interp(clip_model):
     torch.manual_seed(3)
     images = torch.randn(1, 3, 48, 80)  # 3 x 5 grid
     visual = clip_model.visual
@@ -354,13 +352,11 @@ def test_encoder_embeds_with_configured_pos_interp(clip_model):
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     cls = visual.class_embedding.view(1, 1, -1)
     expected = visual.ln_pre(torch.cat([cls, x], 1) + pos)
-    encoder = DenseCLIPVisionEncoder(visual, build_dense_strategy('Vanilla'),
-                                     pos_interp='dino')
-    got, got_grid = encoder.embed(images)
-    assert got_grid == (3, 5)
+    got, layout = backbone_over(clip_model, pos_interp='dino').embed(images)
+    assert layout.grid == (3, 5)
+    assert (layout.num_prefix, layout.num_suffix) == (0, 0)
     torch.testing.assert_close(got, expected)
-    plain, _ = DenseCLIPVisionEncoder(
-        visual, build_dense_strategy('Vanilla')).embed(images)
+    plain, _ = backbone_over(clip_model).embed(images)
     assert not torch.allclose(plain, expected)
 
 
@@ -420,7 +416,7 @@ def test_proxyclip_constant_window_attends_to_itself(clip_model, images):
     strategy, _ = proxyclip_with_input_capture('vit_small_patch8_224')
     strategy.vfm.pos_embed.zero_()
     constant = torch.zeros_like(images[:1])
-    got = DenseCLIPVisionEncoder(clip_model.visual, strategy)(constant)
+    got = backbone_over(clip_model, strategy).forward_dense(constant)
     assert got.patch_tokens.shape[-2:] == (8, 8)
     assert torch.isfinite(got.patch_tokens).all()
     expected = proxy_output(clip_model, constant, torch.eye(64)[None], (8, 8))
@@ -441,7 +437,7 @@ def test_patch_size_follows_the_output_grid(clip_model, images):
     assert run(clip_model, 'ClearCLIP', images).patch_size == 16
     strategy = build_dense_strategy(dict(
         type='ProxyCLIP', random_init=True, vfm_model='vit_small_patch8_224'))
-    feats = DenseCLIPVisionEncoder(clip_model.visual, strategy)(images)
+    feats = backbone_over(clip_model, strategy).forward_dense(images)
     assert feats.patch_tokens.shape[-2:] == (8, 8)
     assert feats.patch_size == 8
 
@@ -481,30 +477,29 @@ def test_cls_only_last_block_equals_the_full_block(clip_model, images):
 @torch.no_grad()
 def test_encode_cls_in_another_dtype_uses_a_cast_copy():
     model = build_tiny_clip('ovss-tiny-ViT-16', seed=0)
-    encoder = DenseCLIPVisionEncoder(model.visual,
-                                     build_dense_strategy('SCLIP'))
+    backbone = backbone_over(model, 'SCLIP')
     crops = torch.randn(5, 3, 64, 64)  # native size, as open_clip needs
-    exact = encoder.encode_cls(crops)
+    exact = backbone.encode_cls(crops)
     assert_fp32_close(exact, model.encode_image(crops), 6 * LAST_BLOCK_TERMS)
-    assert encoder.encode_cls(crops, dtype=torch.float32).equal(exact)
-    half = encoder.encode_cls(crops, dtype=torch.bfloat16)
+    assert backbone.encode_cls(crops, dtype=torch.float32).equal(exact)
+    half = backbone.encode_cls(crops, dtype=torch.bfloat16)
     assert half.dtype == torch.float32 and half.shape == exact.shape
     # each of the 6 blocks rounds to bf16 about 4 times (ln, attention, two
     # linears): relative error r <= 24 eps_bf16, 1 - cos <= r^2 / 2
     rel = 24 * torch.finfo(torch.bfloat16).eps
     assert F.cosine_similarity(half, exact).min() > 1 - rel ** 2 / 2
-    copy = encoder.cast_copy(torch.bfloat16, crops.device)
-    assert copy is encoder.cast_copy(torch.bfloat16, crops.device)
-    assert copy.dtype == torch.bfloat16 and encoder.dtype == torch.float32
+    copy = backbone.cast_copy(torch.bfloat16, crops.device)
+    assert copy is backbone.cast_copy(torch.bfloat16, crops.device)
+    assert copy.dtype == torch.bfloat16 and backbone.dtype == torch.float32
     # the copy is not part of the model: no parameters, no checkpoint keys
-    names = set(encoder.state_dict())
+    names = set(backbone.state_dict())
     assert not any('cast' in name for name in names)
-    assert sum(p.numel() for p in encoder.parameters()) == \
+    assert sum(p.numel() for p in backbone.parameters()) == \
         sum(p.numel() for p in model.visual.parameters())
     # new weights (a loaded checkpoint) rebuild the copy
     state = {k: v * 0.5 for k, v in model.visual.state_dict().items()}
     model.visual.load_state_dict(state)
-    rebuilt = encoder.cast_copy(torch.bfloat16, crops.device)
+    rebuilt = backbone.cast_copy(torch.bfloat16, crops.device)
     assert rebuilt is not copy
     torch.testing.assert_close(rebuilt.visual.proj.float(),
                                model.visual.proj.to(torch.bfloat16).float())

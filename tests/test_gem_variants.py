@@ -23,7 +23,7 @@ from mmseg.registry import MODELS
 import mmseg_ovss  # noqa: F401
 from mmseg_ovss.clip.features import VocabularyEmbeddings
 from mmseg_ovss.clip.strategies import build_dense_strategy
-from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
+from mmseg_ovss.models.backbones import OpenCLIPViT
 from mmseg_ovss.testing.direct import (EPS32, assert_fp32_close,
                                       attention_heads, merge_heads)
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
@@ -77,10 +77,9 @@ def to_dense(model, tokens):
 
 
 def run(model, strategy, images):
-    encoder = DenseCLIPVisionEncoder(model.visual,
-                                     build_dense_strategy(strategy))
+    backbone = OpenCLIPViT(visual=model.visual, dense_strategy=strategy)
     with torch.no_grad():
-        return encoder(images).patch_tokens
+        return backbone.eval().forward_dense(images).patch_tokens
 
 
 # in_proj, q q^T, attention x v, out_proj, ln_post, proj: six reductions of
@@ -241,8 +240,10 @@ def test_gem_head_in_the_segmentor_scores_the_upsampled_maps():
     model = MODELS.build(dict(
         type='CLIPDenseSegmentor',
         clip=dict(model_name='ovss-tiny-ViT-16', random_init=True),
-        strategy=dict(type='GEM', num_blocks=3, residual=False),
-        decode_head=dict(type='GEMHead'), text=dict(templates='single'),
+        backbone=dict(dense_strategy=dict(type='GEM', num_blocks=3,
+                                          residual=False)),
+        text_encoder=dict(templates='single'),
+        decode_head=dict(type='GEMHead'),
         test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16))))
     model.set_vocabulary(['cat, kitten', 'dog', 'grass'])
     vocab = model.vocabulary_embeddings()
@@ -270,16 +271,18 @@ def test_clearclip_repo_gem_configs(dataset):
     vocabulary, background words, thresholds and windows."""
     cfg, clear, gem = (load(f'gem_clearclip_{dataset}'),
                        load(f'clearclip_{dataset}'), load(f'gem_{dataset}'))
-    assert cfg.model.strategy == dict(type='GEM', num_blocks=6, iterations=1,
-                                      temperature=None, residual=False)
+    assert cfg.model.backbone.dense_strategy == dict(
+        type='GEM', num_blocks=6, iterations=1, temperature=None,
+        residual=False)
     assert cfg.model.decode_head.logit_scale == 50.0
     # gem_<ds> may allow shared synonyms for its own (SCLIP) file
     assert {**cfg.model.text, 'shared_synonyms': 'error'} == \
         {'shared_synonyms': 'error', **clear.model.text}
     assert cfg.model.prob_thd == clear.model.prob_thd
     assert cfg.model.test_cfg == clear.model.test_cfg
-    assert cfg.model.clip.pos_interp == gem.model.clip.pos_interp == \
-        'size_antialias'
+    assert cfg.model.backbone.pos_interp == gem.model.backbone.pos_interp \
+        == 'size_antialias'
+    assert cfg.model.text_encoder == clear.model.text_encoder
 
 
 @pytest.mark.parametrize('dataset', ('voc21', 'pc59', 'ade'))
@@ -287,7 +290,8 @@ def test_official_gem_configs(dataset):
     cfg, gem = load(f'gem_official_{dataset}'), load(f'gem_{dataset}')
     assert cfg.model.decode_head.type == 'GEMHead'
     assert cfg.model.decode_head.background_threshold is None
-    assert cfg.model.text.templates == 'single'
-    assert cfg.model.strategy == gem.model.strategy
+    assert cfg.model.text_encoder.templates == 'single'
+    assert 'templates' not in cfg.model.text
+    assert cfg.model.backbone == gem.model.backbone
     assert cfg.model.test_cfg == gem.model.test_cfg
     assert cfg.model.prob_thd == 0.0
