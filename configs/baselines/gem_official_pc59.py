@@ -5,5 +5,5 @@
 _base_ = ['./gem_pc59.py']
 model = dict(
     decode_head=dict(type='GEMHead', background_threshold=None),
-    text=dict(templates='single'),
+    text_encoder=dict(templates='single'),
 )

@@ -5,7 +5,7 @@
 _base_ = ['./gem_voc21.py']
 model = dict(
     decode_head=dict(type='GEMHead', background_threshold=None),
-    text=dict(templates='single'),
+    text_encoder=dict(templates='single'),
 )
 # The background is class 0's stuff words, scored like the other classes.
 # The README's rule instead (softmax over the foreground maps, background

@@ -28,7 +28,7 @@ class DenseCLIPFeatures:
         encode_image: callable mapping normalised crops (N, 3, h, w) to the
             (N, D) projected CLS embeddings of the unmodified CLIP path;
             it takes an optional ``dtype=`` to encode at another precision
-            (``DenseCLIPVisionEncoder.encode_cls``).
+            (``OpenCLIPViT.encode_cls``).
         attn_heads: how ``attn_weights`` were reduced over heads: None
             (every head kept), ``'mean'`` (their average) or a head index.
         logit_scale: 0-dim temperature ``logit_scale.exp()`` of the CLIP
