@@ -267,3 +267,111 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(voc21_root, tmp_path):
     assert str(photo) in str(info.value)
     with pytest.raises(OVSSWeightsError, match='does not exist'):
         _train(cfg, tmp_path / 'w', '--resume', tmp_path / 'missing.pth')
+
+
+# ------------------------------------------------------ trusted checkpoints
+_LEGACY_MODULE = '''
+class Config:
+    """Stands for mmcv 1.x's Config, pickled into mmseg 0.x meta."""
+
+    def __init__(self, text):
+        self.text = text
+'''
+
+
+def _third_party_checkpoint(folder, state, kind):
+    """A checkpoint like a third party's release, which the safe loader
+    refuses: its ``meta`` pickles an object of a module that is not
+    installed here (mmcv 1.x's ``Config`` of mmseg 0.x), or a numpy object
+    outside the allow-list (a ``RandomState``)."""
+    import importlib
+    import sys
+
+    import numpy as np
+    if kind == 'numpy':
+        meta = {'rng': np.random.RandomState(3)}
+    else:
+        (folder / 'legacy_mmcv_config.py').write_text(_LEGACY_MODULE)
+        sys.path.insert(0, str(folder))
+        try:
+            module = importlib.import_module('legacy_mmcv_config')
+            meta = {'config': module.Config('model = dict()')}
+            path = _save_with_meta(folder, state, meta)
+        finally:
+            sys.path.remove(str(folder))
+            del sys.modules['legacy_mmcv_config']
+        (folder / 'legacy_mmcv_config.py').unlink()  # not importable now
+        return path
+    return _save_with_meta(folder, state, meta)
+
+
+def _save_with_meta(folder, state, meta):
+    path = folder / 'third_party.pth'
+    torch.save({'state_dict': state, 'meta': meta}, path)
+    return path
+
+
+REFUSED_GLOBAL = {'numpy': 'numpy.random._pickle.__randomstate_ctor',
+                  'module': 'legacy_mmcv_config.Config'}
+
+
+@pytest.mark.parametrize('kind', sorted(REFUSED_GLOBAL))
+def test_untrusted_pickle_is_refused_naming_the_opt_in(voc21_root, tmp_path,
+                                                       kind):
+    """tools/test.py refuses it by default; --trust-checkpoint (or the
+    config key trust_checkpoint=True) loads it and evaluates its weights."""
+    cfg = _config(tmp_path)
+    state = _state_dict(cfg)
+    ckpt = _third_party_checkpoint(tmp_path, state, kind)
+    with pytest.raises(OVSSWeightsError) as info:
+        run_tool('test', [cfg, ckpt, '--work-dir', tmp_path / 'w'])
+    message = str(info.value)
+    assert str(ckpt) in message and REFUSED_GLOBAL[kind] in message
+    assert '--trust-checkpoint' in message
+    assert 'trust_checkpoint = True' in message
+    plain = _save(tmp_path / 'plain.pth', state)
+    expected = run_tool('test', [cfg, plain, '--work-dir', tmp_path / 'w'])
+    trusted = run_tool('test', [cfg, ckpt, '--work-dir', tmp_path / 'w',
+                                '--trust-checkpoint'])
+    assert trusted == expected  # the same weights were evaluated
+    by_key = run_tool('test', [cfg, ckpt, '--work-dir', tmp_path / 'w',
+                               '--cfg-options', '+trust_checkpoint=True'])
+    assert by_key == expected
+    # the trust ended with the run: the file is refused again
+    with pytest.raises(OVSSWeightsError, match='--trust-checkpoint'):
+        CheckpointLoader.load_checkpoint(str(ckpt), map_location='cpu')
+
+
+def test_trusted_checkpoint_keeps_objects_of_missing_modules(tmp_path):
+    """A class that cannot be imported here (mmcv 1.x's Config under mmcv
+    2) comes back as an UnresolvedObject holding what was pickled."""
+    from mmseg_ovss.engine.checkpoint import (UnresolvedObject,
+                                              trusted_checkpoint)
+    state = {'w': torch.arange(3.)}
+    path = _third_party_checkpoint(tmp_path, state, 'module')
+    with trusted_checkpoint(path):
+        loaded = CheckpointLoader.load_checkpoint(str(path),
+                                                  map_location='cpu')
+    assert torch.equal(loaded['state_dict']['w'], torch.arange(3.))
+    config = loaded['meta']['config']
+    assert isinstance(config, UnresolvedObject)
+    assert config.pickled_name == 'legacy_mmcv_config.Config'
+    assert config.state == {'text': 'model = dict()'}
+
+
+def test_trust_key_must_be_a_bool(voc21_root, tmp_path):
+    cfg = _config(tmp_path)
+    ckpt = _save(tmp_path / 'good.pth', _state_dict(cfg))
+    with pytest.raises(OVSSConfigError, match="trust_checkpoint='yes'"):
+        run_tool('test', [cfg, ckpt, '--work-dir', tmp_path / 'w',
+                          '--cfg-options', '+trust_checkpoint=yes'])
+
+
+def test_train_load_from_a_trusted_checkpoint(voc21_root, tmp_path):
+    cfg = _config(tmp_path, train_iters=1)
+    ckpt = _third_party_checkpoint(tmp_path, _state_dict(cfg), 'numpy')
+    with pytest.raises(OVSSWeightsError, match='--trust-checkpoint'):
+        _train(cfg, tmp_path / 'w1', '--cfg-options', f'load_from={ckpt}')
+    _train(cfg, tmp_path / 'w2', '--trust-checkpoint', '--cfg-options',
+           f'load_from={ckpt}')
+    assert (tmp_path / 'w2' / 'iter_1.pth').is_file()

@@ -3,6 +3,7 @@ name the cause (no offline hint for a shape mismatch), an unreachable hub
 that fails within seconds, random weights that are the same in every
 process."""
 import ast
+import fnmatch
 import json
 import os
 import shutil
@@ -60,35 +61,184 @@ def test_reward_model_of_an_openai_style_tag_gets_quick_gelu(tmp_path):
         assert torch.equal(value, torch.load(weights)[name]), name
 
 
-def _creates_clip_models(path: Path):
-    """Lines of ``path`` that call an open_clip model factory."""
-    factories = {'create_model', 'create_model_and_transforms',
-                 'create_model_from_pretrained'}
-    tree = ast.parse(path.read_text())
-    imported = {alias.asname or alias.name for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom)
-                and (node.module or '').startswith('open_clip')
-                for alias in node.names if alias.name in factories}
-    lines = []
+#: Calls that create a CLIP model or read a TorchScript archive: only the
+#: loader (``build_clip_model`` in mmseg_ovss/clip/loading.py) makes them.
+LOADER_ONLY_CALLS = ('open_clip.*create_model*', 'open_clip.*load_openai_model',
+                     'open_clip.*load_checkpoint', 'torch.jit.load')
+LOADER = 'mmseg_ovss/clip/loading.py'
+
+
+def _imported_as(tree) -> dict:
+    """Local name -> the dotted name it was imported as."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or alias.name.split('.')[0]
+                names[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom) and node.module and \
+                not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = \
+                    f'{node.module}.{alias.name}'
+    return names
+
+
+def loader_only_calls(source: str):
+    """``(line, dotted name)`` of the calls in ``source`` that only the
+    loader may make, import aliases resolved (``import open_clip as oc;
+    oc.create_model``, ``from torch.jit import load``)."""
+    tree = ast.parse(source)
+    names = _imported_as(tree)
+    found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr in factories and \
-                'open_clip' in ast.unparse(func.value):
-            lines.append(node.lineno)
-        elif isinstance(func, ast.Name) and func.id in imported:
-            lines.append(node.lineno)
-    return lines
+        parts, func = [], node.func
+        while isinstance(func, ast.Attribute):
+            parts.insert(0, func.attr)
+            func = func.value
+        if not isinstance(func, ast.Name):
+            continue
+        dotted = '.'.join([names.get(func.id, func.id)] + parts)
+        if any(fnmatch.fnmatchcase(dotted, p) for p in LOADER_ONLY_CALLS):
+            found.append((node.lineno, dotted))
+    return found
+
+
+@pytest.mark.parametrize('source,expected', [
+    ('import open_clip\nopen_clip.create_model("ViT-B-16")',
+     'open_clip.create_model'),
+    ('import open_clip as oc\noc.create_model_and_transforms("x")',
+     'open_clip.create_model_and_transforms'),
+    ('from open_clip import create_model_from_pretrained as make\nmake()',
+     'open_clip.create_model_from_pretrained'),
+    ('from open_clip import factory\nfactory.create_model("x")',
+     'open_clip.factory.create_model'),
+    ('import open_clip\nopen_clip.load_openai_model("ViT-B-16.pt")',
+     'open_clip.load_openai_model'),
+    ('import torch\ntorch.jit.load("ViT-B-16.pt")', 'torch.jit.load'),
+    ('from torch import jit\njit.load(f)', 'torch.jit.load'),
+    ('from torch.jit import load as read\nread(f)', 'torch.jit.load'),
+])
+def test_the_call_finder_sees_through_aliases(source, expected):
+    assert loader_only_calls(source) == [(2, expected)]
+    # other calls of the same names are not model creation
+    assert not loader_only_calls('import timm\ntimm.create_model("vit")')
+    assert not loader_only_calls('import torch\ntorch.load(f)')
 
 
 def test_the_clip_loader_is_the_only_place_models_are_created():
+    """Every CLIP of the package comes from ``build_clip_model``: the
+    segmentors, the image backbone (models/backbones), the text encoder
+    (models/text_encoders), the PnP-OVSS reward, the tools."""
     files = sorted((REPO_ROOT / 'mmseg_ovss').rglob('*.py')) + sorted(
         (REPO_ROOT / 'tools').rglob('*.py'))
-    found = {str(p.relative_to(REPO_ROOT)): _creates_clip_models(p)
-             for p in files}
+    scanned = {str(p.relative_to(REPO_ROOT)) for p in files}
+    for folder in ('mmseg_ovss/models/backbones',
+                   'mmseg_ovss/models/text_encoders', 'mmseg_ovss/blip',
+                   'mmseg_ovss/models/segmentors'):
+        assert all(str(p.relative_to(REPO_ROOT)) in scanned
+                   for p in (REPO_ROOT / folder).glob('**/*.py'))
+    found = {name: loader_only_calls((REPO_ROOT / name).read_text())
+             for name in sorted(scanned)}
     found = {k: v for k, v in found.items() if v}
-    assert list(found) == ['mmseg_ovss/clip/loading.py'], found
+    assert list(found) == [LOADER], found
+
+
+#: The registered CLIP towers of issue 9 (models/backbones,
+#: models/text_encoders), with what of the CLIP model each keeps.
+CLIP_TOWERS = {'OpenCLIPViT': lambda key: key.startswith('visual.'),
+               'OpenCLIPTextEncoder': lambda key: not key.startswith(
+                   'visual.')}
+
+
+def _clip_key_of(key: str, clip_keys) -> list:
+    """The CLIP state-dict key a tower's ``key`` holds: the same name, or
+    the same name under a prefix of the tower's or of CLIP's."""
+    if key in clip_keys:
+        return [key]
+    return [c for c in clip_keys if key.endswith('.' + c)] or \
+        [c for c in clip_keys if c.endswith('.' + key)]
+
+
+@pytest.mark.parametrize('tower', sorted(CLIP_TOWERS))
+def test_registered_towers_hold_the_loaders_weights(tower):
+    """A tower built with the loader's arguments holds exactly its part of
+    ``build_clip_model``'s weights (the same random seed)."""
+    import mmseg_ovss  # noqa: F401  (registers the package's modules)
+    from mmseg.registry import MODELS
+    if MODELS.get(tower) is None:
+        pytest.skip(f'{tower} is not registered in this checkout')
+    model = MODELS.build(dict(type=tower, model_name='ovss-tiny-ViT-16',
+                              pretrained=None, random_init=True))
+    clip = build_clip_model('ovss-tiny-ViT-16', pretrained=None,
+                            random_init=True).state_dict()
+    held = {}
+    for key, value in model.state_dict().items():
+        match = _clip_key_of(key, clip)
+        assert len(match) == 1, (key, match)
+        held[match[0]] = value
+    own = {k for k in clip if CLIP_TOWERS[tower](k)}
+    assert own <= set(held), sorted(own - set(held))
+    for key, value in held.items():
+        assert torch.equal(value, clip[key]), key
+
+
+# ----------------------------------------------------- trusted CLIP files
+def _object_pickle(tmp_path, state):
+    """A CLIP file that pickles an object besides the tensors (a
+    third-party's training state)."""
+    import numpy as np
+    path = tmp_path / 'third_party_clip.pt'
+    torch.save({'state_dict': state, 'rng': np.random.RandomState(0)}, path)
+    return path
+
+
+def test_clip_file_with_objects_needs_trust(tmp_path):
+    state = build_clip_model(TINY, pretrained=None, random_init=True,
+                             seed=5).state_dict()
+    path = _object_pickle(tmp_path, state)
+    with pytest.raises(OVSSWeightsError) as info:
+        build_clip_model(TINY, pretrained=None, checkpoint=str(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert 'numpy.random._pickle.__randomstate_ctor' in message
+    assert 'clip.trusted=True' in message and 'trusted=True' in message
+    model = build_clip_model(TINY, pretrained=None, checkpoint=str(path),
+                             trusted=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_torchscript_archive_loads_without_trust(tmp_path):
+    """OpenAI's CLIP files are TorchScript archives: torch.jit.load reads
+    them (no pickled Python runs), so they need no opt-in."""
+    clip = build_clip_model(TINY, pretrained=None, random_init=True, seed=5)
+    path = tmp_path / 'ViT-tiny.pt'
+    torch.jit.save(torch.jit.script(_TensorHolder(clip.state_dict())), path)
+    model = build_clip_model(TINY, pretrained=None, checkpoint=str(path))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, clip.state_dict()[name]), name
+
+
+class _TensorHolder(torch.nn.Module):
+    """A scriptable module whose state dict is ``state`` (the keys of an
+    OpenAI TorchScript CLIP file are the model's own)."""
+
+    def __init__(self, state):
+        super().__init__()
+        for key, value in state.items():
+            owner = self
+            *path, leaf = key.split('.')
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, torch.nn.Module())
+                owner = getattr(owner, part)
+            owner.register_buffer(leaf, value.clone())
+
+    def forward(self, x):
+        return x
 
 
 # -------------------------------------------------------------- errors

@@ -19,7 +19,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.checkpoint import (  # noqa: E402
-    add_checkpoint_check, check_checkpoint_file)
+    TRUST_CHECKPOINT_KEY, add_checkpoint_check, add_trust_argument,
+    check_checkpoint_file, trusted_checkpoint_of)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
@@ -33,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument(
         'checkpoint', nargs='?', default=None,
         help='checkpoint file (not needed for training-free models)')
+    add_trust_argument(parser)
     parser.add_argument(
         '--out', help='directory to save predicted label maps (one PNG per '
         'image, named after it; 16-bit where ids exceed 255)')
@@ -109,6 +111,8 @@ def build_cfg(args) -> Config:
         # missing, empty, cut short or not a checkpoint
         check_checkpoint_file(args.checkpoint)
         cfg.load_from = args.checkpoint
+    if args.trust_checkpoint:
+        cfg[TRUST_CHECKPOINT_KEY] = True
     if cfg.get('load_from'):
         # refuse a checkpoint that matches few of the model's keys
         add_checkpoint_check(cfg, cfg.load_from)
@@ -189,8 +193,9 @@ def main(argv=None):
     args = parse_args(argv)
     init_cpu_process_group(args.launcher)
     cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    return runner.test()
+    with trusted_checkpoint_of(cfg):
+        runner = Runner.from_cfg(cfg)
+        return runner.test()
 
 
 if __name__ == '__main__':

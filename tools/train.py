@@ -14,7 +14,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.engine.checkpoint import (  # noqa: E402
-    add_checkpoint_check, check_checkpoint_file, resolve_resume)
+    TRUST_CHECKPOINT_KEY, add_checkpoint_check, add_trust_argument,
+    check_checkpoint_file, resolve_resume, trusted_checkpoint_of)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, init_cpu_process_group, load_runner_config,
     parse_runner_args)
@@ -34,6 +35,7 @@ def parse_args(argv=None):
         'checkpoint path given')
     parser.add_argument(
         '--amp', action='store_true', help='enable automatic mixed precision')
+    add_trust_argument(parser)
     add_runner_arguments(parser, 'train_cfg.max_iters=100')
     return parse_runner_args(parser, argv)
 
@@ -62,6 +64,8 @@ def check_trainable(cfg: Config, config_path: str) -> None:
 def build_cfg(args) -> Config:
     cfg = load_runner_config(args)
     check_trainable(cfg, args.config)
+    if args.trust_checkpoint:
+        cfg[TRUST_CHECKPOINT_KEY] = True
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -84,8 +88,9 @@ def main(argv=None):
     args = parse_args(argv)
     init_cpu_process_group(args.launcher)
     cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    with trusted_checkpoint_of(cfg):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
     return runner
 
 

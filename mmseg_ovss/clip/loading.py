@@ -10,7 +10,11 @@ through open_clip's own mechanisms:
   seconds, the error comes at once (huggingface_hub would retry for about a
   minute) and says how to pass a local file;
 * ``checkpoint='/path/ViT-B-16.pt'``: a local file (an OpenAI TorchScript
-  archive, an open_clip state dict, or a ``{'state_dict': ...}`` dict);
+  archive, an open_clip state dict, or a ``{'state_dict': ...}`` dict),
+  loaded safely: tensors and plain containers only (``weights_only``; a
+  TorchScript archive is read by ``torch.jit.load``, which runs no pickled
+  Python). A file that pickles other objects is refused unless it is
+  trusted on purpose (``trusted=True``, config ``clip.trusted=True``);
 * neither, with ``random_init=True``: random weights (tests, benchmarks),
   the same in every process (``seed``).
 
@@ -24,6 +28,8 @@ import re
 import threading
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -224,12 +230,39 @@ def _file_error(path: str, err: Optional[Exception], model_name: str,
         'if it was copied or downloaded, copy it again.')
 
 
+def is_torchscript_archive(path: str) -> bool:
+    """Whether ``path`` is a TorchScript zip (OpenAI's CLIP files), which
+    ``torch.load`` hands to ``torch.jit.load`` (``constants.pkl`` at the
+    archive's top folder, torch's own test)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.split('/')[1:] == ['constants.pkl'] for name in names)
+
+
+def _untrusted_file_error(path: str, err: Exception,
+                          hint: str) -> OVSSWeightsError:
+    from mmseg_ovss.engine.checkpoint import refused_global
+    return OVSSWeightsError(
+        f'CLIP checkpoint "{path}" holds Python objects outside the safe '
+        f'types ({refused_global(err)}; torch refuses to unpickle them). If '
+        'the file comes from a source you trust, load it with clip.trusted='
+        'True (tools: --cfg-options +model.clip.trusted=True; code: '
+        'build_clip_model(..., trusted=True)): this unpickles it in full, '
+        'which can run any code. Or re-save its tensors: ckpt = torch.load('
+        "path, weights_only=False); torch.save(ckpt.get('state_dict', "
+        f"ckpt), new_path), and pass the new file as {hint}.")
+
+
 # --------------------------------------------------------------- build
-def _create(model_name, source, precision, device, quick_gelu, cache_dir):
+def _create(model_name, source, precision, device, quick_gelu, cache_dir,
+            weights_only=True):
     return open_clip.create_model(
         model_name, pretrained=source, precision=precision, device=device,
         force_quick_gelu=bool(quick_gelu), cache_dir=cache_dir,
-        weights_only=False if source and Path(source).is_file() else True)
+        weights_only=weights_only)
 
 
 def build_clip_model(model_name: str = 'ViT-B-16',
@@ -241,7 +274,8 @@ def build_clip_model(model_name: str = 'ViT-B-16',
                      quick_gelu: Optional[bool] = None,
                      cache_dir: Optional[str] = None,
                      seed: Optional[int] = DEFAULT_RANDOM_INIT_SEED,
-                     local_file_hint: str = _LOCAL_FILE_HINT) -> nn.Module:
+                     local_file_hint: str = _LOCAL_FILE_HINT,
+                     trusted: bool = False) -> nn.Module:
     """Return an eval-mode, frozen open_clip ``CLIP`` model.
 
     Args:
@@ -261,6 +295,9 @@ def build_clip_model(model_name: str = 'ViT-B-16',
             it was); None draws them from torch's global RNG.
         local_file_hint: how the caller's user passes a local file (error
             messages).
+        trusted: ``checkpoint`` comes from a source you trust: unpickle it
+            in full when it holds objects other than tensors (the safe
+            loader refuses them). Unpickling can run any code.
     """
     if precision not in PRECISIONS:
         raise OVSSConfigError(
@@ -313,7 +350,7 @@ def build_clip_model(model_name: str = 'ViT-B-16',
     else:
         model = _load_model(model_name, source, precision, device,
                             quick_gelu, cache_dir, pretrained,
-                            local_file_hint)
+                            local_file_hint, trusted)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -334,16 +371,29 @@ def _random_model(model_name, precision, device, quick_gelu, cache_dir,
 
 
 def _load_model(model_name, source, precision, device, quick_gelu,
-                cache_dir, pretrained, hint):
+                cache_dir, pretrained, hint, trusted=False):
     is_file = Path(source).is_file()
+    # torch.load hands a TorchScript archive to torch.jit.load only with
+    # weights_only=False; pickles are read weights-only unless trusted
+    weights_only = not (is_file and (trusted or
+                                     is_torchscript_archive(source)))
+    if is_file and trusted:
+        logging.getLogger(__name__).warning(
+            'loading the trusted CLIP checkpoint %s with full unpickling',
+            source)
     try:
-        return _create(model_name, source, precision, device, quick_gelu,
-                       cache_dir)
+        with warnings.catch_warnings():
+            # "torch.load received a TorchScript archive": the intended path
+            warnings.filterwarnings('ignore', message='.*TorchScript archive')
+            return _create(model_name, source, precision, device, quick_gelu,
+                           cache_dir, weights_only)
     except (RuntimeError, OSError, ValueError, EOFError,
             pickle.UnpicklingError) as err:
         mismatch = weights_mismatch(err, model_name, source)
         if mismatch is not None:
             raise mismatch from err
+        if is_file and 'Weights only load failed' in str(err):
+            raise _untrusted_file_error(source, err, hint) from err
         if is_file:
             raise _file_error(source, err, model_name) from err
         raise _download_error(

@@ -9,19 +9,28 @@
   (an interrupted save or copy), or not a PyTorch checkpoint at all (a text
   file, an image, a zip archive of something else), instead of a bare
   unpickling error.
+* A file that pickles other objects (a third party's ``meta``: mmcv 1.x's
+  ``Config``, numpy objects of mmseg 0.x checkpoints) is refused with an
+  error that names the object and the opt-in: ``--trust-checkpoint`` of
+  ``tools/test.py`` / ``tools/train.py``, the config key
+  ``trust_checkpoint = True``, or :func:`trusted_checkpoint` in code. Only a
+  trusted file is unpickled in full; there is no silent fallback.
 * :class:`CheckpointKeysHook` refuses a checkpoint that matches none or few
   of the model's keys; mmengine loads with ``strict=False`` and only warns,
   so a wrong checkpoint used to evaluate a randomly initialised model.
 * :func:`resolve_resume` finds what ``tools/train.py --resume`` continues
   from, or says why there is nothing (mmengine starts from scratch).
 """
+import contextlib
 import glob
+import logging
 import os.path as osp
 import pickle
 import re
+import types
 import zipfile
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -39,6 +48,13 @@ DEFAULT_MIN_MATCH = 0.5
 #: mmengine's ``Runner.load_checkpoint`` strips this prefix before loading.
 _REVISE_KEYS = [(r'^module.', '')]
 _EXAMPLES = 3
+#: Top-level config key (``--trust-checkpoint`` of the tools): the checkpoint
+#: the runner loads (``load_from``, ``--resume``) may be unpickled in full.
+TRUST_CHECKPOINT_KEY = 'trust_checkpoint'
+#: How a user opts in, for error messages.
+TRUST_HINT = ('--trust-checkpoint (tools/test.py, tools/train.py) or the '
+              f'config key {TRUST_CHECKPOINT_KEY} = True')
+_trusted_files: Dict[str, int] = {}
 
 
 def mmengine_checkpoint_globals() -> list:
@@ -143,10 +159,125 @@ def check_checkpoint_file(path: str) -> None:
         raise bad_checkpoint_error(path, problem)
 
 
+# ------------------------------------------------------- trusted files
+@contextlib.contextmanager
+def trusted_checkpoint(path: Optional[str]) -> Iterator[None]:
+    """Within the block, the safe loader may unpickle ``path`` in full.
+
+    For a third party's checkpoint whose ``meta`` holds objects outside the
+    allow-list (an mmseg 0.x release: mmcv 1.x's ``Config``, numpy
+    objects); only for files from a source you trust, since unpickling can
+    run any code. ``None`` trusts nothing (a no-op).
+    """
+    key = osp.realpath(osp.expanduser(str(path))) if path else None
+    if key is not None:
+        _trusted_files[key] = _trusted_files.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        if key is not None:
+            _trusted_files[key] -= 1
+            if not _trusted_files[key]:
+                del _trusted_files[key]
+
+
+def add_trust_argument(parser) -> None:
+    """``--trust-checkpoint`` of tools/test.py and tools/train.py."""
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help='the checkpoint (load_from, --resume) comes from a source you '
+        'trust: load it even if it pickles objects outside the safe '
+        "allow-list (e.g. an mmseg 0.x release's meta); same as the config "
+        f'key {TRUST_CHECKPOINT_KEY} = True. Unpickling can run any code.')
+
+
+def is_trusted_checkpoint(path: str) -> bool:
+    """Whether ``path`` is inside a :func:`trusted_checkpoint` block."""
+    return osp.realpath(osp.expanduser(str(path))) in _trusted_files
+
+
+@contextlib.contextmanager
+def trusted_checkpoint_of(cfg) -> Iterator[None]:
+    """:func:`trusted_checkpoint` for the file a runner of ``cfg`` loads,
+    when the config sets ``trust_checkpoint = True``."""
+    trusted = cfg.get(TRUST_CHECKPOINT_KEY, False)
+    if not isinstance(trusted, bool):
+        raise OVSSConfigError(
+            f'{TRUST_CHECKPOINT_KEY}={trusted!r} must be True or False (True '
+            'unpickles the checkpoint of load_from/--resume in full: only '
+            'for a file from a source you trust).')
+    path = cfg.get('load_from') if trusted else None
+    with trusted_checkpoint(path if path and '://' not in str(path)
+                            else None):
+        yield
+
+
+class UnresolvedObject:
+    """What a trusted checkpoint holds where its pickle names a class that
+    cannot be imported here (mmcv 1.x's ``mmcv.utils.config.Config`` in the
+    ``meta`` of an mmseg 0.x release): the pickled arguments and state,
+    kept for inspection. ``pickled_name`` is the missing global."""
+
+    pickled_name = ''
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f'<unresolved {self.pickled_name}>'
+
+
+class _TrustedUnpickler(pickle.Unpickler):
+    """Full unpickling; a global of a missing module becomes an
+    :class:`UnresolvedObject` type named after it."""
+
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            full = f'{module}.{name}'
+            logging.getLogger(__name__).warning(
+                'trusted checkpoint: %s cannot be imported here; kept as an '
+                'UnresolvedObject', full)
+            return type(name, (UnresolvedObject,),
+                        dict(pickled_name=full, __module__=__name__))
+
+
+def _trusted_pickle_module() -> types.ModuleType:
+    module = types.ModuleType('mmseg_ovss_trusted_pickle')
+    module.Unpickler = _TrustedUnpickler
+    module.load = lambda file, **kwargs: _TrustedUnpickler(file,
+                                                           **kwargs).load()
+    return module
+
+
+def refused_global(err: Exception) -> Optional[str]:
+    """The global a weights-only load refused (``'mmcv.Config'``), or None
+    when ``err`` is not such a refusal."""
+    text = str(err)
+    if 'Weights only load failed' not in text:
+        return None
+    match = re.search(r'GLOBAL (\S+) was not an allowed global', text)
+    return match.group(1) if match else 'an object of an unknown kind'
+
+
+def load_trusted(filename: str, map_location=None):
+    """Unpickle a trusted checkpoint in full (any Python object)."""
+    logging.getLogger(__name__).warning(
+        'loading the trusted checkpoint %s with full unpickling', filename)
+    return torch.load(filename, map_location=map_location,
+                      weights_only=False,
+                      pickle_module=_trusted_pickle_module())
+
+
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_from_local(filename, map_location):
-    """mmengine's local loader: the allow-list above, and a clear error for
-    a file that is not a loadable checkpoint."""
+    """mmengine's local loader: the allow-list above, a clear error for a
+    file that is not a loadable checkpoint, full unpickling only for a file
+    trusted on purpose (:func:`trusted_checkpoint`)."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint "{filename}" can not be found.')
@@ -158,12 +289,17 @@ def load_from_local(filename, map_location):
     except (EOFError, RuntimeError, ValueError, OSError,
             pickle.UnpicklingError) as err:
         problem = checkpoint_file_problem(filename)
-        if problem is None and 'Weights only load failed' in str(err):
-            problem = ('holds Python objects outside the allow-list of safe '
-                       'types (torch refuses to unpickle them)')
-            fix = ('If you trust the file, re-save its tensors: torch.save('
-                   "{'state_dict': torch.load(path, weights_only=False)"
-                   "['state_dict']}, new_path).")
+        refused = refused_global(err)
+        if problem is None and refused is not None:
+            if is_trusted_checkpoint(filename):
+                return load_trusted(filename, map_location)
+            problem = (f'holds Python objects outside the allow-list of safe '
+                       f'types ({refused}; torch refuses to unpickle them)')
+            fix = ('If the file comes from a source you trust (e.g. the '
+                   f'released weights of a paper), load it with {TRUST_HINT}: '
+                   'this unpickles it in full, which can run any code. Or '
+                   "re-save its tensors: torch.save({'state_dict': torch.load("
+                   "path, weights_only=False)['state_dict']}, new_path).")
             raise bad_checkpoint_error(filename, problem, fix) from err
         if problem is None and isinstance(err, RuntimeError) and (
                 'device' in str(err) or 'CUDA' in str(err)):
@@ -470,7 +606,10 @@ def resolve_resume(work_dir: str, resume: str) -> str:
     return path
 
 
-__all__ = ['CheckpointKeysHook', 'KeyMatch', 'add_checkpoint_check',
+__all__ = ['CheckpointKeysHook', 'KeyMatch', 'TRUST_CHECKPOINT_KEY',
+           'UnresolvedObject', 'add_checkpoint_check', 'add_trust_argument',
            'check_checkpoint_file', 'checkpoint_file_problem',
-           'expected_keys', 'load_from_local', 'previous_checkpoints',
-           'resolve_resume', 'mmengine_checkpoint_globals']
+           'expected_keys', 'is_trusted_checkpoint', 'load_from_local',
+           'load_trusted', 'previous_checkpoints', 'refused_global',
+           'resolve_resume', 'mmengine_checkpoint_globals',
+           'trusted_checkpoint', 'trusted_checkpoint_of']
