@@ -134,17 +134,21 @@ def test_cityscapes_resolution(method, crop, stride):
     ('maskclip', 'dino'), ('sclip', 'dino'), ('clearclip', 'dino'),
     ('naclip', 'dino'), ('proxyclip', 'dino'), ('gem', 'size_antialias')])
 def test_position_embedding_mode_per_method(method, mode):
-    assert load(f'{method}_voc21').model.clip.pos_interp == mode
+    model = load(f'{method}_voc21').model
+    assert model.backbone.pos_interp == mode
+    assert 'pos_interp' not in model.clip  # the old place of the key
 
 
 def shrink_options(cfg: Config) -> list:
     """--cfg-options that make a config tiny (a user's command line)."""
     opts = ['model.clip.model_name=ovss-tiny-ViT-16',
-            'model.clip.random_init=True', 'model.text.templates=single']
-    if cfg.model.strategy.type == 'ProxyCLIP':
+            'model.clip.random_init=True',
+            'model.text_encoder.templates=single']
+    if cfg.model.backbone.dense_strategy.type == 'ProxyCLIP':
         # random_init alone overrides the configured DINO checkpoint
-        opts += ['+model.strategy.random_init=True',
-                 'model.strategy.vfm_model=vit_tiny_patch16_224']
+        opts += ['+model.backbone.dense_strategy.random_init=True',
+                 'model.backbone.dense_strategy.vfm_model='
+                 'vit_tiny_patch16_224']
     if cfg.model.test_cfg.get('mode') == 'slide':
         opts += ['model.test_cfg.crop_size=(32,32)',
                  'model.test_cfg.stride=(16,16)']

@@ -76,3 +76,38 @@ def test_size_and_background_options(repo_root):
     for bad in ('2048', '0x10', 'axb'):
         with pytest.raises(SystemExit):
             tool.parse_args(['c.py', '--size', bad])
+
+
+def test_train_mode_stores_gradients_only_for_trainable_weights(repo_root):
+    """--train on a training-free CLIP config trains its image backbone:
+    with deep visual prompts on the frozen tower, the gradients are the
+    prompts' (no frozen weight gets one); with --freeze none, every weight
+    of the tower has one."""
+    from mmseg_ovss.clip.loading import build_clip_model
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    config = repo_root / 'configs' / 'baselines' / 'sclip_voc21.py'
+    common = [config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+              '--train', '--size', '64x64', '--batch-size', '1',
+              '--num-images', '1', '--warmup', '0', '--device', 'cpu']
+    prompted = run_tool('benchmark', [*common, '--prompts', '2'])
+    assert prompted['mode'] == 'train' and prompted['trained'] == 'backbone'
+    assert prompted['freeze'] == 'all'
+    assert prompted['frozen_params_with_grad'] == 0
+    # DeepVisualPrompts(num_tokens=2), one set per block (depth None) of
+    # the tiny ViT-16 (6 blocks, width 64), one shared Linear(64, 64)
+    depth, tokens, width = 6, 2, 64
+    prompt_params = depth * tokens * width + width * width + width
+    float32 = 4
+    assert prompted['grad_mb'] * 2**20 == prompt_params * float32
+    assert round(prompted['params_trainable_m'] * 1e6) == prompt_params
+
+    register_tiny_clip_models()
+    visual = build_clip_model('ovss-tiny-ViT-16', random_init=True).visual
+    tower_bytes = sum(p.numel() * p.element_size()
+                      for p in visual.parameters())
+    full = run_tool('benchmark', [*common, '--freeze', 'none'])
+    assert full['freeze'] == 'none'
+    assert full['frozen_params_with_grad'] == 0
+    assert full['grad_mb'] * 2**20 == tower_bytes
+    assert round(full['params_total_m'] * 1e6) == \
+        sum(p.numel() for p in visual.parameters())

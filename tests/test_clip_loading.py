@@ -378,11 +378,13 @@ from mmseg.registry import MODELS
 import mmseg_ovss
 from mmseg_ovss.clip.loading import build_clip_model
 
-def digest(model):
+def digest(model_or_state):
+    state = model_or_state if isinstance(model_or_state, dict) \
+        else model_or_state.state_dict()
     h = hashlib.sha256()
-    for name, value in model.state_dict().items():
+    for name in sorted(state):  # the same order for both layouts
         h.update(name.encode())
-        h.update(value.detach().float().contiguous().numpy().tobytes())
+        h.update(state[name].detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 print('loader', digest(build_clip_model('ovss-tiny-ViT-16', random_init=True)))
@@ -393,7 +395,12 @@ cfg = Config.fromfile('configs/baselines/sclip_voc21.py')
 init_default_scope('mmseg')
 cfg.model.clip.model_name = 'ovss-tiny-ViT-16'
 cfg.model.clip.random_init = True
-print('config', digest(MODELS.build(cfg.model).clip_model))
+segmentor = MODELS.build(cfg.model)
+# the two towers together, under open_clip's own state-dict names
+towers = {'visual.' + name: value for name, value
+          in segmentor.backbone.visual.state_dict().items()}
+towers.update(segmentor.text_encoder.state_dict())
+print('config', digest(towers))
 # a BLIP config without weights (pretrained=None), e.g. the benchmarks'
 from mmseg_ovss.blip.loading import load_blip_itm
 from mmseg_ovss.testing.tiny_blip import tiny_blip_config, tiny_vocab

@@ -21,9 +21,10 @@ MEAN, STD = [122.771, 116.746, 104.094], [68.501, 66.632, 70.323]
 def build(**kwargs):
     torch.manual_seed(0)
     cfg = dict(
-        type='CLIPDenseSegmentor', clip=TINY, strategy=dict(type='SCLIP'),
+        type='CLIPDenseSegmentor', clip=TINY,
+        backbone=dict(type='OpenCLIPViT', dense_strategy=dict(type='SCLIP')),
+        text_encoder=dict(type='OpenCLIPTextEncoder', templates='single'),
         decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
-        text=dict(templates='single'),
         data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN,
                                std=STD, bgr_to_rgb=True),
         test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
@@ -70,7 +71,7 @@ def test_slide_equals_per_window_direct_computation():
     total = torch.zeros(1, 5, 40, 56)
     count = torch.zeros(1, 1, 40, 56)
     for y1, y2, x1, x2 in slide_windows(40, 56, (32, 32), (16, 16)):
-        feats = model.backbone(image[..., y1:y2, x1:x2])
+        feats = model.backbone.forward_dense(image[..., y1:y2, x1:x2])
         patches = F.normalize(feats.patch_tokens, dim=1)
         cos = torch.einsum('bdhw,qd->bqhw', patches, vocab.query_embeddings)
         total[..., y1:y2, x1:x2] += F.interpolate(
@@ -305,21 +306,81 @@ def test_class_file_must_match_dataset_classes():
     assert model.vocabulary_embeddings().num_classes == 21
 
 
-def test_pos_interp_option_reaches_the_encoder():
-    """clip.pos_interp selects the position-embedding resize and is not
+def test_pos_interp_option_reaches_the_backbone():
+    """backbone.pos_interp selects the position-embedding resize and is not
     passed to open_clip."""
     from mmseg_ovss.clip.vision_encoder import interpolate_position_embedding
-    model = build(clip=dict(TINY, pos_interp='dino'))
+    model = build(backbone=dict(type='OpenCLIPViT', pos_interp='dino',
+                                dense_strategy=dict(type='SCLIP')))
     assert model.backbone.pos_interp == 'dino'
-    assert 'pos_interp' not in model.clip_cfg
     assert build().backbone.pos_interp == 'size'
     image = torch.randn(1, 3, 48, 80)
-    x, grid = model.backbone.embed(image)
-    visual = model.clip_model.visual
+    x, layout = model.backbone.embed(image)
+    assert layout.grid == (3, 5) and layout.num_prefix == 0
+    visual = model.backbone.visual
     pos = interpolate_position_embedding(visual.positional_embedding,
-                                         (4, 4), grid, 'dino')
+                                         (4, 4), layout.grid, 'dino')
     tokens = visual.conv1(image).flatten(2).transpose(1, 2)
     tokens = torch.cat([visual.class_embedding.view(1, 1, -1), tokens], 1)
     torch.testing.assert_close(x, visual.ln_pre(tokens + pos))
     with pytest.raises(OVSSConfigError, match='pos_interp'):
-        build(clip=dict(TINY, pos_interp='linear'))
+        build(backbone=dict(type='OpenCLIPViT', pos_interp='linear'))
+
+
+def test_legacy_config_keys_build_the_same_model():
+    """The keys of configs written before the towers were registered
+    (strategy=, clip.pos_interp, text.templates) still build the same
+    model, with a DeprecationWarning naming the new place."""
+    new = build(backbone=dict(type='OpenCLIPViT', pos_interp='dino',
+                              dense_strategy=dict(type='SCLIP')))
+    with pytest.warns(DeprecationWarning, match='backbone.dense_strategy'):
+        old = build(backbone=None, text_encoder=None,
+                    clip=dict(TINY, pos_interp='dino'),
+                    strategy=dict(type='SCLIP'),
+                    text=dict(templates='single'))
+    assert old.backbone.pos_interp == 'dino'
+    assert type(old.backbone.dense_strategy) is \
+        type(new.backbone.dense_strategy)
+    assert len(old.text_encoder.templates) == 1
+    old_state, new_state = old.state_dict(), new.state_dict()
+    assert list(old_state) == list(new_state)
+    for key, value in new_state.items():
+        assert torch.equal(old_state[key], value), key
+    image = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        expected = new.predict(image, [sample(48, 64)])[0].seg_logits.data
+        got = old.predict(image, [sample(48, 64)])[0].seg_logits.data
+    assert torch.equal(got, expected)
+
+
+def test_state_dict_holds_every_clip_weight_once():
+    """The two towers share no storage and together hold exactly the
+    image and text towers of open_clip's model (issue 9, item 3)."""
+    from mmseg_ovss.clip.loading import build_clip_model
+    model = build()
+    state = model.state_dict(keep_vars=True)
+    clip_keys = [key for key in state
+                 if key.startswith(('backbone.visual.', 'text_encoder.'))]
+    assert all(key.startswith(('backbone.', 'text_encoder.', 'decode_head.'))
+               for key in state), sorted(state)
+    storages = {}
+    for key in clip_keys:
+        ptr = state[key].untyped_storage().data_ptr()
+        assert ptr not in storages, (key, storages.get(ptr))
+        storages[ptr] = key
+    reference = build_clip_model(TINY['model_name'], random_init=True)
+    # open_clip's own tensors of the two towers (CLIP's causal attn_mask
+    # is a non-persistent buffer: neither model saves it)
+    expected = {name for name, _ in [*reference.named_parameters(),
+                                     *reference.named_buffers()]
+                if name != 'attn_mask'}
+    expected &= set(reference.state_dict())
+    assert len(clip_keys) == len(expected)
+    renamed = {key[len('backbone.'):] if key.startswith('backbone.') else
+               key[len('text_encoder.'):] for key in clip_keys}
+    assert renamed == expected
+    reference_state = reference.state_dict()
+    for key in clip_keys:
+        name = key[len('backbone.'):] if key.startswith('backbone.') else \
+            key[len('text_encoder.'):]
+        assert torch.equal(state[key].detach(), reference_state[name]), key

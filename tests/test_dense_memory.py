@@ -37,9 +37,10 @@ def build(head='cosine', background=True, tile_mb=0.004, test_cfg=SLIDE,
     """Tiny random SCLIP; ``tile_mb=0.004`` makes bands of a few rows."""
     torch.manual_seed(0)
     model = MODELS.build(dict(
-        type='CLIPDenseSegmentor', clip=TINY, strategy=dict(type='SCLIP'),
+        type='CLIPDenseSegmentor', clip=TINY,
+        backbone=dict(type='OpenCLIPViT', dense_strategy=dict(type='SCLIP')),
+        text_encoder=dict(type='OpenCLIPTextEncoder', templates='single'),
         decode_head=HEADS[head] if isinstance(head, str) else head,
-        text=dict(templates='single'),
         window_batch_size=1, tile_mb=tile_mb, test_cfg=test_cfg,
         **kwargs)).eval()
     model.set_vocabulary((['background'] if background else []) +

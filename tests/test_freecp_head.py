@@ -12,13 +12,13 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_ovss  # noqa: F401
-from mmseg_ovss.clip.strategies import build_dense_strategy
-from mmseg_ovss.clip.text_encoder import CLIPTextEncoder, build_tokenizer
-from mmseg_ovss.clip.vision_encoder import DenseCLIPVisionEncoder
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
+from mmseg_ovss.models.backbones.open_clip_vit import OpenCLIPViT
+from mmseg_ovss.models.text_encoders.open_clip_text_encoder import \
+    OpenCLIPTextEncoder
 from mmseg_ovss.testing.planted import assert_reported, run_planted
-from mmseg_ovss.testing.tiny_clip import build_tiny_clip
+from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,24 +27,44 @@ CLASSES = (('sky', 'wall'), ('cat', ), ('dog', ), ('grass', ), ('car', ))
 
 
 @pytest.fixture(scope='module')
-def parts():
-    model = build_tiny_clip(MODEL, seed=0)
-    encoder = DenseCLIPVisionEncoder(model.visual,
-                                     build_dense_strategy('SCLIP'),
-                                     clip_model=model)
-    text = CLIPTextEncoder(model, build_tokenizer(MODEL), model_key='tiny',
-                           templates='single')
+def towers():
+    """The two towers of one seeded tiny random CLIP."""
+    register_tiny_clip_models()
+    weights = dict(model_name=MODEL, random_init=True, seed=0)
+    backbone = OpenCLIPViT(dense_strategy='SCLIP', **weights).eval()
+    text = OpenCLIPTextEncoder(templates='single', **weights).eval()
+    return backbone, text
+
+
+@pytest.fixture(scope='module')
+def parts(towers):
+    encoder, text = towers
     vocab = text(Vocabulary(CLASSES, 0))
     torch.manual_seed(1)
     windows = torch.randn(3, 3, 64, 80)
     return encoder, vocab, windows
 
 
-def features(encoder, head, windows):
+def dense(encoder, windows, logit_scale=None, **kwargs):
+    """The backbone's dense features with CLIP's temperature attached,
+    as CLIPDenseSegmentor passes them to its head."""
+    with torch.no_grad():
+        feats = encoder.forward_dense(windows, **kwargs)
+    feats.logit_scale = logit_scale
+    return feats
+
+
+# CLIP's temperature of the random tiny model: open_clip initialises the
+# log scale to log(1 / 0.07) in float32 (the text encoder holds it)
+INIT_SCALE = (torch.ones([]) * math.log(1 / 0.07)).exp()
+
+
+def features(encoder, head, windows, logit_scale=INIT_SCALE):
+    """Dense features for ``head`` (its attention layers), with CLIP's
+    temperature as the segmentor attaches it."""
     layers = resolve_layer_indices(head.required_attention_layers,
                                    encoder.num_layers)
-    with torch.no_grad():
-        return encoder(windows, attention_layers=layers)
+    return dense(encoder, windows, logit_scale, attention_layers=layers)
 
 
 def build_head(**kwargs):
@@ -187,14 +207,15 @@ def test_head_mean_capture_gives_the_same_maps(parts):
                                    encoder.num_layers)
     with torch.no_grad():
         full = head(features(encoder, head, windows), vocab)
-        mean = head(encoder(windows, attention_layers=layers,
-                            attention_heads='mean'), vocab)
+        mean = head(dense(encoder, windows, INIT_SCALE,
+                          attention_layers=layers, attention_heads='mean'),
+                    vocab)
         gem = build_head(affinity_head=2)
         full_gem = gem(features(encoder, gem, windows), vocab)
-        one = gem(encoder(windows, attention_layers=layers,
-                          attention_heads=2), vocab)
-        wrong = encoder(windows, attention_layers=layers,
-                        attention_heads=1)
+        one = gem(dense(encoder, windows, INIT_SCALE,
+                        attention_layers=layers, attention_heads=2), vocab)
+        wrong = dense(encoder, windows, INIT_SCALE, attention_layers=layers,
+                      attention_heads=1)
     # the same mean / head pick of the same numbers, only done earlier
     assert torch.equal(mean, full)
     assert torch.equal(one, full_gem)
@@ -214,28 +235,30 @@ def test_attention_grid_must_match_token_grid(parts):
 
 
 @torch.no_grad()
-def test_cam_temperature_is_the_models_logit_scale(parts):
-    """Eq. 1 uses the CLIP model's logit_scale.exp() (the authors' code);
-    a random open_clip model has exp(ln(1 / 0.07)) = 14.29, not 100."""
-    encoder, vocab, windows = parts
+def test_cam_temperature_is_the_models_logit_scale(towers, parts):
+    """Eq. 1 uses the CLIP model's logit_scale.exp() (the authors' code),
+    held by the text encoder; a random open_clip model has
+    exp(ln(1 / 0.07)) = 14.29, not 100."""
+    encoder, text = towers
+    _, vocab, windows = parts
     eps = torch.finfo(torch.float32).eps
-    assert abs(float(encoder.logit_scale) - 1 / 0.07) <= 4 * eps / 0.07
+    assert abs(float(text.logit_scale) - 1 / 0.07) <= 4 * eps / 0.07
+    assert torch.equal(text.logit_scale, INIT_SCALE)
     head = build_head()
     assert head.logit_scale is None
-    feats = features(encoder, head, windows[:1])
-    assert torch.equal(feats.logit_scale, encoder.logit_scale)
+    feats = features(encoder, head, windows[:1], text.logit_scale)
     own = head(feats, vocab)
-    explicit = build_head(logit_scale=float(encoder.logit_scale))(feats,
-                                                                  vocab)
+    explicit = build_head(logit_scale=float(text.logit_scale))(feats,
+                                                               vocab)
     hundred = build_head(logit_scale=100.0)(feats, vocab)
     assert torch.equal(own, explicit)
     assert not torch.allclose(own, hundred)
-    # features of an encoder that does not know its CLIP model: say so
-    bare = DenseCLIPVisionEncoder(encoder.visual, encoder.strategy)
+    # the backbone's own dense features carry no temperature: say so
+    bare = features(encoder, head, windows[:1], logit_scale=None)
+    assert bare.logit_scale is None
     with pytest.raises(OVSSConfigError, match='logit_scale=100'):
-        head(features(bare, head, windows[:1]), vocab)
-    assert torch.equal(hundred, build_head(logit_scale=100.0)(
-        features(bare, head, windows[:1]), vocab))
+        head(bare, vocab)
+    assert torch.equal(hundred, build_head(logit_scale=100.0)(bare, vocab))
     with pytest.raises(OVSSConfigError, match='positive'):
         build_head(logit_scale=0)
 
@@ -246,7 +269,9 @@ def test_segmentor_reads_the_logit_scale_it_holds():
     model = build_segmentor('window', slide)
     keys = model.state_dict().keys()
     assert sum('logit_scale' in key for key in keys) == 1  # not duplicated
-    model.clip_model.logit_scale.fill_(math.log(30.0))     # new weights
+    # new weights: the parameter is CLIP's log temperature
+    dict(model.text_encoder.named_parameters())['logit_scale'].fill_(
+        math.log(30.0))
     feats = model.extract_feat(torch.randn(1, 3, 32, 32))
     assert abs(float(feats.logit_scale) - 30.0) <= 30 * 8 * \
         torch.finfo(torch.float32).eps
@@ -273,11 +298,12 @@ def build_segmentor(scope, test_cfg, **head):
     model = MODELS.build(dict(
         type='CLIPDenseSegmentor',
         clip=dict(model_name=MODEL, random_init=True),
-        strategy=dict(type='SCLIP', residual=False),
+        backbone=dict(type='OpenCLIPViT',
+                      dense_strategy=dict(type='SCLIP', residual=False)),
+        text_encoder=dict(type='OpenCLIPTextEncoder', templates='single'),
         decode_head=dict(type='FreeCPHead', descriptions=None,
                          ap_text='templates', crop_size=32,
                          purification_scope=scope, **head),
-        text=dict(templates='single'),
         test_cfg=test_cfg)).eval()
     model.set_vocabulary(['background', 'cat, kitten', 'dog', 'grass',
                           'car', 'tree'])
@@ -419,12 +445,19 @@ def test_freecp_config_differs_from_baseline_only_where_documented(config):
     assert cfg.model.prob_thd == 0 and cfg.model.area_thd is None
     # seg_logits: FreeCP stores its own scores, not a baseline's
     # renormalised ones (NACLIP)
-    allowed = {'decode_head', 'test_cfg', 'prob_thd', 'area_thd', 'strategy',
+    allowed = {'decode_head', 'test_cfg', 'prob_thd', 'area_thd', 'backbone',
                'pamr', 'text', 'seg_logits'}
     changed = {k for k in set(cfg.model) | set(base.model)
                if cfg.model.get(k) != base.model.get(k)}
     assert changed <= allowed, changed - allowed
+    # the image tower differs at most in its dense strategy's options
+    backbone = {k for k in set(cfg.model.backbone) | set(base.model.backbone)
+                if cfg.model.backbone.get(k) != base.model.backbone.get(k)}
+    assert backbone <= {'dense_strategy'}, backbone
+    assert (cfg.model.backbone.dense_strategy.type ==
+            base.model.backbone.dense_strategy.type)
     assert cfg.model.text == base.model.text  # same vocabulary
+    assert cfg.model.text_encoder == base.model.text_encoder  # and prompts
     assert (cfg.test_dataloader.dataset.type ==
             base.test_dataloader.dataset.type)
     MODELS.build(head)
@@ -455,13 +488,13 @@ def _parent_name(config: Path) -> str:
 def shrink(cfg: Config) -> Config:
     model = cfg.model
     model.clip.update(model_name=MODEL, random_init=True)
-    model.text.templates = 'single'
+    model.text_encoder.templates = 'single'
     model.test_cfg.update(crop_size=(32, 32), stride=(16, 16))
     model.decode_head.crop_size = 32
-    if model.strategy.type == 'ProxyCLIP':
+    strategy = model.backbone.dense_strategy
+    if strategy.type == 'ProxyCLIP':
         # a tiny random DINO on the same 16-px grid as CLIP's attention
-        model.strategy.update(random_init=True,
-                              vfm_model='vit_tiny_patch16_224')
+        strategy.update(random_init=True, vfm_model='vit_tiny_patch16_224')
     for loader in ('test_dataloader', 'val_dataloader'):
         cfg[loader].update(num_workers=0, persistent_workers=False)
         for step in cfg[loader].dataset.pipeline:

@@ -336,7 +336,8 @@ def test_testing_helpers_use_the_shipped_configs_and_tools(tmp_path,
 CLIP_TTA_CONFIG = 'configs/baselines/sclip_voc21.py'
 CLIP_TTA_OPTIONS = (
     'model.clip.model_name=ovss-tiny-ViT-16', 'model.clip.random_init=True',
-    'model.text.templates=single', 'model.test_cfg.crop_size=(32,32)',
+    'model.text_encoder.templates=single',
+    'model.test_cfg.crop_size=(32,32)',
     'model.test_cfg.stride=(16,16)', 'model.prob_thd=0.3',
     'test_dataloader.num_workers=0',
     'test_dataloader.persistent_workers=False',

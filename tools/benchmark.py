@@ -27,7 +27,8 @@ over the baseline's (of the means, of the medians and per image)::
 ``--batch-size`` generated images with random labels) and reports the
 trainable parameters, the gradient and optimiser-state memory and how many
 frozen parameters got a gradient (must be 0); a training-free CLIP
-segmentor trains its image backbone alone, with ``--freeze`` and
+segmentor trains its image backbone alone (outputs in the projected space
+its head reads), with ``--freeze`` and
 ``--prompts K`` (deep visual prompts) overriding its freeze policy::
 
     python tools/benchmark.py configs/baselines/sclip_ade.py --random-init \
@@ -174,6 +175,11 @@ def apply_train_overrides(model_cfg, args) -> None:
             f'backbone config; {model_cfg.get("type")} has none')
     if overrides:
         model_cfg.backbone.update(overrides)
+    if model_cfg.get('type') == 'CLIPDenseSegmentor':
+        # trained alone, the backbone's outputs are in the space its head
+        # reads (forward_dense projects: ln_post + proj), so every CLIP
+        # weight of the tower is on the path and gets its gradient
+        model_cfg.backbone.setdefault('out_space', 'projected')
 
 
 def vocabulary(cfg, args) -> List[str]:
@@ -329,7 +335,9 @@ class TrainSubject:
 
     def _backbone_step(self, data):
         from mmseg_ovss.utils.profiler import profile_stage
-        # normalised and stacked (the generated images share one size)
+        # normalised and stacked as at test time: a training-free config's
+        # preprocessor sets no training size (mmseg's stack_batch needs
+        # one), and the generated images of a step share their size
         inputs = self.model.data_preprocessor(data, False)['inputs']
         with profile_stage('forward'):
             outputs = self.module(inputs)

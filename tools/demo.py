@@ -242,9 +242,13 @@ def build_model(args):
         clip.checkpoint = args.checkpoint
     if args.random_init:
         clip.random_init = True
-    strategy = cfg.model.get('strategy', {})
-    if args.random_init and strategy.get('type') == 'ProxyCLIP':
-        strategy.random_init = True
+    if args.random_init:  # ProxyCLIP's vision foundation model too
+        backbone = cfg.model.get('backbone') or {}
+        for strategy in (backbone.get('dense_strategy'),
+                         cfg.model.get('strategy')):  # (the old key)
+            if isinstance(strategy, dict) and \
+                    strategy.get('type') == 'ProxyCLIP':
+                strategy.random_init = True
     model = MODELS.build(cfg.model)
     return model.to(args.device).eval()
 

@@ -205,8 +205,9 @@ class FreeCPHead(DenseCLIPHead):
                 'must be on the same patch grid. ProxyCLIP with DINO '
                 'ViT-B/8 puts the tokens on an 8-pixel grid and the '
                 "attention on CLIP's 16-pixel grid: use a VFM with CLIP's "
-                "patch size (strategy=dict(vfm_model='vit_base_patch16_224',"
-                ' vfm_checkpoint=<DINO ViT-B/16 weights>)) or another '
+                "patch size (backbone=dict(dense_strategy=dict(vfm_model="
+                "'vit_base_patch16_224', vfm_checkpoint=<DINO ViT-B/16 "
+                'weights>))) or another '
                 'baseline')
 
     def cam_scale(self, features: DenseCLIPFeatures):
@@ -218,9 +219,9 @@ class FreeCPHead(DenseCLIPHead):
             raise OVSSConfigError(
                 "FreeCPHead(logit_scale=None) multiplies the cosines of Eq. 1 "
                 "by the CLIP model's own logit_scale.exp(), as the authors' "
-                'code, but the features carry none: build the '
-                'DenseCLIPVisionEncoder with clip_model=<the open_clip '
-                'model> (CLIPDenseSegmentor does), or set a temperature, '
+                'code, but the features carry none: set '
+                'features.logit_scale = <OpenCLIPTextEncoder>.logit_scale '
+                '(CLIPDenseSegmentor does), or set a temperature, '
                 'e.g. FreeCPHead(logit_scale=100.0)')
         return scale
 
