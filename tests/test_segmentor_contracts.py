@@ -38,9 +38,10 @@ class NearestCosineHead(CosineSimilarityHead):
 def build(head='CosineSimilarityHead', **kwargs):
     torch.manual_seed(0)
     cfg = dict(
-        type='CLIPDenseSegmentor', clip=TINY, strategy=dict(type='SCLIP'),
-        decode_head=dict(type=head, logit_scale=TAU),
-        text=dict(templates='single'), window_batch_size=3,
+        type='CLIPDenseSegmentor', clip=TINY,
+        backbone=dict(type='OpenCLIPViT', dense_strategy=dict(type='SCLIP')),
+        text_encoder=dict(type='OpenCLIPTextEncoder', templates='single'),
+        decode_head=dict(type=head, logit_scale=TAU), window_batch_size=3,
         test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
     cfg.update(kwargs)
     model = MODELS.build(cfg).eval()
@@ -115,7 +116,7 @@ def test_encode_decode_is_the_window_map_at_input_size():
     cropped to the input (mmseg's predict_by_feat size rule)."""
     model = build()
     inputs = torch.randn(2, 3, 40, 56)
-    features = model.backbone(F.pad(inputs, (0, 8, 0, 8)))
+    features = model.backbone.forward_dense(F.pad(inputs, (0, 8, 0, 8)))
     patches = F.normalize(features.patch_tokens, dim=1)
     text = model.vocabulary_embeddings().query_embeddings
     cosines = torch.einsum('bdhw,qd->bqhw', patches, text)
