@@ -211,6 +211,29 @@ def test_clip_file_with_objects_needs_trust(tmp_path):
         assert torch.equal(value, state[name]), name
 
 
+def test_segmentor_clip_trusted_reaches_both_towers(tmp_path):
+    """``model.clip.trusted=True`` loads such a file into the image and
+    the text tower of a segmentor; without it the build is refused."""
+    from mmseg.registry import MODELS
+    state = build_clip_model(TINY, pretrained=None, random_init=True,
+                             seed=5).state_dict()
+    path = _object_pickle(tmp_path, state)
+    cfg = dict(type='CLIPDenseSegmentor',
+               clip=dict(model_name=TINY, pretrained=None,
+                         checkpoint=str(path)),
+               text_encoder=dict(templates='single'))
+    with pytest.raises(OVSSWeightsError, match='clip.trusted=True'):
+        MODELS.build(cfg)
+    cfg['clip']['trusted'] = True
+    model = MODELS.build(cfg)
+    loaded = {f'visual.{k}': v
+              for k, v in model.backbone.visual.state_dict().items()}
+    loaded.update(model.text_encoder.state_dict())
+    assert set(loaded) == set(state)  # every weight, in one tower or the other
+    for name, value in loaded.items():
+        assert torch.equal(value, state[name]), name
+
+
 def test_torchscript_archive_loads_without_trust(tmp_path):
     """OpenAI's CLIP files are TorchScript archives: torch.jit.load reads
     them (no pickled Python runs), so they need no opt-in."""

@@ -95,7 +95,7 @@ class OpenCLIPViT(BaseModule):
 
     Args:
         model_name, pretrained, checkpoint, precision, random_init, seed,
-            quick_gelu, cache_dir: the weights, as
+            quick_gelu, cache_dir, trusted: the weights, as
             :func:`mmseg_ovss.clip.loading.build_clip_model` takes them; only
             the image tower is kept (``self.visual``, state-dict prefix
             ``visual.``), the rest of the CLIP model is dropped.
@@ -152,6 +152,7 @@ class OpenCLIPViT(BaseModule):
                  init_cfg: Optional[dict] = None,
                  quick_gelu: Optional[bool] = None,
                  cache_dir: Optional[str] = None,
+                 trusted: bool = False,
                  visual: Optional[nn.Module] = None):
         super().__init__(init_cfg=init_cfg)
         if pos_interp not in POS_INTERP_MODES:
@@ -173,7 +174,8 @@ class OpenCLIPViT(BaseModule):
             clip_model = build_clip_model(
                 model_name, pretrained=pretrained, checkpoint=checkpoint,
                 precision=precision, random_init=random_init,
-                quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
+                quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed,
+                trusted=trusted)
             visual = clip_model.visual
             del clip_model  # the text tower goes with it
         check_open_clip_vit(visual)

@@ -47,7 +47,7 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
 
     Args:
         model_name, pretrained, checkpoint, precision, random_init, seed,
-            quick_gelu, cache_dir: the weights, as
+            quick_gelu, cache_dir, trusted: the weights, as
             :func:`~mmseg_ovss.clip.loading.build_clip_model` takes them.
         templates: ``'openai'`` (80), ``'vild'`` (15), ``'single'``,
             ``'simple'``, a list of ``'{}'`` strings or a ``.txt`` file.
@@ -78,12 +78,14 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
                  truncate_context: bool = True,
                  quick_gelu: Optional[bool] = None,
                  cache_dir: Optional[str] = None,
+                 trusted: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         model = build_clip_model(
             model_name, pretrained=pretrained, checkpoint=checkpoint,
             precision=precision, random_init=random_init,
-            quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
+            quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed,
+            trusted=trusted)
         self._keep_text_tower(model)
         del model  # the image tower goes with it
         self.model_name = model_name
