@@ -219,9 +219,11 @@ class UnresolvedObject:
     kept for inspection. ``pickled_name`` is the missing global."""
 
     pickled_name = ''
+    # what the pickle gave: constructor arguments (REDUCE), state (BUILD)
+    args, kwargs, state = (), {}, None
 
     def __init__(self, *args, **kwargs):
-        self.args, self.kwargs, self.state = args, kwargs, None
+        self.args, self.kwargs = args, kwargs
 
     def __setstate__(self, state):
         self.state = state
