@@ -170,7 +170,9 @@ def use_fresh_visualizer(cfg: Config) -> None:
 EXTRA_RUNNER_KEYS = (
     '_base_', 'custom_imports', 'model_wrapper_cfg', 'compile', 'sync_bn',
     'find_unused_parameters', 'activation_checkpointing',
-    'efficient_conv_bn_eval', 'tta_model', 'tta_pipeline')
+    'efficient_conv_bn_eval', 'tta_model', 'tta_pipeline',
+    # read by the package's tools: trusted checkpoints, key-match threshold
+    'trust_checkpoint', 'checkpoint_min_match')
 #: Helper variables of configs that are close to a runner key on purpose.
 HELPER_NAMES = ('train_pipeline', 'val_pipeline', 'test_pipeline')
 #: Keys of ``env_cfg`` (and its ``mp_cfg``) that mmengine's Runner reads.
