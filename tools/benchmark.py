@@ -438,12 +438,7 @@ def main(argv=None) -> Dict:
             raise OVSSConfigError(
                 '--train measures one config per process (peak memory is '
                 "the process's); run the baseline in a second process")
-        result = train_main(args)
-        print(json.dumps(result, indent=2))
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(result, f, indent=2)
-        return result
+        return report(train_main(args), args)
     subjects = [Subject(args.config, args)]
     if args.baseline:
         subjects.append(Subject(args.baseline, args))
@@ -476,6 +471,11 @@ def main(argv=None) -> Dict:
             per_image=[a / b for a, b in zip(subjects[0].latencies,
                                              subjects[1].latencies)])
     result.update(peak_memory_mb(args.device))
+    return report(result, args)
+
+
+def report(result: Dict, args) -> Dict:
+    """Print the results as JSON (and write them to ``--json``)."""
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, 'w') as f:
