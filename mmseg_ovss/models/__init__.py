@@ -1,1 +1,2 @@
-from . import backbones, heads, losses, segmentors, text_encoders  # noqa: F401
+from . import (backbones, catseg, cliprc, dcpclip, heads, losses,  # noqa: F401
+               segmentors, text_encoders)

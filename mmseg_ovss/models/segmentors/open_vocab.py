@@ -1,0 +1,322 @@
+"""Trainable open-vocabulary segmentors: CLIP towers, a text-taking head.
+
+:class:`OpenVocabEncoderDecoder` is mmseg's ``EncoderDecoder`` with the two
+registered CLIP towers of the package (``OpenCLIPViT`` as ``backbone``,
+``OpenCLIPTextEncoder`` as ``text_encoder``) and a decode head that takes the
+class embeddings of the active vocabulary with the image features. The
+vocabulary is set at run time by ``DatasetVocabularyHook`` (the seen classes
+in inductive zero-shot training, every class of the evaluated dataset in
+validation and testing), so one model is evaluated on any vocabulary. The
+methods built on it (ZegCLIP / CLIP-RC, CAT-Seg / DCP-CLIP) differ in how
+they run the backbone (:meth:`extract_feat`) and in their heads.
+
+The head contract (mmseg's ``BaseDecodeHead`` signatures, with
+:class:`OpenVocabInputs` as ``inputs``):
+
+- ``forward(inputs)``: the head's raw outputs (used by complexity
+  analysis);
+- ``loss(inputs, batch_data_samples, train_cfg) -> dict`` of losses;
+- ``predict(inputs, batch_img_metas, test_cfg) -> (B, C, H, W)`` class
+  scores at the input size, in the space where ``seen_score_offset``
+  applies (sigmoid probabilities for ZegCLIP-style heads);
+- ``uses_template_embeddings`` (bool attribute, optional): the head wants
+  the (C, T, D) per-template embeddings too (CAT-Seg's cost volume).
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from torch import Tensor
+
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.segmentors.base import BaseSegmentor
+from mmseg.registry import MODELS
+from mmseg.utils import add_prefix
+from mmseg_ovss.clip.vocabulary import Vocabulary
+from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+from mmseg_ovss.utils.paths import resolve_data_path
+
+
+@dataclass
+class ClassEmbeddings:
+    """The text side of the active vocabulary, as a head receives it.
+
+    Attributes:
+        embeddings: (C, D) L2-normalised class embeddings (the normalised
+            mean over templates, and over a class's names when it has
+            several).
+        template_embeddings: (C, T, D) per-template embeddings, each
+            L2-normalised (averaged over a class's names), or None when the
+            head does not ask for them.
+        class_names: the dataset class names, in label order.
+        seen_ids: indices (into this vocabulary) of the classes seen in
+            training, or None when the stage has no zero-shot split.
+        unseen_ids: the other classes of the split (empty in inductive
+            training, where unseen names are unknown), or None.
+        logit_scale: CLIP's learned temperature (exp of the stored log).
+    """
+    embeddings: Tensor
+    template_embeddings: Optional[Tensor]
+    class_names: Tuple[str, ...]
+    seen_ids: Optional[Tuple[int, ...]]
+    unseen_ids: Optional[Tuple[int, ...]]
+    logit_scale: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class OpenVocabInputs:
+    """What an open-vocabulary head gets: ``visual`` is what the
+    segmentor's :meth:`~OpenVocabEncoderDecoder.extract_feat` returned
+    (method-specific), ``text`` the class embeddings."""
+    visual: Any
+    text: ClassEmbeddings
+
+
+def read_class_name_map(mapping: Union[None, str, dict]) -> Dict[str, list]:
+    """Dataset class name -> prompt names, from a dict or a JSON file
+    (``{"pottedplant": "potted plant", "tvmonitor": ["tv", "monitor"]}``)."""
+    if mapping is None:
+        return {}
+    if isinstance(mapping, (str, Path)):
+        try:
+            path = resolve_data_path(mapping)
+            mapping = json.loads(Path(path).read_text(encoding='utf-8'))
+        except (OVSSDataError, OSError, json.JSONDecodeError) as err:
+            raise OVSSConfigError(
+                f'class_name_map file {str(mapping)!r} cannot be read '
+                f'({err}); give a JSON object mapping dataset class names '
+                'to a prompt name or a list of names') from err
+    if not isinstance(mapping, dict):
+        raise OVSSConfigError(
+            f'class_name_map must be a dict or a JSON file path, got '
+            f'{type(mapping).__name__}')
+    out = {}
+    for key, value in mapping.items():
+        names = [value] if isinstance(value, str) else list(value)
+        if not names or not all(isinstance(n, str) and n.strip()
+                                for n in names):
+            raise OVSSConfigError(
+                f'class_name_map[{key!r}] = {value!r}: give a non-empty '
+                'name or list of names')
+        out[str(key)] = names
+    return out
+
+
+@MODELS.register_module()
+class OpenVocabEncoderDecoder(EncoderDecoder):
+    """mmseg ``EncoderDecoder`` with CLIP towers and a text-taking head.
+
+    Args:
+        backbone (dict): the image tower, ``OpenCLIPViT`` by default (its
+            freeze policy and prompts say what trains).
+        decode_head (dict): a head with the contract of this module's
+            docstring.
+        text_encoder (dict): the text tower, ``OpenCLIPTextEncoder`` by
+            default (``templates``, ``freeze``).
+        clip (dict, optional): CLIP weights both towers load (``model_name``,
+            ``pretrained``, ``checkpoint``, ``random_init``, ...), filled
+            into ``backbone`` and ``text_encoder`` where they do not set a
+            key, as mmseg's ``pretrained=`` fills a backbone.
+        class_names (list | str, optional): the vocabulary used until
+            ``DatasetVocabularyHook`` sets the stage's (a list or a
+            class-name file); needed only without the hook (e.g. a FLOPs
+            count or a benchmark).
+        class_name_map (dict | str, optional): dataset class name -> the
+            name(s) put in the prompts (a dict or a JSON file); classes not
+            in the map use their dataset name.
+        seen_score_offset (float): subtracted from the scores of the seen
+            classes at inference when the stage has unseen classes
+            (ZegCLIP's and CLIP-RC's inductive calibration: 0.1); 0 turns
+            it off.
+        train_cfg, test_cfg, data_preprocessor, init_cfg: as mmseg's
+            ``EncoderDecoder`` (``test_cfg.mode`` 'whole' or 'slide').
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 decode_head: dict,
+                 text_encoder: Optional[dict] = None,
+                 clip: Optional[dict] = None,
+                 class_names: Union[None, str, Sequence[str]] = None,
+                 class_name_map: Union[None, str, dict] = None,
+                 seen_score_offset: float = 0.0,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        # num_classes / out_channels follow the run-time vocabulary, so
+        # EncoderDecoder's own init (which copies them from the head) does
+        # not apply
+        BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor,
+                               init_cfg=init_cfg)
+        backbone = dict(backbone)
+        text_encoder = dict(text_encoder or {})
+        backbone.setdefault('type', 'OpenCLIPViT')
+        text_encoder.setdefault('type', 'OpenCLIPTextEncoder')
+        for key, value in dict(clip or {}).items():
+            backbone.setdefault(key, value)
+            text_encoder.setdefault(key, value)
+        self.backbone = MODELS.build(backbone)
+        self.text_encoder = MODELS.build(text_encoder)
+        self.decode_head = MODELS.build(decode_head)
+        self.align_corners = getattr(self.decode_head, 'align_corners',
+                                     False)
+        self.neck = None
+        self.auxiliary_head = None
+        self.train_cfg = train_cfg
+        self.test_cfg = test_cfg or dict(mode='whole')
+        self.seen_score_offset = float(seen_score_offset)
+        if not 0.0 <= self.seen_score_offset < 1.0:
+            raise OVSSConfigError(
+                f'seen_score_offset={seen_score_offset!r} must be in [0, 1) '
+                '(0.1 in ZegCLIP and CLIP-RC inductive testing, 0 off)')
+        self.class_name_map = read_class_name_map(class_name_map)
+        self.dataset_classes: Optional[Tuple[str, ...]] = None
+        self.zero_shot_split: Optional[Tuple[tuple, tuple]] = None
+        if class_names is not None:
+            if isinstance(class_names, (str, Path)):
+                vocab = Vocabulary.from_file(class_names)
+                class_names = [names[0] for names in vocab.synonyms]
+            self.set_dataset_classes(class_names)
+
+    # ------------------------------------------------------- vocabulary
+    def set_dataset_classes(self, classes: Sequence[str]) -> None:
+        """The class names labels and predictions index (set for each stage
+        by ``DatasetVocabularyHook``); clears the zero-shot split, which
+        the hook gives again where the stage has one."""
+        classes = tuple(str(c) for c in classes)
+        if not classes:
+            raise OVSSConfigError('set_dataset_classes got no classes')
+        self.dataset_classes = classes
+        self.zero_shot_split = None
+
+    def set_zero_shot_split(self, seen_ids: Sequence[int],
+                            unseen_ids: Sequence[int]) -> None:
+        """Seen and unseen class indices of the active vocabulary."""
+        count = len(self._require_classes())
+        ids = [*seen_ids, *unseen_ids]
+        bad = [i for i in ids if not 0 <= int(i) < count]
+        if bad or len(set(ids)) != len(ids):
+            raise OVSSConfigError(
+                f'zero-shot split seen={list(seen_ids)} unseen='
+                f'{list(unseen_ids)} is not a partition of ids of the '
+                f'{count} active classes')
+        self.zero_shot_split = (tuple(int(i) for i in seen_ids),
+                                tuple(int(i) for i in unseen_ids))
+
+    def _require_classes(self) -> Tuple[str, ...]:
+        if self.dataset_classes is None:
+            raise OVSSConfigError(
+                f'{type(self).__name__} has no vocabulary: add '
+                "custom_hooks = [dict(type='DatasetVocabularyHook')] to the "
+                'config (it gives each stage its dataset classes), or set '
+                'model.class_names')
+        return self.dataset_classes
+
+    def vocabulary(self) -> Vocabulary:
+        """The active classes, each with its prompt names."""
+        names = [self.class_name_map.get(c, [c])
+                 for c in self._require_classes()]
+        return Vocabulary.from_names(names, source='the dataset classes')
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the active vocabulary."""
+        return len(self._require_classes())
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_classes
+
+    def text_inputs(self) -> ClassEmbeddings:
+        """Class embeddings of the active vocabulary (cached by the text
+        encoder while it is frozen)."""
+        vocab = self.vocabulary()
+        with_templates = bool(getattr(self.decode_head,
+                                      'uses_template_embeddings', False))
+        embedded = self.text_encoder.embed_vocabulary(
+            vocab, with_templates=with_templates)
+        index = embedded.query_to_class.to(embedded.query_embeddings.device)
+        embeddings = per_class_mean(embedded.query_embeddings, index,
+                                    vocab.num_classes)
+        templates = None
+        if with_templates:
+            templates = per_class_mean(embedded.template_embeddings, index,
+                                       vocab.num_classes)
+        seen = unseen = None
+        if self.zero_shot_split is not None:
+            seen, unseen = self.zero_shot_split
+        return ClassEmbeddings(
+            embeddings=embeddings, template_embeddings=templates,
+            class_names=self._require_classes(), seen_ids=seen,
+            unseen_ids=unseen, logit_scale=self.text_encoder.logit_scale)
+
+    # -------------------------------------------------------- features
+    def extract_feat(self, inputs: Tensor) -> Any:
+        """Image features for the head: the backbone's outputs (methods
+        override this to run the backbone their way)."""
+        return self.backbone(inputs)
+
+    def head_inputs(self, inputs: Tensor) -> OpenVocabInputs:
+        return OpenVocabInputs(visual=self.extract_feat(inputs),
+                               text=self.text_inputs())
+
+    # ----------------------------------------------------- mmseg calls
+    def loss(self, inputs: Tensor, data_samples) -> dict:
+        losses = self.decode_head.loss(self.head_inputs(inputs),
+                                       data_samples, self.train_cfg)
+        return add_prefix(losses, 'decode')
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]
+                      ) -> Tensor:
+        """(B, C, H, W) class scores of whole inputs, calibrated."""
+        scores = self.decode_head.predict(self.head_inputs(inputs),
+                                          batch_img_metas, self.test_cfg)
+        return self.calibrate(scores)
+
+    def calibrate(self, scores: Tensor) -> Tensor:
+        """Subtract ``seen_score_offset`` from the seen classes' scores when
+        the stage has unseen classes (inductive zero-shot testing)."""
+        if self.training or not self.seen_score_offset or \
+                self.zero_shot_split is None or not self.zero_shot_split[1]:
+            return scores
+        offset = torch.zeros(scores.shape[1], dtype=scores.dtype,
+                             device=scores.device)
+        offset[list(self.zero_shot_split[0])] = self.seen_score_offset
+        return scores - offset.view(1, -1, 1, 1)
+
+    def _forward(self, inputs: Tensor, data_samples=None):
+        """The head's raw outputs (mmseg's ``mode='tensor'``)."""
+        return self.decode_head.forward(self.head_inputs(inputs))
+
+    def postprocess_result(self, seg_logits: Tensor, data_samples=None):
+        data_samples = super().postprocess_result(seg_logits, data_samples)
+        for sample in data_samples:
+            # a one-class vocabulary: mmseg thresholds sigmoid(logits) at
+            # 0.5; these are already scores, so label every pixel class 0
+            if seg_logits.shape[1] == 1:
+                shape = sample.seg_logits.data.shape[-2:]
+                sample.pred_sem_seg = PixelData(data=torch.zeros(
+                    (1, *shape), dtype=torch.long,
+                    device=seg_logits.device))
+        return data_samples
+
+
+def per_class_mean(embeddings: Tensor, query_to_class: Tensor,
+                   num_classes: int) -> Tensor:
+    """Normalised mean of the rows (dim 0) of each class's queries."""
+    if embeddings.shape[0] == num_classes and \
+            torch.equal(query_to_class, torch.arange(
+                num_classes, device=query_to_class.device)):
+        return embeddings
+    summed = embeddings.new_zeros((num_classes, *embeddings.shape[1:]))
+    summed = summed.index_add(0, query_to_class, embeddings)
+    return F.normalize(summed, dim=-1)
