@@ -541,3 +541,22 @@ def test_a_read_only_hook_and_a_token_replacing_hook(backbone, images):
     assert_fp32_close(zeroed.layers[0],
                       direct_block(block, torch.zeros(2, 17, WIDTH)),
                       BLOCK_TERMS)
+
+
+def test_the_backbone_traces_for_flop_counting():
+    """mmengine's FlopAnalyzer traces the model with torch.jit: the token
+    layout must take the traced sizes (0-dim tensors) as ints."""
+    from mmengine.analysis import FlopAnalyzer
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    backbone = OpenCLIPViT(model_name='ovss-tiny-ViT-16', random_init=True,
+                           out_space='projected').eval()
+    images = torch.randn(1, 3, 64, 64)
+    flops = FlopAnalyzer(backbone, (images, )).unsupported_ops_warnings(
+        False).uncalled_modules_warnings(False)
+    # at least the patch embedding: 16 patches x (3*16*16) x width 64
+    assert flops.total() >= 16 * 3 * 16 * 16 * 64
+    with torch.no_grad():
+        traced = torch.jit.trace(backbone, (images, ), check_trace=False)
+        torch.testing.assert_close(traced(images)[0][0],
+                                   backbone(images)[0][0])

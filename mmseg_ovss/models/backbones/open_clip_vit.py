@@ -303,7 +303,8 @@ class OpenCLIPViT(BaseModule):
         """
         visual = self.visual
         x = visual.conv1(images.to(self.dtype))
-        grid = (x.shape[-2], x.shape[-1])
+        # int(): under jit tracing (FLOP counting) sizes are 0-dim tensors
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
         if grid[0] == 0 or grid[1] == 0:
             raise OVSSDataError(
                 f'image of size {tuple(images.shape[-2:])} is smaller than '
@@ -318,8 +319,8 @@ class OpenCLIPViT(BaseModule):
         prefix = self._extra_tokens(prefix_tokens, x, 'prefix_tokens')
         suffix = self._extra_tokens(suffix_tokens, x, 'suffix_tokens')
         layout = TokenLayout(
-            0 if prefix is None else prefix.shape[1], grid,
-            0 if suffix is None else suffix.shape[1])
+            0 if prefix is None else int(prefix.shape[1]), grid,
+            0 if suffix is None else int(suffix.shape[1]))
         if prefix is not None or suffix is not None:
             parts = [x[:, :1], prefix, x[:, 1:], suffix]
             x = torch.cat([p for p in parts if p is not None], dim=1)
