@@ -13,6 +13,8 @@ def pytest_configure(config):
     # Guard rail: no test may reach a model hub.
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+    # No text-embedding bank in ~/.cache: tests that use one give a folder.
+    os.environ['OVSS_TEXT_BANK'] = 'off'
 
 
 @pytest.fixture(scope='session')

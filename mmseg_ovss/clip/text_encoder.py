@@ -20,6 +20,8 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.features import VocabularyEmbeddings
+from mmseg_ovss.clip.text_bank import (TextEmbeddingBank, encode_with_bank,
+                                       resolve_bank_dir, weights_digest)
 from mmseg_ovss.clip.templates import (TemplateSpec, load_templates,
                                        templates_key)
 from mmseg_ovss.clip.vocabulary import Vocabulary
@@ -129,7 +131,8 @@ class PromptEnsembleEncoding:
 
     def setup_encoding(self, tokenizer, templates: TemplateSpec,
                        batch_size: int, cache_size: int,
-                       truncate_context: bool) -> None:
+                       truncate_context: bool,
+                       text_bank: Union[None, str, Path] = None) -> None:
         """Set the tokenizer, templates, batching and cache.
 
         Args:
@@ -139,6 +142,10 @@ class PromptEnsembleEncoding:
             cache_size: vocabularies kept in memory (0: none).
             truncate_context: run the tower only up to the longest prompt
                 of a batch (see :func:`encode_tokens`).
+            text_bank: keep every sentence's embedding on disk while the
+                tower is frozen (:mod:`mmseg_ovss.clip.text_bank`):
+                ``'auto'`` (``$OVSS_TEXT_BANK`` or
+                ``~/.cache/mmseg_ovss/text_bank``), a folder, or None (off).
         """
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise OVSSConfigError(
@@ -157,6 +164,8 @@ class PromptEnsembleEncoding:
         self._cache: 'OrderedDict[tuple, VocabularyEmbeddings]' = \
             OrderedDict()
         self._cached_weights: Optional[tuple] = None
+        self.text_bank_dir = resolve_bank_dir(text_bank)
+        self._bank: Optional[tuple] = None  # (weights key, bank)
 
     # -------------------------------------------------- subclass contract
     @property
@@ -200,13 +209,34 @@ class PromptEnsembleEncoding:
         if not sentences:
             raise OVSSConfigError(
                 'encode_text needs at least one sentence, got an empty list')
-        chunks = []
+        bank = self.text_bank()
+        if bank is not None:
+            with torch.no_grad():
+                return encode_with_bank(bank, sentences, self._encode_batch,
+                                        self.batch_size, self.device)
         with self._grad_mode():
-            for start in range(0, len(sentences), self.batch_size):
-                features = self._encode_tokens(self.tokenizer(
-                    sentences[start:start + self.batch_size]))
-                chunks.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(chunks)
+            return torch.cat([
+                self._encode_batch(sentences[start:start + self.batch_size])
+                for start in range(0, len(sentences), self.batch_size)])
+
+    def _encode_batch(self, sentences: Sequence[str]) -> Tensor:
+        """(N, D) L2-normalised float32 embeddings of one batch."""
+        features = self._encode_tokens(self.tokenizer(list(sentences)))
+        return F.normalize(features.float(), dim=-1)
+
+    def text_bank(self) -> Optional[TextEmbeddingBank]:
+        """The on-disk bank of the current weights, or None (off, or the
+        tower computes with gradients). The weights' digest is computed
+        once per weights version (:meth:`weights_key`)."""
+        if self.text_bank_dir is None or self.tracks_gradients():
+            return None
+        key = self.weights_key()
+        if self._bank is None or self._bank[0] != key:
+            bank = TextEmbeddingBank(
+                self.text_bank_dir, weights_digest(self.text_tower),
+                self.dtype, self.device.type)
+            self._bank = (key, bank)
+        return self._bank[1]
 
     def encode_templates(self, queries: Sequence[str]) -> Tensor:
         """(Q, T, D) embedding of each query under each template, each

@@ -60,6 +60,12 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
         cache_size: vocabularies kept in memory (0: none).
         truncate_context: run the tower only up to the longest prompt of a
             batch (exact for causal towers pooling at end-of-text).
+        text_bank: keep the embedding of every sentence on disk while the
+            tower is frozen, so a second start reads it back instead of
+            encoding (:mod:`mmseg_ovss.clip.text_bank`): ``'auto'``
+            (default: ``$OVSS_TEXT_BANK``, or
+            ``~/.cache/mmseg_ovss/text_bank``; ``OVSS_TEXT_BANK=off``
+            disables it), a folder, or None (off).
         init_cfg: mmengine's init config.
     """
 
@@ -76,6 +82,7 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
                  batch_size: int = 256,
                  cache_size: int = 8,
                  truncate_context: bool = True,
+                 text_bank: Optional[str] = 'auto',
                  quick_gelu: Optional[bool] = None,
                  cache_dir: Optional[str] = None,
                  trusted: bool = False,
@@ -91,7 +98,7 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
         self.model_name = model_name
         self.setup_encoding(build_tokenizer(model_name, self.context_length),
                             templates, batch_size, cache_size,
-                            truncate_context)
+                            truncate_context, text_bank)
         if isinstance(trainable, str):
             trainable = [trainable]
         self.freeze = freeze
