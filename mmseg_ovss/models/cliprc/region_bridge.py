@@ -31,6 +31,10 @@ from torch import Tensor, nn
 from mmseg_ovss.clip.tokens import TokenLayout, additive_mask
 from mmseg_ovss.utils.errors import OVSSConfigError
 
+#: masks kept per bridge (one per layout, device and dtype: slide inference
+#: needs one; whole-image inference on many sizes would otherwise grow)
+MASK_CACHE_SIZE = 8
+
 
 def region_side(num_tokens) -> int:
     """sqrt(M) for a square number of region tokens M (1, 4, 16, ...)."""
@@ -165,6 +169,8 @@ class RegionLevelBridge(BaseModule):
             allowed = region_attention_allowed(layout, self.side,
                                                self.patches_see_region)
             mask = additive_mask(allowed.to(device), dtype)[None, None]
+            if len(self._masks) >= MASK_CACHE_SIZE:
+                self._masks.pop(next(iter(self._masks)))
             self._masks[key] = mask
         return mask
 

@@ -35,24 +35,28 @@ RECOVERY_REDUCTIONS = ('mean', 'sum')
 
 
 def class_targets(labels: Tensor, num_classes: int) -> Tensor:
-    """(B, H, W) labels -> (B, C, H, W) float one-hot targets; values
-    outside 0..C-1 (the ignore index) give all-zero columns."""
+    """(B, H, W) labels -> (B, C, H, W) bool one-hot targets; values
+    outside 0..C-1 (the ignore index) give all-False columns."""
     classes = torch.arange(num_classes, device=labels.device)
-    return (labels.unsqueeze(1) == classes.view(1, -1, 1, 1)).float()
+    return labels.unsqueeze(1) == classes.view(1, -1, 1, 1)
 
 
 def sigmoid_focal_map(logits: Tensor, targets: Tensor, alpha: float,
-                      gamma: float) -> Tensor:
-    """Elementwise sigmoid focal loss (Lin et al., ICCV 2017, Eq. 5):
-    ``alpha_t (1 - p_t)^gamma BCE(x, t)``, alpha < 0 disables alpha_t."""
-    ce = F.binary_cross_entropy_with_logits(logits, targets,
-                                            reduction='none')
-    prob = logits.sigmoid()
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
+                      gamma: float):
+    """Elementwise sigmoid focal loss (Lin et al., ICCV 2017, Eq. 5),
+    ``alpha_t (1 - p_t)^gamma BCE(x, t)`` for bool targets t (alpha < 0
+    disables alpha_t), and the sigmoid p.
+
+    Written with z_t = x if t else -x: p_t = sigmoid(z_t) and BCE =
+    softplus(-z_t), one pass over the (B, C, H, W) maps fewer than the
+    textbook form.
+    """
+    z_t = torch.where(targets, logits, -logits)
+    p_t = z_t.sigmoid()
+    loss = F.softplus(-z_t) * (1 - p_t).pow(gamma)
     if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
+        loss = loss * torch.where(targets, alpha, 1 - alpha)
+    return loss, torch.where(targets, p_t, 1 - p_t)
 
 
 def mask_count(present: Tensor, average_across_processes: bool) -> Tensor:
@@ -123,10 +127,10 @@ class SigmoidFocalDiceLoss(nn.Module):
         """(B, C, H, W) logits, (B, H, W) labels -> loss_focal, loss_dice."""
         logits = logits.float()
         targets = class_targets(labels, logits.shape[1])
-        present = targets.flatten(2).amax(dim=2) > 0        # (B, C)
+        present = targets.flatten(2).any(dim=2)             # (B, C)
         count = mask_count(present, self.average_across_processes)
-        focal = sigmoid_focal_map(logits, targets, self.alpha, self.gamma)
-        prob = logits.sigmoid()
+        focal, prob = sigmoid_focal_map(logits, targets, self.alpha,
+                                        self.gamma)
         if self.ignored_pixels == 'exclude':
             valid = (labels != ignore_index).unsqueeze(1).float()
             pixels = valid.flatten(2).sum(dim=2).clamp(min=1.0)
@@ -135,7 +139,8 @@ class SigmoidFocalDiceLoss(nn.Module):
         else:
             focal = focal.flatten(2).mean(dim=2)
         inter = (prob * targets).flatten(2).sum(dim=2)
-        total = prob.flatten(2).sum(dim=2) + targets.flatten(2).sum(dim=2)
+        total = prob.flatten(2).sum(dim=2) + \
+            targets.flatten(2).sum(dim=2, dtype=prob.dtype)
         dice = 1 - (2 * inter + 1) / (total + 1)
         dice = (dice * present).sum()
         weight = self.loss_weight / count
@@ -164,7 +169,7 @@ class PerClassBCELoss(nn.Module):
                 ignore_index: int = 255) -> Dict[str, Tensor]:
         logits = logits.float()
         targets = class_targets(labels, logits.shape[1])
-        bce = F.binary_cross_entropy_with_logits(logits, targets,
+        bce = F.binary_cross_entropy_with_logits(logits, targets.float(),
                                                  reduction='none')
         if self.ignored_pixels == 'exclude':
             valid = (labels != ignore_index).unsqueeze(1).float()
