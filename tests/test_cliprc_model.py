@@ -425,6 +425,11 @@ def test_seen_score_calibration_through_the_segmentor(cliprc):
                     loss_decode=dict(type='PerClassBCELoss'))),
     ('zegclip', dict(input_proj=True, embed_dims=16,
                      decoder=dict(num_heads=2))),
+    ('cliprc', dict(input_proj=True, embed_dims=16,
+                    decoder=dict(num_heads=2),
+                    region_alignment=dict(use_cls=False),
+                    recovery=dict(num_layers=2, loss='l2',
+                                  image_target='head_input'))),
 ])
 def test_variants_build_train_and_predict(variant, head):
     model = build_tiny_cliprc(variant, head=head)
