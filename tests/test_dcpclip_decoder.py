@@ -110,7 +110,7 @@ def test_padding_is_masked_out():
 
 def make_decoder(**kwargs):
     cfg = dict(in_channels=16, cost_channels=5, encoder_channels=(12, 10, 6),
-               encoder_dims=(8, 4, 4), attention_channels=2,
+               encoder_upsample_channels=(0, 0, 0), encoder_dims=(8, 4, 4), attention_channels=2,
                decoder_channels=(8, 8), num_layers=2, window_size=4,
                num_heads=2)
     cfg.update(kwargs)
@@ -140,6 +140,21 @@ def test_shapes_at_every_stage(layers):
     # spatial enhancement before every upsampling layer (base level alone
     # without upsampling layers)
     assert sorted(decoder.enhance) == [str(i) for i in range(max(layers, 1))]
+
+
+def test_encoder_maps_upsampled_by_transposed_convs():
+    """CAT-Seg-style guidance: every level's map given at the feature
+    resolution, levels 1, 2 upsampled x2, x4 by transposed convs."""
+    decoder = make_decoder(encoder_upsample_channels=(0, 6, 5))
+    assert decoder.encoder_up[1].stride == (2, 2)
+    assert decoder.encoder_up[2].stride == (4, 4)
+    feature, volume, encoder, attention = decoder_inputs()
+    base = [torch.randn(2, c, 4, 4) for c in (12, 10, 6)]
+    projected = decoder.project_encoder(base)
+    assert [tuple(p.shape) for p in projected] == [
+        (2, 8, 4, 4), (2, 4, 8, 8), (2, 4, 16, 16)]
+    out = decoder(feature, volume, base, attention)
+    assert out.shape == (2, 3, 16, 16)
 
 
 def test_fusion_switches_table_vi():

@@ -19,12 +19,18 @@ Reconstructions and defaults (the paper's equation bodies are missing):
   every level before its upsampling layer (24 and 48 with two layers; the
   base level alone with zero layers).
 - Widths follow CAT-Seg's decoder (cost feature 128, decoder (64, 32)).
-- ``encoder_features`` are per level: level 0 at the feature resolution,
-  level l at 2**l times it (the head prepares them: CAT-Seg's projected
-  appearance guidance and its transposed-conv upsampled intermediate CLIP
-  layers). Each is projected by a 3 x 3 conv + ReLU to ``encoder_dims[l]``.
-  Level l's map feeds the spatial-enhance q/k at level l and the skip of the
-  upsampling layer that produces level l.
+- ``encoder_features`` are one map per level at the feature resolution,
+  prepared as CAT-Seg prepares its guidance (``cat_seg/cat_seg_model.py``
+  ``upsample1``/``upsample2``, ``model.py`` ``guidance_projection`` and
+  ``decoder_guidance_projection``): level l > 0 is upsampled 2**l times by a
+  transposed convolution to ``encoder_upsample_channels[l]`` (256, 128),
+  every level is then projected by a 3 x 3 conv + ReLU to
+  ``encoder_dims[l]`` (128, 32, 16). The DCP-CLIP head gives the dense CLIP
+  features for level 0 (CAT-Seg's appearance guidance) and the intermediate
+  CLIP layers (CAT-Seg's decoder guidance) for the others. Level l's map
+  feeds the spatial-enhance q/k at level l and the skip of the upsampling
+  layer that produces level l. ``encoder_upsample_channels[l] = 0`` takes
+  a map as given, bilinearly resized to its level.
 - ``attention`` (the "attention weights" of Eq. 13) are a few maps at the
   feature resolution (e.g. CLIP's head-averaged [CLS]-to-patch attention of
   some layers), bilinearly upsampled to later levels.
@@ -107,7 +113,11 @@ class SpatialEnhancedDecoder(BaseModule):
         in_channels (int): width d of the cost feature (128).
         cost_channels (int): templates P of the initial cost volume (80).
         encoder_channels (sequence[int]): widths of the encoder features of
-            levels 0..num_layers as the head gives them.
+            levels 0..num_layers as the head gives them (D, then the CLIP
+            width).
+        encoder_upsample_channels (sequence[int]): transposed-conv widths
+            of levels 1..num_layers (entry 0 is unused; 0: no transposed
+            conv).
         encoder_dims (sequence[int]): their widths after projection
             (CAT-Seg's guidance widths: 128 for the feature level, then 32,
             16).
@@ -127,7 +137,8 @@ class SpatialEnhancedDecoder(BaseModule):
     def __init__(self,
                  in_channels: int = 128,
                  cost_channels: int = 80,
-                 encoder_channels: Sequence[int] = (512, 256, 128),
+                 encoder_channels: Sequence[int] = (512, 768, 768),
+                 encoder_upsample_channels: Sequence[int] = (0, 256, 128),
                  encoder_dims: Sequence[int] = (128, 32, 16),
                  attention_channels: int = 0,
                  decoder_channels: Sequence[int] = (64, 32),
@@ -154,6 +165,8 @@ class SpatialEnhancedDecoder(BaseModule):
         levels = num_layers + 1
         for name, values, need in (('encoder_channels', encoder_channels,
                                     levels),
+                                   ('encoder_upsample_channels',
+                                    encoder_upsample_channels, levels),
                                    ('encoder_dims', encoder_dims, levels),
                                    ('decoder_channels', decoder_channels,
                                     num_layers)):
@@ -174,10 +187,16 @@ class SpatialEnhancedDecoder(BaseModule):
         enc_dims = [encoder_dims[i] if fuse_encoder else 0
                     for i in range(levels)]
         att = attention_channels if self.fuse_attention else 0
-        self.encoder_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(encoder_channels[i], enc_dims[i], 3,
-                                    padding=1), nn.ReLU(inplace=True))
-            for i in range(levels)) if fuse_encoder else None
+        self.encoder_up = nn.ModuleList() if fuse_encoder else None
+        self.encoder_proj = nn.ModuleList() if fuse_encoder else None
+        for i in range(levels if fuse_encoder else 0):
+            width = encoder_channels[i]
+            up = encoder_upsample_channels[i] if i else 0
+            self.encoder_up.append(nn.ConvTranspose2d(
+                width, up, 2 ** i, stride=2 ** i) if up else nn.Identity())
+            self.encoder_proj.append(nn.Sequential(
+                nn.Conv2d(up or width, enc_dims[i], 3, padding=1),
+                nn.ReLU(inplace=True)))
         enhanced = range(max(num_layers, 1)) if swin else range(0)
         self.enhance = nn.ModuleDict({
             str(level): SpatialEnhanceStage(
@@ -201,7 +220,7 @@ class SpatialEnhancedDecoder(BaseModule):
 
     def project_encoder(self, encoder_features: Sequence[Tensor]
                         ) -> List[Optional[Tensor]]:
-        """Per-level projected encoder features (B, e_l, H_l, W_l)."""
+        """Per-level upsampled and projected encoder features."""
         if not self.fuse_encoder:
             return [None] * (self.num_layers + 1)
         if len(encoder_features) < self.num_layers + 1:
@@ -209,8 +228,8 @@ class SpatialEnhancedDecoder(BaseModule):
                 f'SpatialEnhancedDecoder got {len(encoder_features)} '
                 f'encoder feature maps; num_layers={self.num_layers} needs '
                 f'{self.num_layers + 1} (one per level)')
-        return [proj(feat) for proj, feat in zip(self.encoder_proj,
-                                                  encoder_features)]
+        return [proj(up(feat)) for up, proj, feat in zip(
+            self.encoder_up, self.encoder_proj, encoder_features)]
 
     def forward(self, cost_feature: Tensor, cost_volume: Tensor,
                 encoder_features: Sequence[Tensor] = (),
@@ -221,7 +240,8 @@ class SpatialEnhancedDecoder(BaseModule):
         Args:
             cost_feature: (B, K, d, h, w) refined cost feature.
             cost_volume: (B, K, P, h, w) initial cost volume C_init.
-            encoder_features: per-level (B, c_l, h * 2**l, w * 2**l) maps.
+            encoder_features: one (B, c_l, h, w) map per level (or at the
+                level's size where its transposed conv is off).
             attention: (B, a, h, w) attention-weight maps, or None.
             stages: a list that receives each level's (B, K, C, H, W)
                 feature (for inspection and tests).
