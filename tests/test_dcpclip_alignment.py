@@ -86,10 +86,16 @@ def test_prompt_tokens_append_guidance_rows():
     assert out_valid.tolist() == [[True, False, True, True, True]]
 
 
-def test_cross_attention_matches_eqs_8_to_10():
+def project(layer, x):
+    return x if isinstance(layer, torch.nn.Identity) else linear(layer, x)
+
+
+@pytest.mark.parametrize('out_proj', [True, False])
+def test_cross_attention_matches_eqs_8_to_10(out_proj):
     torch.manual_seed(0)
     heads = 2
-    ca = CrossModalAlignment(8, 6, num_heads=heads).to(DTYPE)
+    ca = CrossModalAlignment(8, 6, num_heads=heads,
+                             out_proj=out_proj).to(DTYPE)
     patches = torch.randn(2, 5, 8, dtype=DTYPE)
     guidance = torch.randn(2, 4, 6, dtype=DTYPE)
     valid = torch.tensor([[True, True, True, True],
@@ -100,7 +106,7 @@ def test_cross_attention_matches_eqs_8_to_10():
         attended = attention_rows(linear(ca.q, patches[b]),
                                   linear(ca.k, guidance[b]),
                                   linear(ca.v, guidance[b]), heads, keep)
-        x = layer_norm(ca.norm1, patches[b] + attended)
+        x = layer_norm(ca.norm1, patches[b] + project(ca.proj, attended))
         want = layer_norm(ca.norm2, x + mlp(ca.mlp, x))
         assert torch.allclose(out[b], want, atol=tol(8 * 4))
 
@@ -127,16 +133,18 @@ def direct_fusion(sa, cost, patches, windows=None):
                 rows = attention_rows(q[group], k[group], v[group],
                                       sa.num_heads)
                 attended[group] = rows
-            y = layer_norm(sa.norm1, x + attended)
+            y = layer_norm(sa.norm1, x + project(sa.proj, attended))
             y = layer_norm(sa.norm2, y + mlp(sa.mlp, y))
             out[b, c] = y.t().reshape(dims, height, width)
     return out
 
 
-@pytest.mark.parametrize('window', [None, 2])
-def test_cost_fusion_matches_eqs_11_12(window):
+@pytest.mark.parametrize('window,out_proj', [(None, True), (2, True),
+                                             (None, False)])
+def test_cost_fusion_matches_eqs_11_12(window, out_proj):
     torch.manual_seed(1)
-    sa = CostFusionAttention(4, 6, num_heads=2, window_size=window).to(DTYPE)
+    sa = CostFusionAttention(4, 6, num_heads=2, window_size=window,
+                             out_proj=out_proj).to(DTYPE)
     cost = torch.randn(2, 3, 4, 4, 4, dtype=DTYPE)
     patches = torch.randn(2, 16, 6, dtype=DTYPE)
     out = sa(cost, patches)

@@ -27,8 +27,11 @@ Reconstructions (the equation bodies are missing from the paper's text):
   (the prompt concatenated along the class axis). Each part is switchable
   (Table V): ``guidance=dict(text=True, prompt=True, cls_logits=True)``.
 - Eqs. 9-10: post-norm ``F^ = LN(F_p + Attn)``, ``F~_p = LN(F^ + MLP(F^))``
-  with multi-head scaled dot-product attention (no output projection, as
-  written), MLP ratio 4 with GELU.
+  with multi-head scaled dot-product attention and MLP ratio 4 with GELU.
+  ``out_proj=True`` (default) gives the attention the usual output
+  projection W_O of multi-head attention, as in the decoders the paper
+  follows (SegViT, ZegCLIP); ``False`` is Eq. 9 as written (no W_O). The SA
+  branch follows the same choice.
 - Eqs. 11-12: ``F_cat = [F_cost ; repeat(W_p F~_p)]`` (2d channels); q, k, v
   are linear maps of F_cat to d channels and the residual is added to
   F_cost, so the output keeps F_cost's width d. Attention is global over
@@ -159,17 +162,21 @@ class TextualGuidance(nn.Module):
 class CrossModalAlignment(nn.Module):
     """CA branch, Eqs. 8-10: patches attend to the textual guidance.
 
-    ``F^ = LN(F_p + softmax(Q K^T / sqrt(d)) V)``, ``F~ = LN(F^ + MLP(F^))``
-    with ``Q = F_p W_Q``, ``K = G_t W_K``, ``V = G_t W_V``.
+    ``F^ = LN(F_p + softmax(Q K^T / sqrt(d)) V W_O)``,
+    ``F~ = LN(F^ + MLP(F^))`` with ``Q = F_p W_Q``, ``K = G_t W_K``,
+    ``V = G_t W_V`` (W_O the identity with ``out_proj=False``).
     """
 
     def __init__(self, embed_dims: int, guidance_dims: int,
-                 num_heads: int = 8, mlp_ratio: float = 4.0):
+                 num_heads: int = 8, mlp_ratio: float = 4.0,
+                 out_proj: bool = True):
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(embed_dims, embed_dims)
         self.k = nn.Linear(guidance_dims, embed_dims)
         self.v = nn.Linear(guidance_dims, embed_dims)
+        self.proj = nn.Linear(embed_dims, embed_dims) if out_proj \
+            else nn.Identity()
         self.norm1 = nn.LayerNorm(embed_dims)
         self.mlp = _mlp(embed_dims, mlp_ratio)
         self.norm2 = nn.LayerNorm(embed_dims)
@@ -180,7 +187,7 @@ class CrossModalAlignment(nn.Module):
         attended = multi_head_attention(self.q(patches), self.k(guidance),
                                         self.v(guidance), self.num_heads,
                                         guidance_valid)
-        x = self.norm1(patches + attended)
+        x = self.norm1(patches + self.proj(attended))
         return self.norm2(x + self.mlp(x))
 
 
@@ -218,11 +225,12 @@ class CostFusionAttention(nn.Module):
             h x w positions (default), or a window side.
         attention (bool): False keeps Eq. 11's fusion without the
             attention (the CA-only row of Table IV): ``F_cost + W_f F_cat``.
+        out_proj (bool): output projection of the attention.
     """
 
     def __init__(self, cost_dims: int, patch_dims: int, num_heads: int = 4,
                  mlp_ratio: float = 4.0, window_size: Optional[int] = None,
-                 attention: bool = True):
+                 attention: bool = True, out_proj: bool = True):
         super().__init__()
         if window_size is not None and window_size < 1:
             raise OVSSConfigError(
@@ -236,6 +244,8 @@ class CostFusionAttention(nn.Module):
             self.q = nn.Linear(2 * cost_dims, cost_dims)
             self.k = nn.Linear(2 * cost_dims, cost_dims)
             self.v = nn.Linear(2 * cost_dims, cost_dims)
+            self.proj = nn.Linear(cost_dims, cost_dims) if out_proj \
+                else nn.Identity()
             self.norm1 = nn.LayerNorm(cost_dims)
             self.mlp = _mlp(cost_dims, mlp_ratio)
             self.norm2 = nn.LayerNorm(cost_dims)
@@ -256,7 +266,8 @@ class CostFusionAttention(nn.Module):
         if not self.attention:
             out = x + self.fuse(fused)
         else:
-            out = self.norm1(x + self._attend(fused, height, width))
+            out = self.norm1(x + self.proj(self._attend(fused, height,
+                                                        width)))
             out = self.norm2(out + self.mlp(out))
         return out.reshape(batch, classes, height, width,
                            dims).permute(0, 1, 4, 2, 3)
@@ -292,6 +303,7 @@ class TextGuidedAlignment(nn.Module):
         sa_heads (int): heads of the SA branch (4, as CAT-Seg's aggregator).
         mlp_ratio (float): MLP hidden ratio of both branches (4).
         sa_window (int, optional): None = global SA (default), or a window.
+        out_proj (bool): output projection W_O in both attentions (True).
     """
 
     def __init__(self,
@@ -305,7 +317,8 @@ class TextGuidedAlignment(nn.Module):
                  ca_heads: int = 8,
                  sa_heads: int = 4,
                  mlp_ratio: float = 4.0,
-                 sa_window: Optional[int] = None):
+                 sa_window: Optional[int] = None,
+                 out_proj: bool = True):
         super().__init__()
         parts = dict(text=True, prompt=True, cls_logits=True)
         unknown = set(guidance or {}) - set(parts)
@@ -320,10 +333,11 @@ class TextGuidedAlignment(nn.Module):
             embed_dims, embed_dims, prompt_mode=prompt_mode,
             num_prompt_tokens=num_prompt_tokens, **parts) if ca else None
         self.cross_attention = CrossModalAlignment(
-            embed_dims, embed_dims, ca_heads, mlp_ratio) if ca else None
+            embed_dims, embed_dims, ca_heads, mlp_ratio,
+            out_proj=out_proj) if ca else None
         self.fusion = CostFusionAttention(
             cost_dims, embed_dims, sa_heads, mlp_ratio, sa_window,
-            attention=sa) if (ca or sa) else None
+            attention=sa, out_proj=out_proj) if (ca or sa) else None
 
     def forward(self, cost: Tensor, patches: Tensor, text: Tensor,
                 cls_logits: Tensor, valid: Tensor) -> Tensor:
