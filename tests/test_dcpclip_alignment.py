@@ -169,6 +169,10 @@ def test_branch_switches_table_iv():
     for module in (ca_only, sa_only, both):
         out = module(cost, patches, text, logits, valid)
         assert out.shape == cost.shape and torch.isfinite(out).all()
+        chunked = module(cost, patches, text, logits, valid,
+                         class_chunk_size=1)
+        eps = torch.finfo(torch.float32).eps
+        assert torch.allclose(out, chunked, atol=1000 * eps)
 
 
 def test_ca_only_reaches_the_cost_through_the_concatenation():

@@ -186,6 +186,9 @@ def test_classes_are_independent():
     part = decoder(feature[:, :2], volume[:, :2], encoder, attention)
     eps = torch.finfo(torch.float32).eps
     assert torch.allclose(out[:, :2], part, atol=1000 * eps)
+    chunked = decoder(feature, volume, encoder, attention,
+                      class_chunk_size=2)
+    assert torch.allclose(out, chunked, atol=1000 * eps)
 
 
 def test_missing_inputs_are_named():

@@ -276,3 +276,17 @@ def test_affinity_attention_maps():
         for x in range(4):
             # channel j at position i: how much patch i attends to patch j
             assert torch.allclose(maps[0, :16, y, x], mean[y * 4 + x])
+
+
+def test_class_chunks_at_inference_give_the_same_scores():
+    model = build(head=head_cfg(category_selection=dict(
+        type='DynamicCategorySelection', threshold=0.0)))
+    model.eval()
+    images = torch.randn(1, 3, 64, 64)
+    metas = [dict(img_shape=(64, 64), ori_shape=(64, 64))]
+    with torch.no_grad():
+        whole = model.encode_decode(images, metas)
+        model.decode_head.class_chunk_size = 3
+        chunked = model.encode_decode(images, metas)
+    eps = torch.finfo(torch.float32).eps
+    assert torch.allclose(whole, chunked, atol=1000 * eps)

@@ -243,7 +243,8 @@ class DCPCLIPHead(CATSegHead):
         return self.alignment(state.aggregated, state.visual.patches,
                               text.to(state.aggregated.dtype),
                               logits.to(state.aggregated.dtype),
-                              selection.valid)
+                              selection.valid,
+                              class_chunk_size=self.inference_chunk())
 
     def attention_input(self, state: DCPState) -> Optional[Tensor]:
         """(B, a, h, w) attention-weight maps for the decoder, or None."""
@@ -287,7 +288,8 @@ class DCPCLIPHead(CATSegHead):
         visual = state.visual
         encoder = [visual.patches, *visual.guidance_maps()]
         return self.decoder(aligned, state.cost, encoder,
-                            self.attention_input(state))
+                            self.attention_input(state),
+                            class_chunk_size=self.inference_chunk())
 
     def restore_classes(self, logits: Tensor, state: DCPState) -> Tensor:
         """(B, K, H', W') -> (B, C, H', W'), ``unselected_logit`` for the

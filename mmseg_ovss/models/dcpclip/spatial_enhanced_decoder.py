@@ -234,7 +234,8 @@ class SpatialEnhancedDecoder(BaseModule):
     def forward(self, cost_feature: Tensor, cost_volume: Tensor,
                 encoder_features: Sequence[Tensor] = (),
                 attention: Optional[Tensor] = None,
-                stages: Optional[list] = None) -> Tensor:
+                stages: Optional[list] = None,
+                class_chunk_size: Optional[int] = None) -> Tensor:
         """Decode per-class logits.
 
         Args:
@@ -245,14 +246,31 @@ class SpatialEnhancedDecoder(BaseModule):
             attention: (B, a, h, w) attention-weight maps, or None.
             stages: a list that receives each level's (B, K, C, H, W)
                 feature (for inspection and tests).
+            class_chunk_size (int, optional): decode this many classes at a
+                time (classes are independent here: the same numbers, less
+                memory).
 
         Returns:
             (B, K, h * 2**L, w * 2**L) logits.
         """
-        batch, classes = cost_feature.shape[:2]
         encoder = self.project_encoder(encoder_features)
         if self.cost_skip == 'mean':
             cost_volume = cost_volume.mean(dim=2, keepdim=True)
+        classes = cost_feature.shape[1]
+        if class_chunk_size is None or classes <= class_chunk_size:
+            return self._decode(cost_feature, cost_volume, encoder,
+                                attention, stages)
+        return torch.cat([
+            self._decode(cost_feature[:, start:start + class_chunk_size],
+                         cost_volume[:, start:start + class_chunk_size],
+                         encoder, attention, None)
+            for start in range(0, classes, class_chunk_size)], dim=1)
+
+    def _decode(self, cost_feature: Tensor, cost_volume: Tensor,
+                encoder: List[Optional[Tensor]],
+                attention: Optional[Tensor],
+                stages: Optional[list]) -> Tensor:
+        batch, classes = cost_feature.shape[:2]
         cost_init = _fold(cost_volume)
         x = _fold(cost_feature)
         for level in range(self.num_layers + 1):

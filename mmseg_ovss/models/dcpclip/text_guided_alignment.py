@@ -340,7 +340,8 @@ class TextGuidedAlignment(nn.Module):
             attention=sa, out_proj=out_proj) if (ca or sa) else None
 
     def forward(self, cost: Tensor, patches: Tensor, text: Tensor,
-                cls_logits: Tensor, valid: Tensor) -> Tensor:
+                cls_logits: Tensor, valid: Tensor,
+                class_chunk_size: Optional[int] = None) -> Tensor:
         """Refine the cost feature of the selected classes.
 
         Args:
@@ -349,6 +350,9 @@ class TextGuidedAlignment(nn.Module):
             text: (B, K, D) embeddings of the selected classes.
             cls_logits: (B, K) their [CLS] logits.
             valid: (B, K) bool, False at padding slots.
+            class_chunk_size (int, optional): run the SA branch on this many
+                classes at a time (each class attends over its own
+                positions: the same numbers, less memory).
 
         Returns:
             (B, K, d, h, w).
@@ -360,4 +364,9 @@ class TextGuidedAlignment(nn.Module):
         if self.cross_attention is not None:
             guidance, guidance_valid = self.guidance(text, cls_logits, valid)
             patches = self.cross_attention(patches, guidance, guidance_valid)
-        return self.fusion(cost, patches)
+        classes = cost.shape[1]
+        if class_chunk_size is None or classes <= class_chunk_size:
+            return self.fusion(cost, patches)
+        return torch.cat([
+            self.fusion(cost[:, start:start + class_chunk_size], patches)
+            for start in range(0, classes, class_chunk_size)], dim=1)
