@@ -290,3 +290,22 @@ def test_class_chunks_at_inference_give_the_same_scores():
         chunked = model.encode_decode(images, metas)
     eps = torch.finfo(torch.float32).eps
     assert torch.allclose(whole, chunked, atol=1000 * eps)
+
+
+def test_mixed_precision_loss_and_scores():
+    """Under autocast (bf16 on CPU, what --amp uses there) the loss and the
+    scores stay finite and the loss backpropagates."""
+    model = build(head=head_cfg(tag_validation=dict(type='TagValidation')))
+    model.train()
+    images = torch.randn(1, 3, 64, 64)
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[:, :, 40:] = 2
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = model.loss(images, samples(labels))['decode.loss_bce']
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    metas = [dict(img_shape=(64, 64), ori_shape=(64, 64))]
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        scores = model.encode_decode(images, metas)
+    assert torch.isfinite(scores.float()).all()
