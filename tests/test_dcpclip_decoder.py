@@ -200,3 +200,7 @@ def test_missing_inputs_are_named():
         decoder(feature, volume, encoder[:1], None)
     with pytest.raises(OVSSConfigError, match='num_layers'):
         make_decoder(num_layers=5)
+    with pytest.raises(OVSSConfigError, match='attention_channels'):
+        make_decoder(attention_channels=0)
+    assert not make_decoder(attention_channels=0,
+                            fuse_attention=False).fuse_attention

@@ -111,8 +111,11 @@ class DCPCLIPHead(CATSegHead):
             head-averaged patch-to-patch weights as h*w channels;
             ``attention_form='full'``).
         num_attention_layers (int): layers of attention weights the
-            segmentor returns (its ``attention_layers``), to size the
-            decoder (with 'affinity': times ``grid_size[0] * grid_size[1]``).
+            segmentor returns (its ``attention_layers``; 2 by default, the
+            guidance blocks), to size the decoder (with 'affinity': times
+            ``grid_size[0] * grid_size[1]``). Not used when the decoder
+            does not fuse attention (``fuse_attention=False`` or
+            ``swin=False``, or CAT-Seg's decoder).
         grid_size (tuple): the patch grid for 'affinity' (24, 24).
         aggregator (dict): CAT-Seg's aggregator; ``dict(num_layers=0)``
             (default) leaves it out.
@@ -132,7 +135,7 @@ class DCPCLIPHead(CATSegHead):
                  decoder: Optional[dict] = None,
                  tag_validation: Optional[dict] = None,
                  attention_maps: str = 'cls',
-                 num_attention_layers: int = 0,
+                 num_attention_layers: int = 2,
                  grid_size: Sequence[int] = (24, 24),
                  aggregator: Optional[dict] = None,
                  pad_len: int = 0,
@@ -149,8 +152,12 @@ class DCPCLIPHead(CATSegHead):
         attention_channels = int(num_attention_layers) * (
             1 if attention_maps == 'cls' else int(grid_size[0] * grid_size[1]))
         decoder = dict(decoder or dict(type='SpatialEnhancedDecoder'))
-        if decoder.get('type', 'SpatialEnhancedDecoder') in (
-                'SpatialEnhancedDecoder', SpatialEnhancedDecoder):
+        enhanced = decoder.get('type', 'SpatialEnhancedDecoder') in (
+            'SpatialEnhancedDecoder', SpatialEnhancedDecoder)
+        if not enhanced or not decoder.get('fuse_attention', True) or \
+                not decoder.get('swin', True):
+            attention_channels = 0
+        if enhanced:
             decoder.setdefault('type', 'SpatialEnhancedDecoder')
             decoder.setdefault('cost_channels', num_templates)
             decoder.setdefault('attention_channels', attention_channels)

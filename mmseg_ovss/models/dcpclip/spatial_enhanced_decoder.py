@@ -121,7 +121,8 @@ class SpatialEnhancedDecoder(BaseModule):
         encoder_dims (sequence[int]): their widths after projection
             (CAT-Seg's guidance widths: 128 for the feature level, then 32,
             16).
-        attention_channels (int): number of attention-weight maps (0: none).
+        attention_channels (int): number of attention-weight maps (2: the
+            [CLS] attention of two CLIP layers; the DCP-CLIP head sets it).
         decoder_channels (sequence[int]): widths of the upsampled levels
             (CAT-Seg: 64, 32).
         num_layers (int): upsampling layers, 0, 1 or 2 (Table VI(b)).
@@ -140,7 +141,7 @@ class SpatialEnhancedDecoder(BaseModule):
                  encoder_channels: Sequence[int] = (512, 768, 768),
                  encoder_upsample_channels: Sequence[int] = (0, 256, 128),
                  encoder_dims: Sequence[int] = (128, 32, 16),
-                 attention_channels: int = 0,
+                 attention_channels: int = 2,
                  decoder_channels: Sequence[int] = (64, 32),
                  num_layers: int = 2,
                  swin: bool = True,
@@ -176,11 +177,17 @@ class SpatialEnhancedDecoder(BaseModule):
                         f'SpatialEnhancedDecoder {name}={tuple(values)} '
                         f'has {len(values)} entries; num_layers='
                         f'{num_layers} needs {need}')
+        if fuse_attention and swin and attention_channels < 1:
+            raise OVSSConfigError(
+                'SpatialEnhancedDecoder fuse_attention=True needs '
+                f'attention_channels >= 1 (got {attention_channels}): give '
+                'the number of attention maps, or set fuse_attention=False')
         self.num_layers = num_layers
         self.swin = swin
         self.fuse_encoder = fuse_encoder
         self.fuse_cost = fuse_cost
-        self.fuse_attention = fuse_attention and attention_channels > 0
+        # the attention weights enter the spatial-enhance q/k only
+        self.fuse_attention = fuse_attention and swin
         self.cost_skip = cost_skip
         widths = [in_channels, *decoder_channels[:num_layers]]
         self.widths = widths
