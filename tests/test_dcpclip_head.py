@@ -230,6 +230,12 @@ def test_847_classes_through_the_whole_model():
          num_attention_layers=0),
     dict(alignment=dict(type='TextGuidedAlignment', ca=False, ca_heads=4,
                         sa_heads=4)),
+    # CAT-Seg's aggregator kept in front of the alignment
+    dict(aggregator=dict(num_layers=1, spatial=dict(num_heads=4,
+                                                    window_size=2),
+                         classwise=dict(num_heads=4, pool_size=(2, 2),
+                                        test_pool_size=(1, 1))),
+         appearance_guidance_channels=16, text_guidance_channels=16),
     dict(decoder=dict(type='SpatialEnhancedDecoder', swin=False,
                       fuse_attention=False, encoder_channels=(32, 64),
                       encoder_upsample_channels=(0, 16),

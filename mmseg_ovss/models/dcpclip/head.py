@@ -236,6 +236,23 @@ class DCPCLIPHead(CATSegHead):
                                                           dtype=torch.bool),
             image_logits=selection.image_logits)
 
+    def project_guidance(self, state: DCPState) -> None:
+        """CAT-Seg's aggregator guidance when a config keeps the aggregator
+        (the spatial enhanced decoder prepares its own encoder features)."""
+        if not isinstance(self.decoder, SpatialEnhancedDecoder):
+            super().project_guidance(state)
+            return
+        if self.appearance_projection is not None:
+            state.appearance_guidance = self.appearance_projection(
+                state.visual.patches)
+        if self.text_projection is not None:
+            text = F.normalize(state.templates.mean(dim=-2), dim=-1)
+            guidance = self.text_projection(text)
+            if guidance.dim() == 2:
+                guidance = guidance.unsqueeze(0).expand(
+                    state.batch_size, -1, -1)
+            state.text_guidance = guidance
+
     def align(self, state: DCPState) -> Tensor:
         """Eqs. 7-12 on the (aggregated) cost feature."""
         if self.alignment is None:
