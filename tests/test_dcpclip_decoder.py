@@ -196,6 +196,8 @@ def test_missing_inputs_are_named():
     feature, volume, encoder, _ = decoder_inputs()
     with pytest.raises(OVSSConfigError, match='attention'):
         decoder(feature, volume, encoder, None)
+    with pytest.raises(OVSSConfigError, match='encoder_channels'):
+        decoder(feature, volume, [encoder[1], *encoder[1:]], _)
     with pytest.raises(OVSSConfigError, match='one per level'):
         decoder(feature, volume, encoder[:1], None)
     with pytest.raises(OVSSConfigError, match='num_layers'):

@@ -235,6 +235,17 @@ class SpatialEnhancedDecoder(BaseModule):
                 f'SpatialEnhancedDecoder got {len(encoder_features)} '
                 f'encoder feature maps; num_layers={self.num_layers} needs '
                 f'{self.num_layers + 1} (one per level)')
+        for level, (proj, up, feat) in enumerate(zip(
+                self.encoder_proj, self.encoder_up, encoder_features)):
+            expected = up.in_channels if isinstance(
+                up, nn.ConvTranspose2d) else proj[0].in_channels
+            if feat.shape[1] != expected:
+                raise OVSSConfigError(
+                    f'SpatialEnhancedDecoder level {level} encoder features '
+                    f'have {feat.shape[1]} channels but encoder_channels['
+                    f'{level}] is {expected}: set encoder_channels to (D, '
+                    'CLIP width, CLIP width), e.g. (512, 768, 768) for '
+                    'ViT-B/16 and (768, 1024, 1024) for ViT-L/14')
         return [proj(up(feat)) for up, proj, feat in zip(
             self.encoder_up, self.encoder_proj, encoder_features)]
 
