@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmseg.models.backbones.swin import ShiftWindowMSA, WindowMSA
+from mmseg.models.backbones.swin import ShiftWindowMSA
 from mmseg_ovss.models.dcpclip.guided_swin import (GuidedShiftWindowMSA,
                                                    GuidedWindowMSA,
                                                    window_region_mask)
@@ -110,7 +110,8 @@ def test_padding_is_masked_out():
 
 def make_decoder(**kwargs):
     cfg = dict(in_channels=16, cost_channels=5, encoder_channels=(12, 10, 6),
-               encoder_upsample_channels=(0, 0, 0), encoder_dims=(8, 4, 4), attention_channels=2,
+               encoder_upsample_channels=(0, 0, 0), encoder_dims=(8, 4, 4),
+               attention_channels=2,
                decoder_channels=(8, 8), num_layers=2, window_size=4,
                num_heads=2)
     cfg.update(kwargs)

@@ -11,7 +11,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg_ovss.models.dcpclip.category_selection import CategorySelection
-from mmseg_ovss.models.dcpclip.head import DCPCLIPHead, selected_pixel_bce
+from mmseg_ovss.models.dcpclip.head import selected_pixel_bce
 
 TEMPLATES = ['a photo of a {}.', 'a picture of a {}.', 'a rendering of a {}.']
 CLASSES = ['person', 'car', 'tree', 'sky', 'road', 'grass', 'river', 'wall']
