@@ -138,3 +138,25 @@ def test_bad_options():
         TagValidation(region='superpixels')
     with pytest.raises(OVSSConfigError, match='name_map'):
         TagValidation(name_map='no/such/map.json')
+
+
+def test_components_match_scipy_labelling():
+    """The same partition as scipy's 4-connected labelling of each class."""
+    ndimage = pytest.importorskip('scipy.ndimage')
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(2, 4, 6, 6), size=(48, 40), mode='bilinear')
+    labels = smooth.argmax(1)
+    ids = connected_regions(labels)
+    for b in range(2):
+        reference = torch.zeros(48, 40, dtype=torch.long)
+        offset = 0
+        for c in range(4):
+            parts, count = ndimage.label((labels[b] == c).numpy())
+            parts = torch.from_numpy(parts).long()
+            reference[parts > 0] = parts[parts > 0] + offset
+            offset += count
+        # two maps give the same partition when their id pairs biject
+        pairs = torch.stack([ids[b].flatten(), reference.flatten()], 1)
+        unique_pairs = pairs.unique(dim=0)
+        assert len(unique_pairs) == ids[b].unique().numel() == offset
