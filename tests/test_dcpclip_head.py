@@ -315,3 +315,21 @@ def test_mixed_precision_loss_and_scores():
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         scores = model.encode_decode(images, metas)
     assert torch.isfinite(scores.float()).all()
+
+
+def test_no_unused_parameters_without_the_aggregator():
+    """Every learnable head parameter gets a gradient (DDP needs it), also
+    when a config keeps CAT-Seg's guidance widths but no aggregator."""
+    model = build(head=head_cfg(appearance_guidance_channels=16,
+                                text_guidance_channels=16))
+    head = model.decode_head
+    assert head.appearance_projection is None
+    assert head.text_projection is None
+    model.train()
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[:, 20:] = 4
+    model.loss(torch.randn(1, 3, 64, 64),
+               samples(labels))['decode.loss_bce'].backward()
+    missing = [name for name, p in head.named_parameters()
+               if p.requires_grad and p.grad is None]
+    assert missing == []

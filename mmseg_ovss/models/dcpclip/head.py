@@ -177,6 +177,11 @@ class DCPCLIPHead(CATSegHead):
         decoder.setdefault('type', 'UpsamplingDecoder')
         decoder.setdefault('in_channels', channels)
         self.decoder = MODELS.build(decoder)
+        if not len(getattr(self.aggregator, 'layers', (None, ))):
+            # the guidance projections serve the aggregator only (unused
+            # parameters would also stop DistributedDataParallel)
+            self.appearance_projection = None
+            self.text_projection = None
         self.attention_maps = attention_maps
         self.attention_channels = attention_channels
         self.category_selection = MODELS.build(category_selection) \
