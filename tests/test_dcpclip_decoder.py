@@ -173,6 +173,8 @@ def test_fusion_switches_table_vi():
     assert mean_cost.fuse[0][0].in_channels == 8 + 1 + 4
     no_swin = make_decoder(swin=False)
     assert len(no_swin.enhance) == 0
+    # level 0's encoder map only fed the spatial enhancement
+    assert no_swin.encoder_used == [False, True, True]
     for decoder in (no_cost, no_encoder, no_attention, mean_cost, no_swin):
         out = decoder(*decoder_inputs())
         assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()

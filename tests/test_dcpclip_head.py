@@ -317,11 +317,26 @@ def test_mixed_precision_loss_and_scores():
     assert torch.isfinite(scores.float()).all()
 
 
-def test_no_unused_parameters_without_the_aggregator():
-    """Every learnable head parameter gets a gradient (DDP needs it), also
-    when a config keeps CAT-Seg's guidance widths but no aggregator."""
-    model = build(head=head_cfg(appearance_guidance_channels=16,
-                                text_guidance_channels=16))
+SED_TINY = dict(type='SpatialEnhancedDecoder', encoder_channels=(32, 64, 64),
+                encoder_upsample_channels=(0, 16, 8), encoder_dims=(16, 8, 8),
+                decoder_channels=(32, 16), num_layers=2, window_size=2,
+                num_heads=4)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(appearance_guidance_channels=16, text_guidance_channels=16),
+    dict(decoder=dict(SED_TINY, swin=False)),
+    dict(decoder=dict(SED_TINY, fuse_encoder=False, fuse_cost=False),
+         alignment=dict(type='TextGuidedAlignment', sa=False, ca_heads=4,
+                        guidance=dict(prompt=False, cls_logits=False))),
+    dict(category_selection=None,
+         alignment=dict(type='TextGuidedAlignment', ca=False, sa_heads=4)),
+])
+def test_no_unused_parameters(overrides):
+    """Every learnable head parameter gets a gradient (DDP needs it) in the
+    full model and in ablations; a config that keeps CAT-Seg's guidance
+    widths without an aggregator builds no guidance projections."""
+    model = build(head=head_cfg(**overrides))
     head = model.decode_head
     assert head.appearance_projection is None
     assert head.text_projection is None

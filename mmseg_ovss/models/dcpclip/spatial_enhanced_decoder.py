@@ -191,12 +191,18 @@ class SpatialEnhancedDecoder(BaseModule):
         self.cost_skip = cost_skip
         widths = [in_channels, *decoder_channels[:num_layers]]
         self.widths = widths
-        enc_dims = [encoder_dims[i] if fuse_encoder else 0
+        # level 0's encoder map feeds only its spatial enhancement
+        enc_dims = [encoder_dims[i] if fuse_encoder and (i or swin) else 0
                     for i in range(levels)]
+        self.encoder_used = [bool(d) for d in enc_dims]
         att = attention_channels if self.fuse_attention else 0
         self.encoder_up = nn.ModuleList() if fuse_encoder else None
         self.encoder_proj = nn.ModuleList() if fuse_encoder else None
         for i in range(levels if fuse_encoder else 0):
+            if not enc_dims[i]:
+                self.encoder_up.append(nn.Identity())
+                self.encoder_proj.append(nn.Identity())
+                continue
             width = encoder_channels[i]
             up = encoder_upsample_channels[i] if i else 0
             self.encoder_up.append(nn.ConvTranspose2d(
@@ -237,6 +243,8 @@ class SpatialEnhancedDecoder(BaseModule):
                 f'{self.num_layers + 1} (one per level)')
         for level, (proj, up, feat) in enumerate(zip(
                 self.encoder_proj, self.encoder_up, encoder_features)):
+            if not self.encoder_used[level]:
+                continue
             expected = up.in_channels if isinstance(
                 up, nn.ConvTranspose2d) else proj[0].in_channels
             if feat.shape[1] != expected:
@@ -246,8 +254,10 @@ class SpatialEnhancedDecoder(BaseModule):
                     f'{level}] is {expected}: set encoder_channels to (D, '
                     'CLIP width, CLIP width), e.g. (512, 768, 768) for '
                     'ViT-B/16 and (768, 1024, 1024) for ViT-L/14')
-        return [proj(up(feat)) for up, proj, feat in zip(
-            self.encoder_up, self.encoder_proj, encoder_features)]
+        return [proj(up(feat)) if used else None
+                for up, proj, feat, used in zip(
+                    self.encoder_up, self.encoder_proj, encoder_features,
+                    self.encoder_used)]
 
     def forward(self, cost_feature: Tensor, cost_volume: Tensor,
                 encoder_features: Sequence[Tensor] = (),
