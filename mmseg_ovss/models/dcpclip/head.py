@@ -125,7 +125,9 @@ class DCPCLIPHead(CATSegHead):
             CAT-Seg's aggregator (0 by default: no aggregator).
         **kwargs: the other :class:`CATSegHead` arguments (``in_channels``,
             ``channels``, ``num_templates``, ``cost_embed``,
-            ``unselected_logit``, ``loss_decode``, ``ignore_index``, ...).
+            ``unselected_logit``, ``loss_decode``, ``ignore_index``,
+            ``class_chunk_size``: at inference the SA branch and the
+            decoder run on this many classes at a time, ...).
     """
 
     def __init__(self,
