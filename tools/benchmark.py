@@ -417,6 +417,7 @@ class TrainSubject:
                                  else [out]))
         with profile_stage('backward'):
             self.optim.backward(loss)
+        return loss
 
     def step(self, images, height, width, timed=True):
         from mmseg_ovss.utils.profiler import profile_stage
@@ -428,7 +429,7 @@ class TrainSubject:
         with self.profiler, self.timer:
             start = time.perf_counter()
             if self.backbone_only:
-                self._backbone_step(data)
+                loss = self._backbone_step(data)
             else:
                 with profile_stage('preprocess'):
                     data = self.model.data_preprocessor(data, True)
