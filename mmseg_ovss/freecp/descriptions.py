@@ -260,3 +260,25 @@ def description_class_embeddings(vocab: VocabularyEmbeddings,
         result = result.to(means.device)
         result[torch.tensor(described, device=means.device)] = means
     return result, missing
+
+
+def described_queries(vocab: VocabularyEmbeddings, described: Tensor,
+                      missing) -> Tuple[Tensor, Tensor]:
+    """Queries with descriptions (Table 4 "Initial": Vicuna / GPT-3.5):
+    one query per described foreground class, its description embedding
+    (``described``, (K, D) from :func:`description_class_embeddings`);
+    the template queries (all synonyms) of the background and of the
+    classes named in ``missing``. Returns (Q', D) queries and their (Q',)
+    classes, in class order."""
+    rows, owners = [], []
+    q2c = vocab.query_to_class.tolist()
+    for cls in range(vocab.num_classes):
+        name = vocab.class_names[cls]
+        if cls != vocab.background_class and name not in missing:
+            rows.append(described[cls:cls + 1])
+            owners.append(cls)
+            continue
+        picks = [q for q, owner in enumerate(q2c) if owner == cls]
+        rows.append(vocab.query_embeddings[picks].to(described))
+        owners += [cls] * len(picks)
+    return torch.cat(rows), torch.tensor(owners, device=described.device)

@@ -20,9 +20,12 @@ from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
 from mmseg_ovss.freecp.cam import query_activation_maps
 from mmseg_ovss.freecp.crops import crop_dtype
 from mmseg_ovss.freecp.descriptions import (description_class_embeddings,
+                                            described_queries,
                                             load_descriptions,
                                             template_class_embeddings)
 from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
+from mmseg_ovss.freecp.gt_vocabulary import (full_vocabulary,
+                                             restrict_rows)
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 TEXT_SOURCES = ('templates', 'descriptions')
@@ -138,8 +141,22 @@ class FreeCPHead(DenseCLIPHead):
         return self._table
 
     def _text(self, vocab: VocabularyEmbeddings) -> Tuple:
-        """(CAM queries, their classes, class embeddings for the crops),
-        cached per vocabulary."""
+        """(CAM queries, their classes, class embeddings for the crops).
+
+        A vocabulary restricted to some classes (the ground-truth oracle,
+        :mod:`mmseg_ovss.freecp.gt_vocabulary`) takes the rows
+        of its classes from the full vocabulary's text, so nothing is
+        encoded again per image."""
+        parent, class_ids = full_vocabulary(vocab)
+        queries, owners, crop_text = self._full_text(parent)
+        if class_ids is None:
+            return queries, owners, crop_text
+        class_ids = class_ids.to(owners.device)
+        queries, owners = restrict_rows(queries, owners, class_ids)
+        return queries, owners, crop_text[class_ids.to(crop_text.device)]
+
+    def _full_text(self, vocab: VocabularyEmbeddings) -> Tuple:
+        """:meth:`_text` of a full vocabulary, cached per vocabulary."""
         key = (id(vocab), tuple(vocab.class_names),
                vocab.query_embeddings.data_ptr())
         if key in self._cache:
@@ -153,31 +170,13 @@ class FreeCPHead(DenseCLIPHead):
                 vocab, self._description_table(), foreground)
             missing = set(missing)
         if self.initial_text == 'descriptions':
-            queries, owners = self._described_queries(
-                vocab, described, missing)
+            queries, owners = described_queries(vocab, described, missing)
         else:
             queries, owners = vocab.query_embeddings, vocab.query_to_class
         crop_text = described if self.ap_text == 'descriptions' \
             else templates
         self._cache = {key: (queries, owners.long(), crop_text)}
         return self._cache[key]
-
-    @staticmethod
-    def _described_queries(vocab, described, missing):
-        """One description query per described foreground class; template
-        queries (all synonyms) for the background and undescribed ones."""
-        rows, owners = [], []
-        q2c = vocab.query_to_class.tolist()
-        for cls in range(vocab.num_classes):
-            name = vocab.class_names[cls]
-            if cls != vocab.background_class and name not in missing:
-                rows.append(described[cls:cls + 1])
-                owners.append(cls)
-                continue
-            picks = [q for q, owner in enumerate(q2c) if owner == cls]
-            rows.append(vocab.query_embeddings[picks].to(described))
-            owners += [cls] * len(picks)
-        return torch.cat(rows), torch.tensor(owners, device=described.device)
 
     # ---------------------------------------------------------- image side
     def num_output_maps(self, vocab: VocabularyEmbeddings) -> int:

@@ -50,6 +50,9 @@ from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.pamr import PAMR
 from mmseg_ovss.utils.profiler import profile_stage
+from mmseg_ovss.freecp.gt_vocabulary import (ORACLE_WARNING,
+                                             annotated_classes,
+                                             restrict_vocabulary)
 
 Window = Tuple[int, int, int, int]
 #: Text-tower options that configs of the old layout gave in ``text``.
@@ -293,6 +296,14 @@ class CLIPDenseSegmentor(EncoderDecoder):
         strategy (dict, optional): the old place of
             ``backbone.dense_strategy`` (read with a warning, as are
             ``clip.pos_interp`` and the text tower's options in ``text``).
+        gt_vocabulary (bool): the ground-truth vocabulary oracle, for
+            analysis only (FreeCP Fig. 1b, Table 1 "w/ GT"; warns when
+            built): :meth:`predict` segments each image with the vocabulary
+            restricted to the classes of its ``gt_sem_seg`` (the background
+            class always kept), see
+            :mod:`~mmseg_ovss.freecp.gt_vocabulary`. Labels and
+            ``seg_logits`` keep the full vocabulary's indices (the other
+            classes score 0). False (default): the full vocabulary.
     """
 
     def __init__(self,
@@ -311,7 +322,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None,
-                 strategy: Union[dict, str, None] = None):
+                 strategy: Union[dict, str, None] = None,
+                 gt_vocabulary: bool = False):
         # BaseSegmentor's init: the towers are built with the shared clip
         # weights (_build_clip_towers) and num_classes / out_channels follow
         # the run-time vocabulary, so EncoderDecoder's init does not apply
@@ -367,6 +379,12 @@ class CLIPDenseSegmentor(EncoderDecoder):
             for name in ('crop_size', 'stride'):
                 self.test_cfg[name] = _pair(self.test_cfg.get(name), name)
         self.dataset_classes: Optional[Sequence[str]] = None
+        if not isinstance(gt_vocabulary, bool):
+            raise OVSSConfigError(
+                f'gt_vocabulary must be True or False, got {gt_vocabulary!r}')
+        self.gt_vocabulary = gt_vocabulary
+        if gt_vocabulary:
+            warnings.warn(ORACLE_WARNING)
         self._attention_layers = resolve_layer_indices(
             getattr(head, 'required_attention_layers', ()),
             self.backbone.num_layers)
@@ -777,15 +795,39 @@ class CLIPDenseSegmentor(EncoderDecoder):
         for index, meta in enumerate(metas):
             y1, y2, x1, x2 = unpadded_box(meta, *inputs.shape[-2:])
             image = inputs[index:index + 1, :, y1:y2, x1:x2]
+            image_vocab, kept = vocab, None
+            if self.gt_vocabulary:
+                kept = annotated_classes(data_samples[index], vocab)
+                if kept is not None:
+                    image_vocab = restrict_vocabulary(vocab, kept)
             with torch.no_grad():
-                labels, logits = self.segment(image, vocab,
+                labels, logits = self.segment(image, image_vocab,
                                               self._ori_shape(meta),
                                               flip_direction(meta))
+            if kept is not None:
+                labels, logits = self._to_full_vocabulary(
+                    labels, logits, kept, vocab.num_classes)
             fields = {'pred_sem_seg': PixelData(data=labels)}
             if logits is not None:
                 fields['seg_logits'] = logits
             data_samples[index].set_data(fields)
         return data_samples
+
+    @staticmethod
+    def _to_full_vocabulary(labels: Tensor, logits: Optional[PixelData],
+                            kept: Tensor, num_classes: int
+                            ) -> Tuple[Tensor, Optional[PixelData]]:
+        """Labels and ``seg_logits`` of a restricted vocabulary (classes
+        ``kept``) in the full vocabulary's indices; the classes left out
+        score 0."""
+        kept = kept.to(labels.device)
+        labels = kept[labels]
+        if logits is None:
+            return labels, None
+        data = logits.data
+        full = data.new_zeros((num_classes, *data.shape[1:]))
+        full[kept.to(data.device)] = data
+        return labels, PixelData(data=full, metainfo=logits.metainfo)
 
     @staticmethod
     def _check_rgb(inputs: Tensor) -> None:

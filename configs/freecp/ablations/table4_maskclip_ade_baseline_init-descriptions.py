@@ -1,0 +1,10 @@
+# Table 4 "Baseline, Initial: Vicuna": MaskCLIP at FreeCP's settings on ADE20K-150
+# (../baselines/maskclip_ade.py) with one description query per class (the
+# normalised mean of its raw sentences, data/descriptions/ade150.json)
+# instead of the template queries. ("Baseline, Template" is
+# ../baselines/maskclip_ade.py itself.)
+_base_ = ['../baselines/maskclip_ade.py']
+model = dict(
+    decode_head=dict(
+        queries='descriptions',
+        descriptions='data/descriptions/ade150.json'))

@@ -1,0 +1,4 @@
+# Table 6: FreeCP + SCLIP on PASCAL Context 59 with OpenCLIP ViT-B/16 (LAION-2B) (the table has
+# no PC59 column; the row for every benchmark).
+_base_ = ['../sclip_pc59.py']
+model = dict(clip=dict(model_name='ViT-B-16', pretrained='laion2b_s34b_b88k'))
