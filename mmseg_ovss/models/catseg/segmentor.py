@@ -119,7 +119,6 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
     """
     test_modes = TEST_MODES
 
-
     def __init__(self,
                  backbone: dict,
                  decode_head: dict,
