@@ -165,13 +165,22 @@ def tensor_forward(model: nn.Module,
             text = model.text_inputs()
             model.text_inputs = lambda: text
             restore.append('text_inputs')
-    original = model._forward
+    if hasattr(model, '_forward'):  # an mmseg segmentor
+        original = model._forward
 
-    def flat_forward(inputs, data_samples=None):
-        return _tensors(original(inputs, data_samples))
+        def flat_forward(inputs, data_samples=None):
+            return _tensors(original(inputs, data_samples))
 
-    model._forward = flat_forward
-    restore.append('_forward')
+        model._forward = flat_forward
+        restore.append('_forward')
+    else:  # any other module: its forward, outputs flattened
+        plain = model.forward
+
+        def flat_plain(*args, **kwargs):
+            return _tensors(plain(*args, **kwargs))
+
+        model.forward = flat_plain
+        restore.append('forward')
     try:
         with through_call(dict(model.named_children())):
             yield
