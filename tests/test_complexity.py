@@ -106,3 +106,19 @@ def test_tool_on_the_tiny_segformer(tmp_path, repo_root):
     # the head's last 1x1 conv: 8 channels -> 21 classes at 1/4 resolution
     assert result['by_operator']['conv'] >= 21 * 8 * 16 * 16
     assert result['params'] == sum(m['params'] for m in modules.values())
+
+
+def test_dispatch_counter_gives_the_same_hand_count():
+    """The untraced counter (used when a forward cannot be traced) counts
+    the same products; it charges each top-level child what runs inside
+    it."""
+    model = _Parts()
+    result = model_complexity(model, torch.rand(1, 3, 6, 6),
+                              counter='dispatch')
+    assert result['counter'] == 'dispatch'
+    conv, linear = 4 * 3 * 3 * 3 * 36, 36 * 4 * 6
+    sdpa, einsum, bmm = 2 * 36 * 10 * (3 + 6), 36 * 5 * 6, 36 * 5 * 6
+    assert result['flops'] == conv + linear + sdpa + einsum + bmm
+    assert result['per_module']['conv']['flops'] == conv
+    assert result['per_module']['linear']['flops'] == linear
+    assert result['per_module']['(own)']['flops'] == sdpa + einsum + bmm
