@@ -111,3 +111,39 @@ def test_train_mode_stores_gradients_only_for_trainable_weights(repo_root):
     assert full['grad_mb'] * 2**20 == tower_bytes
     assert round(full['params_total_m'] * 1e6) == \
         sum(p.numel() for p in visual.parameters())
+
+
+def test_train_mode_on_trainable_configs_with_ratios(tmp_path):
+    """--train --configs A B on trainable configs: the config's own
+    optim_wrapper, mixed precision, the stages and modules of a step, and
+    the ratios of B to A. A and B differ in the head's width only."""
+    from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
+    base = tmp_path / 'tiny_a.py'
+    base.write_text(tiny_segformer_config(
+        'voc21', 21, "dict(type='LoadCheckedAnnotations')", train_iters=2,
+        crop=32))
+    wider = tmp_path / 'tiny_b.py'
+    wider.write_text(f"_base_ = ['{base.as_posix()}']\n"
+                     "model = dict(decode_head=dict(channels=16))\n")
+    result = run_tool('benchmark', [
+        '--train', '--configs', base, wider, '--crop-size', '32',
+        '--batch-size', '2', '--num-images', '2', '--warmup', '1',
+        '--device', 'cpu', '--amp'])
+    assert result['mode'] == 'train' and result['trained'] == 'model'
+    assert result['optimizer'] == 'config optim_wrapper ' \
+        'OVSSAmpOptimWrapper/AdamW'
+    assert 'bfloat16' in result['amp']
+    assert result['num_classes'] == 21 and result['frozen_params_with_grad'] \
+        == 0
+    stages = result['stages_s_per_step']
+    assert {'preprocess', 'forward', 'backward', 'optimizer'} <= set(stages)
+    assert sum(stages.values()) <= result['step_s_mean'] * 1.05
+    modules = result['modules_s_per_step']
+    assert {'backbone', 'decode_head'} <= set(modules)
+    assert modules['backbone'] + modules['decode_head'] <= stages['forward']
+    (other, ) = result['compared']
+    assert other['config'] == str(wider)
+    assert other['params_total_m'] > result['params_total_m']
+    ratio = other['ratio_to_first']
+    assert ratio['of_means'] == other['step_s_mean'] / result['step_s_mean']
+    assert len(ratio['per_step']) == 2

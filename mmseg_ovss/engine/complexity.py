@@ -165,13 +165,22 @@ def tensor_forward(model: nn.Module,
             text = model.text_inputs()
             model.text_inputs = lambda: text
             restore.append('text_inputs')
-    original = model._forward
+    if hasattr(model, '_forward'):  # an mmseg segmentor
+        original = model._forward
 
-    def flat_forward(inputs, data_samples=None):
-        return _tensors(original(inputs, data_samples))
+        def flat_forward(inputs, data_samples=None):
+            return _tensors(original(inputs, data_samples))
 
-    model._forward = flat_forward
-    restore.append('_forward')
+        model._forward = flat_forward
+        restore.append('_forward')
+    else:  # any other module: its forward, outputs flattened
+        plain = model.forward
+
+        def flat_plain(*args, **kwargs):
+            return _tensors(plain(*args, **kwargs))
+
+        model.forward = flat_plain
+        restore.append('forward')
     try:
         with through_call(dict(model.named_children())):
             yield
@@ -181,8 +190,70 @@ def tensor_forward(model: nn.Module,
                 delattr(model, name)
 
 
+def dispatch_flops(model: nn.Module, inputs: torch.Tensor):
+    """FLOPs by torch's dispatcher-level counter (no tracing: shapes stay
+    Python ints, so code that validates them runs unchanged). torch counts
+    2 per multiply-add; halved here to the fvcore convention. It counts
+    matrix products, convolutions and attention, not normalisations or
+    resizing. A FLOP is charged to every top-level child that is running
+    (it or any submodule, called in any way). Returns (total, {top-level
+    child: flops}, {op: flops})."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    depth: Dict[str, int] = Counter()
+    by_module: Dict[str, int] = Counter()
+
+    class _Counter(FlopCounterMode):
+
+        def _count_flops(self, func_packet, out, args, kwargs):
+            if func_packet in self.flop_registry:
+                flops = self.flop_registry[func_packet](
+                    *args, **kwargs, out_val=out)
+                for name, level in depth.items():
+                    if level:
+                        by_module[name] += flops
+            return super()._count_flops(func_packet, out, args, kwargs)
+
+    def enter(name):
+        def hook(module, args):
+            depth[name] += 1
+        return hook
+
+    def leave(name):
+        def hook(module, args, output):
+            depth[name] -= 1
+        return hook
+
+    handles = []
+    for name, child in model.named_children():
+        for module in child.modules():
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(
+                leave(name), always_call=True))
+    # its module tracker hooks the gradients of inputs that require them;
+    # parameters passed as module inputs would trip it
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with _Counter(display=False) as counter:
+            model(inputs)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for handle in handles:
+            handle.remove()
+    by_operator = Counter()
+    for op, flops in counter.get_flop_counts().get('Global', {}).items():
+        by_operator[str(op).split('.')[-1]] += flops // 2
+    return (counter.get_total_flops() // 2,
+            {name: flops // 2 for name, flops in by_module.items()},
+            dict(by_operator))
+
+
 def model_complexity(model: nn.Module, inputs: torch.Tensor,
-                     count_text: bool = False) -> Dict:
+                     count_text: bool = False,
+                     counter: str = 'auto') -> Dict:
     """FLOPs (one multiply-add = 1) and parameters of ``model``'s test-time
     tensor forward on ``inputs`` (B, 3, H, W), in eval mode, without
     gradients.
@@ -195,15 +266,31 @@ def model_complexity(model: nn.Module, inputs: torch.Tensor,
         segmentor's own methods), ``by_operator`` (FLOPs per operator) and
         ``skipped_ops`` (uncounted operator -> number of calls).
     """
+    if counter not in ('auto', 'jit', 'dispatch'):
+        raise ValueError(f"counter={counter!r}: 'auto', 'jit' or 'dispatch'")
     was_training = model.training
     model.eval()
+    used = counter
     try:
         with torch.no_grad(), tensor_forward(model, count_text):
-            analyzer = flop_analyzer(model, (inputs, ))
-            total = analyzer.total()
-            by_module = analyzer.by_module()
-            by_operator = dict(analyzer.by_operator())
-            skipped = dict(analyzer.unsupported_ops())
+            total = None
+            if counter in ('auto', 'jit'):
+                try:
+                    analyzer = flop_analyzer(model, (inputs, ))
+                    total = analyzer.total()
+                    by_module = analyzer.by_module()
+                    by_operator = dict(analyzer.by_operator())
+                    skipped = dict(analyzer.unsupported_ops())
+                    used = 'jit'
+                except Exception:
+                    # tracing turns shapes into tensors; code that checks
+                    # them as ints (token layouts) cannot be traced
+                    if counter == 'jit':
+                        raise
+            if total is None:
+                total, by_module, by_operator = dispatch_flops(model, inputs)
+                skipped = {}
+                used = 'dispatch'
     finally:
         model.train(was_training)
     params = count_parameters(model)
@@ -225,7 +312,8 @@ def model_complexity(model: nn.Module, inputs: torch.Tensor,
         params=params['total'], learnable=params['learnable'],
         per_module=per_module, by_operator=by_operator,
         skipped_ops=dict(Counter(skipped)),
-        input_shape=list(inputs.shape), count_text=count_text)
+        input_shape=list(inputs.shape), count_text=count_text,
+        counter=used)
 
 
 def format_complexity(result: Dict, title: Optional[str] = None) -> str:
