@@ -425,6 +425,11 @@ def test_seen_score_calibration_through_the_segmentor(cliprc):
                     loss_decode=dict(type='PerClassBCELoss'))),
     ('zegclip', dict(input_proj=True, embed_dims=16,
                      decoder=dict(num_heads=2))),
+    ('cliprc', dict(input_proj=True, embed_dims=16,
+                    decoder=dict(num_heads=2),
+                    region_alignment=dict(use_cls=False),
+                    recovery=dict(num_layers=2, loss='l2',
+                                  image_target='head_input'))),
 ])
 def test_variants_build_train_and_predict(variant, head):
     model = build_tiny_cliprc(variant, head=head)
@@ -474,3 +479,19 @@ def test_a_few_steps_lower_the_loss(variant):
         optim.step()
         history.append(total.item())
     assert history[-1] < 0.97 * history[0], history
+
+
+@pytest.mark.parametrize('mode', ['slide', 'whole'])
+def test_mmseg_predict_on_a_wider_image(mode):
+    """mmseg's predict (slide windows or the whole image) through the
+    CLIP-RC segmentor: scores and labels at the original size."""
+    test_cfg = dict(mode='slide', crop_size=(64, 64), stride=(32, 32)) \
+        if mode == 'slide' else dict(mode='whole')
+    model = build_tiny_cliprc('cliprc', test_cfg=test_cfg).eval()
+    inputs, samples = tiny_batch(num_images=1, size=(64, 96))
+    with torch.no_grad():
+        results = model.predict(inputs, samples)
+    logits = results[0].seg_logits.data
+    assert logits.shape == (5, 64, 96)
+    assert results[0].pred_sem_seg.data.shape == (1, 64, 96)
+    assert torch.equal(results[0].pred_sem_seg.data[0], logits.argmax(0))

@@ -12,7 +12,9 @@ residual and LayerNorm (post-norm); no self-attention.
   cross-attention logits, scaled ``q k^T / sqrt(d)`` averaged over heads.
   The rest of that last layer does not reach the output in ZegCLIP's code,
   so it is not built here (same output, no parameters without gradient;
-  ZegCLIP's code holds and counts them).
+  ZegCLIP's code holds and counts them). ZegCLIP's head also stacks every
+  layer's map in training, but its loss reads only the last one (no deep
+  supervision, no auxiliary outputs), so only the last is computed.
 * CLIP-RC (``bidirectional=True``, ``mask='dot'``, Eq. 7): in every layer
   the queries attend to the pixels and the pixels to the queries, both from
   the layer's inputs (simultaneously); the pixel-side FFN's last linear

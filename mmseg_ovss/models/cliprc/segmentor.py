@@ -20,6 +20,17 @@ After the last block, as the authors' code does (``ZiqinZhou66/ZegCLIP``
 
 The text embeddings T (frozen CLIP text tower, templates in the configs)
 are L2-normalised by the base class.
+
+Parameter groups: the new norm is ``final_norm.*`` (not under
+``backbone``); in ZegCLIP's optimiser its name matched the ``'backbone'``
+custom key first (lr x10, weight decay kept), so a faithful config gives
+``final_norm`` that group explicitly.
+
+Known difference from both authors' codes: their CLS input token is
+``2 * class_embedding + pos[0]`` (the class embedding is added again with
+the CLS position embedding); the backbone here feeds CLIP's own
+``class_embedding + pos[0]``. The RLB tokens start from the latter, as in
+JSeg.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
