@@ -7,7 +7,7 @@
 _base_ = [
     '../_base_/models/cliprc_vit-b16.py',
     '../_base_/datasets/zero_shot/pc59_49-10_inductive.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/zegclip_40k.py'
+    '../_base_/schedules/zegclip_40k.py'
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=100)),

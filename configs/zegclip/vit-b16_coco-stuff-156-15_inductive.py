@@ -6,7 +6,7 @@
 _base_ = [
     '../_base_/models/zegclip_vit-b16.py',
     '../_base_/datasets/zero_shot/coco_stuff171_156-15_inductive.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/zegclip_80k.py'
+    '../_base_/schedules/zegclip_80k.py'
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=100)),

@@ -6,7 +6,7 @@
 _base_ = [
     '../_base_/models/zegclip_vit-b16.py',
     '../_base_/datasets/zero_shot/pc60_50-10_supervised.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/zegclip_40k.py'
+    '../_base_/schedules/zegclip_40k.py'
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=100)),

@@ -11,6 +11,8 @@
 # wins (ties: alphabetical), so the norms inside the head and the final
 # norm take the x10 group with decay kept, as in ZegCLIP (whose 'head' and
 # 'backbone' keys shadow 'norm'); the frozen CLIP weights get no updates.
+# It inherits the runtime (hooks, logging) of default_runtime.py.
+_base_ = ['../default_runtime.py']
 total_batch_size = 16
 optim_wrapper = dict(
     type='OptimWrapper',
