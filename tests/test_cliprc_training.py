@@ -122,9 +122,9 @@ def test_transductive_from_inductive_checkpoint(voc_root, tmp_path):
         trans, '--work-dir', tmp_path / 'trans', '--cfg-options',
         f'load_from={tmp_path / "ind" / "iter_2.pth"}'])
     model = runner.model
-    assert model.decode_head.self_training is not None
+    assert model.decode_head.pseudo_labeler is not None
     assert 'Load checkpoint from' in '\n'.join(
         p.read_text() for p in (tmp_path / 'trans').rglob('*.log'))
     # transductive training vocabulary: all 20 classes (unseen names known)
-    assert len(model.vocabulary()) == 20
+    assert model.num_classes == 20
     assert all(torch.isfinite(torch.tensor(losses(runner))))
