@@ -128,3 +128,15 @@ def test_transductive_from_inductive_checkpoint(voc_root, tmp_path):
     # transductive training vocabulary: all 20 classes (unseen names known)
     assert model.num_classes == 20
     assert all(torch.isfinite(torch.tensor(losses(runner))))
+
+
+def test_amp_switch_trains_one_step(voc_root, tmp_path):
+    """--amp: mmengine's AmpOptimWrapper (bf16 on CPU) through CLIP-RC."""
+    cfg = tiny_config(tmp_path, 'configs/cliprc/vit-b16_voc-15-5_inductive.py',
+                      iters=1)
+    runner = run_tool('train', [cfg, '--work-dir', tmp_path / 'amp', '--amp'])
+    from mmengine.optim import AmpOptimWrapper
+    assert isinstance(runner.optim_wrapper, AmpOptimWrapper)
+    assert runner.optim_wrapper.cast_dtype == torch.bfloat16
+    history = losses(runner)
+    assert len(history) == 1 and all(torch.isfinite(torch.tensor(history)))
