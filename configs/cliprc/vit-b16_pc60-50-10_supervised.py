@@ -1,0 +1,17 @@
+# CLIP-RC, CLIP ViT-B/16, PASCAL Context 60 (50 seen incl. background / 10 unseen), supervised.
+# Setting: fully supervised (all classes labelled).
+# 40k iterations, batch 16 in all, 512 x 512 crops; K = 100 prompts,
+# text templates 'vild'.
+# Paper: Table 3 (Context): 76.9 / 56.7 / 47.1 / 71.3 (pAcc / hIoU / mIoU(S) / mIoU(U)).
+_base_ = [
+    '../_base_/models/cliprc_vit-b16.py',
+    '../_base_/datasets/zero_shot/pc60_50-10_supervised.py',
+    '../_base_/schedules/zegclip_40k.py'
+]
+model = dict(
+    backbone=dict(prompts=dict(num_tokens=100)),
+    text_encoder=dict(templates='vild'),
+    # calibration only in the inductive setting
+    seen_score_offset=0.0,
+)
+custom_hooks = [dict(type='DatasetVocabularyHook')]

@@ -1,0 +1,18 @@
+# ZegCLIP, CLIP ViT-B/16, PASCAL Context 59 (49 seen / 10 unseen, background ignored), supervised.
+# Setting: fully supervised (all classes labelled).
+# 40k iterations, batch 16 in all, 512 x 512 crops; K = 100 prompts,
+# text templates 'vild'.
+# Paper: not reported (the paper's Context protocol is PC60 with background seen:
+# see vit-b16_pc60-50-10_supervised.py).
+_base_ = [
+    '../_base_/models/zegclip_vit-b16.py',
+    '../_base_/datasets/zero_shot/pc59_49-10_supervised.py',
+    '../_base_/schedules/zegclip_40k.py'
+]
+model = dict(
+    backbone=dict(prompts=dict(num_tokens=100)),
+    text_encoder=dict(templates='vild'),
+    # calibration only in the inductive setting
+    seen_score_offset=0.0,
+)
+custom_hooks = [dict(type='DatasetVocabularyHook')]

@@ -1,0 +1,17 @@
+# ZegCLIP, CLIP ViT-B/16, PASCAL Context 60 (50 seen incl. background / 10 unseen), supervised.
+# Setting: fully supervised (all classes labelled).
+# 40k iterations, batch 16 in all, 512 x 512 crops; K = 100 prompts,
+# text templates 'vild'.
+# Paper: CLIP-RC Table 3 (Context): 77.4 / 56.2 / 46.9 / 70.0 (pAcc / hIoU / mIoU(S) / mIoU(U)).
+_base_ = [
+    '../_base_/models/zegclip_vit-b16.py',
+    '../_base_/datasets/zero_shot/pc60_50-10_supervised.py',
+    '../_base_/schedules/zegclip_40k.py'
+]
+model = dict(
+    backbone=dict(prompts=dict(num_tokens=100)),
+    text_encoder=dict(templates='vild'),
+    # calibration only in the inductive setting
+    seen_score_offset=0.0,
+)
+custom_hooks = [dict(type='DatasetVocabularyHook')]
