@@ -8,3 +8,7 @@ _base_ = [
     '../catseg/_base_/coco-stuff171_384.py',
     '../_base_/schedules/catseg_80k.py',
 ]
+# a checkpoint at every validation (5000 iterations), the last 3 kept
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
+                    max_keep_ckpts=3, save_last=True))

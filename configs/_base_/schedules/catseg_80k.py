@@ -30,6 +30,5 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000,
                  val_interval=5000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
-                    max_keep_ckpts=3, save_last=True))
+# (a training config sets the checkpoint interval to val_interval in its
+# default_hooks: default_runtime.py, a sibling base, owns default_hooks)
