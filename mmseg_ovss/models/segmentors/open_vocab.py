@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmengine.structures import PixelData
 from torch import Tensor
 
@@ -172,7 +173,12 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         self.neck = None
         self.auxiliary_head = None
         self.train_cfg = train_cfg
-        self.test_cfg = test_cfg or dict(mode='whole')
+        self.test_cfg = ConfigDict(test_cfg or dict(mode='whole'))
+        self.test_cfg.setdefault('mode', 'whole')
+        if self.test_cfg.mode not in ('slide', 'whole'):
+            raise OVSSConfigError(
+                f"test_cfg.mode must be 'slide' or 'whole', got "
+                f"{self.test_cfg.mode!r}")
         self.seen_score_offset = float(seen_score_offset)
         if not 0.0 <= self.seen_score_offset < 1.0:
             raise OVSSConfigError(
