@@ -23,12 +23,24 @@ over the baseline's (of the means, of the medians and per image)::
         --baseline configs/freecp/benchmark/sclip_ade_base.py \
         --random-init --num-images 10 --templates single
 
-``--train`` times training steps instead (forward, backward, AdamW step on
-``--batch-size`` generated images with random labels) and reports the
-trainable parameters, the gradient and optimiser-state memory and how many
-frozen parameters got a gradient (must be 0); a training-free CLIP
-segmentor trains its image backbone alone (outputs in the projected space
-its head reads), with ``--freeze`` and
+``--train`` times training steps instead, on ``--batch-size`` generated
+images with random labels of ``--num-classes`` classes (the vocabulary of an
+open-vocabulary segmentor; a fixed-class model uses its head's classes): for
+a trainable config the whole model (data preprocessor, forward with the
+loss, backward, the optimiser step of the config's ``optim_wrapper``,
+``--amp`` for mixed precision); it reports s/step, images/s, peak memory,
+the time per stage (preprocess / forward / backward / optimizer) and per
+top-level module of the forward, the trainable parameters, the gradient and
+optimiser-state memory and how many frozen parameters got a gradient (must
+be 0). ``--configs A B ...`` times several configs in one process on the
+same images, alternating per step, with ratios to A::
+
+    python tools/benchmark.py --train --configs configs/zegclip/A.py \
+        configs/cliprc/B.py --random-init --crop-size 512 --batch-size 2 \
+        --num-classes 156 --num-images 5
+
+A training-free CLIP segmentor trains its image backbone alone (outputs in
+the projected space its head reads), with ``--freeze`` and
 ``--prompts K`` (deep visual prompts) overriding its freeze policy::
 
     python tools/benchmark.py configs/baselines/sclip_ade.py --random-init \
@@ -68,7 +80,8 @@ def image_size(text: str):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config')
+    parser.add_argument('config', nargs='?', default=None,
+                        help='the config (with --train, or --configs)')
     parser.add_argument('--num-images', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=1,
                         help='untimed images before measuring')
@@ -106,10 +119,21 @@ def parse_args(argv=None):
         'inference: the whole model for a trainable segmentor (generated '
         'labels), the image backbone alone for a training-free one')
     train.add_argument('--train', action='store_true',
-                       help='time training steps (forward, backward, AdamW '
-                       'step); --num-images is the number of steps')
+                       help='time training steps (data preprocessor, '
+                       'forward with the loss, backward, optimiser step of '
+                       'the config\'s optim_wrapper); --num-images is the '
+                       'number of steps')
     train.add_argument('--batch-size', type=int, default=2,
                        help='images per training step')
+    train.add_argument('--crop-size', type=int, default=None, metavar='N',
+                       help='N x N training crops (same as --size NxN)')
+    train.add_argument('--configs', nargs='+', default=None,
+                       metavar='CONFIG',
+                       help='time several configs in one process, '
+                       'alternating per step; ratios are to the first')
+    train.add_argument('--amp', action='store_true',
+                       help='mixed precision (float16 on GPU, bfloat16 on '
+                       'CPU) through the config\'s optim_wrapper')
     train.add_argument('--freeze', default=None,
                        help="override the backbone's freeze policy ('all', "
                        "'none', 'attn_qv')")
@@ -118,7 +142,17 @@ def parse_args(argv=None):
                        '(DeepVisualPrompts) to the backbone')
     train.add_argument('--drop-path-rate', type=float, default=None,
                        help="override the backbone's drop_path_rate")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is None and not args.configs:
+        parser.error('give a CONFIG (or --train --configs A B ...)')
+    if args.configs and not args.train:
+        parser.error('--configs is for --train; use CONFIG --baseline OTHER '
+                     'for inference')
+    if args.config is None:
+        args.config = args.configs[0]
+    if args.crop_size:
+        args.size = (args.crop_size, args.crop_size)
+    return args
 
 
 def build_model(args, config: Optional[str] = None):
@@ -286,37 +320,73 @@ class Subject:
 
 
 class TrainSubject:
-    """Training steps of one config: the whole model (``train_step`` on
-    generated labels) or, for a training-free CLIP segmentor, its image
-    backbone alone (a squared-feature objective over every output).
+    """Training steps of one config: the whole model (``train_step``'s
+    stages on generated labels, the config's ``optim_wrapper``) or, for a
+    training-free CLIP segmentor, its image backbone alone (a
+    squared-feature objective over every output, AdamW).
 
     Reports what a step stores: the trainable parameters, the gradients
     present after ``backward`` (frozen weights must have none) and the
-    optimiser state, besides latency and peak memory.
+    optimiser state, besides latency, peak memory and the time per stage
+    (``preprocess``, ``forward``, ``backward``, ``optimizer``) and per
+    top-level module of the forward (``ModuleTimer``).
     """
 
-    def __init__(self, args):
-        from mmengine.optim import OptimWrapper
+    def __init__(self, args, config: Optional[str] = None):
+        from mmengine.optim import OptimWrapper, build_optim_wrapper
 
+        from mmseg_ovss.engine.amp import apply_amp
+        from mmseg_ovss.engine.module_timer import ModuleTimer
         from mmseg_ovss.models.segmentors.clip_segmentor import \
             CLIPDenseSegmentor
         self.args = args
-        self.cfg, model = build_model(args)
+        self.config = config or args.config
+        self.cfg, model = build_model(args, self.config)
         self.backbone_only = isinstance(model, CLIPDenseSegmentor)
         self.module = model.backbone if self.backbone_only else model
         self.model = model
         self.names = vocabulary(self.cfg, args)
-        if not self.backbone_only and hasattr(model, 'set_dataset_classes'):
+        self.open_vocab = hasattr(model, 'set_dataset_classes')
+        if not self.backbone_only and self.open_vocab:
             model.set_dataset_classes(self.names)
+        self.num_labels = self._num_labels()
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
             raise OVSSConfigError(
-                f'{args.config}: nothing to train (every parameter is '
+                f'{self.config}: nothing to train (every parameter is '
                 'frozen); use --freeze none, --prompts K or a trainable '
                 'config')
-        self.optim = OptimWrapper(torch.optim.AdamW(params, lr=1e-5))
+        wrapper_cfg = self.cfg.get('optim_wrapper')
+        self.amp_note = None
+        if self.backbone_only or not wrapper_cfg:
+            self.optim = OptimWrapper(torch.optim.AdamW(params, lr=1e-5))
+            self.optimizer_source = 'AdamW(lr=1e-5)'
+            if args.amp:
+                raise OVSSConfigError(
+                    f'--amp needs a config with an optim_wrapper; '
+                    f'{self.config} has none')
+        else:
+            self.amp_note = apply_amp(self.cfg, args.amp)
+            self.optim = build_optim_wrapper(model, self.cfg.optim_wrapper)
+            self.optimizer_source = 'config optim_wrapper ' + type(
+                self.optim).__name__ + '/' + type(
+                    self.optim.optimizer).__name__
+        self.trainable_ids = {id(p) for p in params}
         self.profiler = StageProfiler()
+        self.timer = ModuleTimer(model if not self.backbone_only else
+                                 torch.nn.ModuleDict(dict(
+                                     backbone=model.backbone)))
         self.latencies: List[float] = []
+        self.peak_cuda_mb = 0.0
+
+    def _num_labels(self) -> int:
+        if self.backbone_only:
+            return len(self.names)
+        if self.open_vocab:
+            return self.model.num_classes
+        head = getattr(self.model, 'decode_head', None)
+        count = getattr(head, 'num_classes', None) or len(self.names)
+        return count
 
     def _batch(self, images, height, width):
         from mmseg.structures import SegDataSample
@@ -324,7 +394,7 @@ class TrainSubject:
         generator = torch.Generator().manual_seed(len(self.latencies))
         samples = []
         for _ in images:
-            labels = torch.randint(0, len(self.names), (1, height, width),
+            labels = torch.randint(0, self.num_labels, (1, height, width),
                                    generator=generator)
             sample = SegDataSample(metainfo=dict(
                 ori_shape=(height, width), img_shape=(height, width),
@@ -338,75 +408,104 @@ class TrainSubject:
         # normalised and stacked as at test time: a training-free config's
         # preprocessor sets no training size (mmseg's stack_batch needs
         # one), and the generated images of a step share their size
-        inputs = self.model.data_preprocessor(data, False)['inputs']
+        with profile_stage('preprocess'):
+            inputs = self.model.data_preprocessor(data, False)['inputs']
         with profile_stage('forward'):
             outputs = self.module(inputs)
             loss = sum(t.float().pow(2).mean() for out in outputs
                        for t in (out if isinstance(out, (list, tuple))
                                  else [out]))
         with profile_stage('backward'):
-            loss.backward()
+            self.optim.backward(loss)
 
     def step(self, images, height, width, timed=True):
         from mmseg_ovss.utils.profiler import profile_stage
         data = self._batch(images, height, width)
-        with self.profiler:
+        cuda = self.args.device.startswith('cuda')
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with self.profiler, self.timer:
             start = time.perf_counter()
             if self.backbone_only:
                 self._backbone_step(data)
             else:
-                with profile_stage('forward'):
+                with profile_stage('preprocess'):
                     data = self.model.data_preprocessor(data, True)
+                with profile_stage('forward'), \
+                        self.optim.optim_context(self.model):
                     losses = self.model(**data, mode='loss')
                     loss, _ = self.model.parse_losses(losses)
                 with profile_stage('backward'):
-                    loss.backward()
+                    self.optim.backward(loss)
             self.grad_mb = sum(p.grad.numel() * p.grad.element_size()
                                for p in self.module.parameters()
                                if p.grad is not None) / 2**20
             self.frozen_with_grad = sum(
                 1 for p in self.module.parameters()
-                if not p.requires_grad and p.grad is not None)
+                if p.grad is not None and id(p) not in self.trainable_ids)
             with profile_stage('optimizer'):
                 self.optim.step()
-                self.optim.zero_grad(set_to_none=True)
-            if self.args.device.startswith('cuda'):
+                self.optim.zero_grad()
+            if cuda:
                 torch.cuda.synchronize()
             if timed:
                 self.latencies.append(time.perf_counter() - start)
+        if cuda and timed:
+            self.peak_cuda_mb = max(self.peak_cuda_mb,
+                                    torch.cuda.max_memory_allocated() / 2**20)
+        self.last_loss = float(loss.detach())
+
+    def reset(self):
+        self.profiler.reset()
+        self.timer.reset()
 
     def result(self, image_size) -> Dict:
         args = self.args
         num = len(self.latencies)
         params = list(self.module.parameters())
         state = self.optim.optimizer.state.values()
-        return dict(
-            config=args.config, device=args.device, mode='train',
+        param_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
+        state_mb = sum(t.numel() * t.element_size() for s in state
+                       for t in s.values() if torch.is_tensor(t)) / 2**20
+        out = dict(
+            config=self.config, device=args.device, mode='train',
             trained=('backbone' if self.backbone_only else 'model'),
             freeze=getattr(self.model.backbone, 'freeze', None)
             if hasattr(self.model, 'backbone') else None,
             prompts=args.prompts, batch_size=args.batch_size,
-            image_size=list(image_size), num_classes=len(self.names),
+            image_size=list(image_size), num_classes=self.num_labels,
             num_steps=num, random_init=args.random_init,
             threads=torch.get_num_threads(),
+            optimizer=self.optimizer_source, amp=self.amp_note,
             params_total_m=sum(p.numel() for p in params) / 1e6,
             params_trainable_m=sum(p.numel() for p in params
                                    if p.requires_grad) / 1e6,
-            grad_mb=self.grad_mb,
+            param_mb=param_mb, grad_mb=self.grad_mb,
             frozen_params_with_grad=self.frozen_with_grad,
-            optimizer_state_mb=sum(
-                t.numel() * t.element_size() for s in state
-                for t in s.values() if torch.is_tensor(t)) / 2**20,
+            optimizer_state_mb=state_mb,
+            model_state_mb=param_mb + self.grad_mb + state_mb,
+            last_loss=self.last_loss,
             step_s_mean=sum(self.latencies) / num,
             step_s_median=statistics.median(self.latencies),
+            step_s_min=min(self.latencies),
+            steps_s=self.latencies,
             images_per_s=num * args.batch_size / sum(self.latencies),
             stages_s_per_step={name: seconds / num for name, seconds in
-                               sorted(self.profiler.seconds.items())})
+                               sorted(self.profiler.seconds.items())},
+            modules_s_per_step={name: self.timer.seconds[name] / num
+                                for name in self.timer.children
+                                if name in self.timer.seconds})
+        if self.peak_cuda_mb:
+            out['cuda_peak_allocated_mb'] = self.peak_cuda_mb
+        return out
 
 
 def train_main(args) -> Dict:
-    """``--train``: time ``--num-images`` training steps."""
-    subject = TrainSubject(args)
+    """``--train``: time ``--num-images`` training steps of each config,
+    alternating the configs' order per step (A B, B A, ...)."""
+    configs = list(args.configs or [args.config])
+    subjects = [TrainSubject(args, config) for config in configs]
     if args.size:
         height, width = args.size
     else:
@@ -415,14 +514,26 @@ def train_main(args) -> Dict:
                          height, width)
     batches = [images[i:i + args.batch_size]
                for i in range(0, len(images), args.batch_size)]
-    for batch in batches[:args.warmup]:
-        subject.step(batch, height, width, timed=False)
-    subject.profiler.reset()
-    if args.device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-    for batch in batches[args.warmup:]:
-        subject.step(batch, height, width)
-    result = subject.result((height, width))
+    for subject in subjects:
+        for batch in batches[:args.warmup]:
+            subject.step(batch, height, width, timed=False)
+        subject.reset()
+    for index, batch in enumerate(batches[args.warmup:]):
+        for subject in (subjects if index % 2 == 0 else subjects[::-1]):
+            subject.step(batch, height, width)
+    results = [subject.result((height, width)) for subject in subjects]
+    result = results[0]
+    first = results[0]
+    if len(results) > 1:
+        for other in results[1:]:
+            other['ratio_to_first'] = dict(
+                of_means=other['step_s_mean'] / first['step_s_mean'],
+                of_medians=other['step_s_median'] / first['step_s_median'],
+                per_step=[a / b for a, b in zip(other['steps_s'],
+                                                first['steps_s'])],
+                model_state_mb=other['model_state_mb'] /
+                first['model_state_mb'])
+        result['compared'] = results[1:]
     result.update(peak_memory_mb(args.device))
     return result
 
@@ -436,8 +547,8 @@ def main(argv=None) -> Dict:
     if args.train:
         if args.baseline:
             raise OVSSConfigError(
-                '--train measures one config per process (peak memory is '
-                "the process's); run the baseline in a second process")
+                '--train compares configs with --configs A B (ratios to '
+                'A); --baseline is for inference')
         return report(train_main(args), args)
     subjects = [Subject(args.config, args)]
     if args.baseline:

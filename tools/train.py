@@ -4,15 +4,26 @@ Examples:
     python tools/train.py configs/cliprc/<config>.py
     bash tools/dist_train.sh configs/cliprc/<config>.py 8
     python tools/train.py CONFIG --resume            # continue from last checkpoint
+    python tools/train.py CONFIG --amp               # fp16 on GPU, bf16 on CPU
+
+A config's ``total_batch_size = 16`` is the batch summed over all processes:
+each of the N processes of ``dist_train.sh CFG N`` loads 16 / N images per
+iteration (``mmseg_ovss/engine/batch_size.py``); ``amp = True`` or ``--amp``
+trains in mixed precision (``mmseg_ovss/engine/amp.py``). See
+docs/training.md.
 """
 import argparse
 import os.path as osp
 import sys
+from typing import List, Optional
 
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+from mmseg_ovss.engine.amp import apply_amp  # noqa: E402
+from mmseg_ovss.engine.batch_size import (  # noqa: E402
+    apply_total_batch_size, launcher_world_size)
 from mmseg_ovss.engine.checkpoint import (  # noqa: E402
     TRUST_CHECKPOINT_KEY, add_checkpoint_check, add_trust_argument,
     check_checkpoint_file, resolve_resume, trusted_checkpoint_of)
@@ -34,7 +45,9 @@ def parse_args(argv=None):
         help='resume from the latest checkpoint in the work dir, or from the '
         'checkpoint path given')
     parser.add_argument(
-        '--amp', action='store_true', help='enable automatic mixed precision')
+        '--amp', action='store_true',
+        help='mixed precision (as amp = True in the config): float16 with a '
+        'dynamic loss scale on GPU, bfloat16 on CPU')
     add_trust_argument(parser)
     add_runner_arguments(parser, 'train_cfg.max_iters=100')
     return parse_runner_args(parser, argv)
@@ -61,14 +74,19 @@ def check_trainable(cfg: Config, config_path: str) -> None:
         'configs/_base_/schedules/schedule_80k.py.')
 
 
-def build_cfg(args) -> Config:
+def build_cfg(args, notes: Optional[List[str]] = None) -> Config:
+    """The runner config of ``args``; sentences for the log (total batch
+    size, mixed precision) are appended to ``notes``."""
     cfg = load_runner_config(args)
     check_trainable(cfg, args.config)
     if args.trust_checkpoint:
         cfg[TRUST_CHECKPOINT_KEY] = True
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    notes = [] if notes is None else notes
+    for note in (apply_total_batch_size(cfg,
+                                        launcher_world_size(args.launcher)),
+                 apply_amp(cfg, args.amp)):
+        if note:
+            notes.append(note)
     if args.resume is not None:
         # 'auto': <work_dir>/last_checkpoint; nothing to resume, a missing
         # or cut file is an error that names the file and the fix
@@ -87,9 +105,12 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     init_cpu_process_group(args.launcher)
-    cfg = build_cfg(args)
+    notes = []
+    cfg = build_cfg(args, notes)
     with trusted_checkpoint_of(cfg):
         runner = Runner.from_cfg(cfg)
+        for note in notes:
+            runner.logger.info(note)
         runner.train()
     return runner
 

@@ -23,4 +23,8 @@ default_hooks = dict(
     visualization=dict(type='SegVisualizationHook'),
     # stops training at the first NaN/inf loss, before a checkpoint saves
     # it (mmseg_ovss/engine/hooks.py); set to None to turn it off
-    non_finite_loss=dict(type='NonFiniteLossHook'))
+    non_finite_loss=dict(type='NonFiniteLossHook'),
+    # logs learnable / frozen / total parameters at the start of training
+    # and checks that frozen weights hold no gradient buffers
+    # (mmseg_ovss/engine/parameters.py)
+    learnable_parameters=dict(type='LearnableParametersHook'))

@@ -171,8 +171,10 @@ EXTRA_RUNNER_KEYS = (
     '_base_', 'custom_imports', 'model_wrapper_cfg', 'compile', 'sync_bn',
     'find_unused_parameters', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'tta_model', 'tta_pipeline',
-    # read by the package's tools: trusted checkpoints, key-match threshold
-    'trust_checkpoint', 'checkpoint_min_match')
+    # read by the package's tools: trusted checkpoints, key-match threshold,
+    # the batch over all processes (engine/batch_size.py), mixed precision
+    # (engine/amp.py)
+    'trust_checkpoint', 'checkpoint_min_match', 'total_batch_size', 'amp')
 #: Helper variables of configs that are close to a runner key on purpose.
 HELPER_NAMES = ('train_pipeline', 'val_pipeline', 'test_pipeline')
 #: Keys of ``env_cfg`` (and its ``mp_cfg``) that mmengine's Runner reads.
@@ -185,7 +187,7 @@ MODEL_TEST_CFG_KEYS = ('mode', 'crop_size', 'stride', 'size', 'size_divisor',
 #: Names of mmengine's default hooks and those of configs/_base_/.
 DEFAULT_HOOK_NAMES = ('runtime_info', 'timer', 'sampler_seed', 'logger',
                       'param_scheduler', 'checkpoint', 'visualization',
-                      'non_finite_loss')
+                      'non_finite_loss', 'learnable_parameters')
 #: How close (difflib ratio) an unknown name must be to a known one to be
 #: reported as a misspelling where unknown names are otherwise allowed.
 CLOSE_MATCH = 0.85

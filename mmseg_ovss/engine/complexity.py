@@ -1,0 +1,250 @@
+"""FLOPs and parameters of a segmentor's test-time forward.
+
+Convention (fvcore's, which mmengine's analysis ports): **one fused
+multiply-add is one FLOP**; a (m x k) @ (k x n) product costs m*k*n, a
+convolution ``batch * prod(weight shape) * prod(output spatial size)``;
+normalisations cost 4-5 per element, bilinear resizing 4 per output
+element; element-wise operations (activations, additions, softmax) are not
+counted (they are listed under ``skipped_ops``). Papers that quote GFLOPs of
+ViT segmentors (CLIP-RC Table 6, DCP-CLIP / CAT-Seg Table II) use this
+convention.
+
+The count traces ``model._forward`` (mmseg's ``mode='tensor'``: backbone
+and decode head, no post-processing) with mmengine's ``FlopAnalyzer`` (the
+analyser behind ``mmengine.analysis.get_model_complexity_info``), to which
+this module adds the operators mmengine does not count:
+``aten::scaled_dot_product_attention`` (q @ k^T and attention @ v),
+``aten::baddbmm`` (``nn.MultiheadAttention`` with a mask and weights),
+``aten::_native_multi_head_attention`` (its inference fast path) and
+bicubic resizing (position-embedding interpolation).
+
+For an open-vocabulary segmentor (``OpenVocabEncoderDecoder``) the class
+embeddings are computed once before the count by default
+(``count_text=False``): at inference a fixed vocabulary is encoded once and
+cached, so the per-image cost is the image path. ``count_text=True`` counts
+the text tower as part of the forward.
+"""
+import contextlib
+from collections import Counter, OrderedDict
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.jit_handles import (bmm_flop_jit,
+                                           elementwise_flop_counter,
+                                           get_shape)
+from torch import nn
+
+from mmseg_ovss.engine.parameters import OWN, count_parameters
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """``scaled_dot_product_attention(q, k, v)``: q (..., L, E), k (..., S,
+    E), v (..., S, Ev): L*S*E for q @ k^T plus L*S*Ev for weights @ v per
+    batch element (softmax and scaling are element-wise)."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = _prod(q[:-2])
+    length, dim = q[-2], q[-1]
+    source, value_dim = k[-2], v[-1]
+    return batch * length * source * (dim + value_dim)
+
+
+def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """``baddbmm(input, batch1, batch2)``: the product of batch1 @ batch2
+    (the addition is element-wise)."""
+    return bmm_flop_jit(inputs[1:3], outputs)
+
+
+def native_mha_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """``_native_multi_head_attention(q, k, v, E, heads, qkv_w, ...)``: the
+    q, k, v projections, q @ k^T, weights @ v and the output projection."""
+    q, k = get_shape(inputs[0]), get_shape(inputs[1])
+    dim = q[-1]
+    length, source = q[-2], k[-2]
+    batch = _prod(q[:-2])
+    projections = batch * (length + 2 * source) * dim * dim
+    attention = 2 * batch * length * source * dim
+    output = batch * length * dim * dim
+    return projections + attention + output
+
+
+#: Operators counted in addition to mmengine's defaults.
+EXTRA_FLOP_HANDLES = {
+    'aten::scaled_dot_product_attention': sdpa_flop_jit,
+    'aten::baddbmm': baddbmm_flop_jit,
+    'aten::_native_multi_head_attention': native_mha_flop_jit,
+    'aten::upsample_bicubic2d': elementwise_flop_counter(0, 16),
+}
+
+
+def flop_analyzer(model: nn.Module, inputs: tuple) -> FlopAnalyzer:
+    """mmengine's ``FlopAnalyzer`` with :data:`EXTRA_FLOP_HANDLES`, quiet
+    (skipped operators are reported by :func:`model_complexity`)."""
+    analyzer = FlopAnalyzer(model, inputs)
+    analyzer.set_op_handle(**EXTRA_FLOP_HANDLES)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    analyzer.tracer_warnings('none')
+    return analyzer
+
+
+def _tensors(value) -> tuple:
+    """The tensors of a nested output (tuples, lists, dicts, dataclasses,
+    objects with tensor attributes), flattened for tracing."""
+    if torch.is_tensor(value):
+        return (value, )
+    if isinstance(value, dict):
+        return sum((_tensors(v) for v in value.values()), ())
+    if isinstance(value, (list, tuple)):
+        return sum((_tensors(v) for v in value), ())
+    if hasattr(value, '__dict__'):
+        return sum((_tensors(v) for v in vars(value).values()), ())
+    return ()
+
+
+@contextlib.contextmanager
+def through_call(children: Dict[str, nn.Module]) -> Iterator[None]:
+    """Route direct ``child.forward(...)`` calls through ``child(...)`` so
+    that module hooks (the analyser's scopes, timers) see them; segmentors
+    call ``self.decode_head.forward`` directly. Calls that already come
+    through ``child(...)`` are left alone."""
+    patched = []
+    for child in children.values():
+        if 'forward' in vars(child):
+            continue  # patched by someone else: leave it
+        original = child.forward
+        depth = [0]
+
+        def enter(module, args, _depth=depth):
+            _depth[0] += 1
+
+        def leave(module, args, output, _depth=depth):
+            _depth[0] -= 1
+
+        def routed(*args, _child=child, _original=original, _depth=depth,
+                   **kwargs):
+            if _depth[0]:
+                return _original(*args, **kwargs)
+            return nn.Module.__call__(_child, *args, **kwargs)
+
+        handles = (child.register_forward_pre_hook(enter),
+                   child.register_forward_hook(leave, always_call=True))
+        child.forward = routed
+        patched.append((child, handles))
+    try:
+        yield
+    finally:
+        for child, handles in patched:
+            del child.forward
+            for handle in handles:
+                handle.remove()
+
+
+@contextlib.contextmanager
+def tensor_forward(model: nn.Module,
+                   count_text: bool = False) -> Iterator[None]:
+    """Make ``model(inputs)`` the tensor forward ``model._forward(inputs)``
+    with its outputs flattened to a tuple of tensors (traceable), top-level
+    children called through their hooks, and (``count_text=False``) the
+    class embeddings of an open-vocabulary segmentor computed beforehand."""
+    restore = []
+    if hasattr(model, 'text_inputs'):
+        if count_text:
+            clear = getattr(getattr(model, 'text_encoder', None),
+                            'clear_cache', None)
+            if clear is not None:
+                clear()  # a frozen encoder would answer from its cache
+        else:
+            text = model.text_inputs()
+            model.text_inputs = lambda: text
+            restore.append('text_inputs')
+    original = model._forward
+
+    def flat_forward(inputs, data_samples=None):
+        return _tensors(original(inputs, data_samples))
+
+    model._forward = flat_forward
+    restore.append('_forward')
+    try:
+        with through_call(dict(model.named_children())):
+            yield
+    finally:
+        for name in restore:
+            if name in vars(model):
+                delattr(model, name)
+
+
+def model_complexity(model: nn.Module, inputs: torch.Tensor,
+                     count_text: bool = False) -> Dict:
+    """FLOPs (one multiply-add = 1) and parameters of ``model``'s test-time
+    tensor forward on ``inputs`` (B, 3, H, W), in eval mode, without
+    gradients.
+
+    Returns:
+        dict: ``flops`` (of the whole batch), ``flops_per_image``,
+        ``params``, ``learnable`` (parameters with ``requires_grad``),
+        ``per_module`` (top-level child -> ``flops``, ``params``,
+        ``learnable``; ``'(own)'`` holds what no child does, e.g. ops in a
+        segmentor's own methods), ``by_operator`` (FLOPs per operator) and
+        ``skipped_ops`` (uncounted operator -> number of calls).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tensor_forward(model, count_text):
+            analyzer = flop_analyzer(model, (inputs, ))
+            total = analyzer.total()
+            by_module = analyzer.by_module()
+            by_operator = dict(analyzer.by_operator())
+            skipped = dict(analyzer.unsupported_ops())
+    finally:
+        model.train(was_training)
+    params = count_parameters(model)
+    per_module = OrderedDict()
+    named = OrderedDict(model.named_children())
+    for name in named:
+        stats = params['per_module'].get(name, dict(total=0, learnable=0))
+        per_module[name] = dict(flops=int(by_module.get(name, 0)),
+                                params=stats['total'],
+                                learnable=stats['learnable'])
+    own_flops = int(total) - sum(m['flops'] for m in per_module.values())
+    own = params['per_module'].get(OWN, dict(total=0, learnable=0))
+    if own_flops or own['total']:
+        per_module[OWN] = dict(flops=own_flops, params=own['total'],
+                               learnable=own['learnable'])
+    batch = int(inputs.shape[0])
+    return dict(
+        flops=int(total), flops_per_image=int(total) / batch,
+        params=params['total'], learnable=params['learnable'],
+        per_module=per_module, by_operator=by_operator,
+        skipped_ops=dict(Counter(skipped)),
+        input_shape=list(inputs.shape), count_text=count_text)
+
+
+def format_complexity(result: Dict, title: Optional[str] = None) -> str:
+    """A table of :func:`model_complexity`'s result (GFLOPs per image,
+    millions of parameters)."""
+    batch = result['input_shape'][0]
+    rows = [('module', 'GFLOPs/image', 'params (M)', 'learnable (M)')]
+    for name, stats in result['per_module'].items():
+        rows.append((name, f'{stats["flops"] / batch / 1e9:.4f}',
+                     f'{stats["params"] / 1e6:.4f}',
+                     f'{stats["learnable"] / 1e6:.4f}'))
+    rows.append(('all', f'{result["flops_per_image"] / 1e9:.4f}',
+                 f'{result["params"] / 1e6:.4f}',
+                 f'{result["learnable"] / 1e6:.4f}'))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, '-' * len(lines[0]))
+    if title:
+        lines.insert(0, title)
+    return '\n'.join(lines)
