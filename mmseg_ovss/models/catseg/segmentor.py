@@ -1,0 +1,321 @@
+"""The segmentor of the cost-volume methods (CAT-Seg, DCP-CLIP).
+
+:class:`CostVolumeSegmentor` runs the CLIP image tower once per batch the
+way CAT-Seg does (``KU-CVLAB/CAT-Seg`` ``cat_seg/cat_seg_model.py`` and
+``cat_seg/third_party/model_vpt.py``):
+
+- the input is resized to the CLIP resolution (384x384 for ViT-B/16,
+  336x336 for ViT-L/14: a 24x24 patch grid), position embeddings resized
+  bicubically;
+- blocks 0..L-2 run as usual (their q/v projections fine-tuned,
+  ``freeze='attn_qv'`` of both towers);
+- the last block runs its value path on every token
+  (``ResidualAttentionBlock.forward_dense``): ``y = x_res + out_proj(v(
+  ln_1(x)))``, ``y + mlp(ln_2(y))``, where CAT-Seg's residual ``x_res`` is
+  the CLS token's input for every token (``dense_residual='cls'``; a
+  token's own input is ``'self'``). ``ln_post`` and the projection give
+  the dense features;
+- the patch tokens of ``guidance_layers`` (0-based 3 and 7 for ViT-B/16,
+  7 and 15 for ViT-L/14) are the decoder guidance;
+- the CLS embedding (for DCP-CLIP's image-level scores) is the unmodified
+  last block's CLS (``cls_source='clip'``) or the dense one.
+
+Inference (``test_cfg.mode``): ``'whole'`` (mmseg; the image resized to the
+CLIP resolution, CAT-Seg's ``TEST.SLIDING_WINDOW: False``), ``'slide'``
+(mmseg's sliding windows, each resized to the CLIP resolution), or
+``'catseg_ensemble'``, CAT-Seg's ``inference_sliding_window`` used by its
+``eval.sh``: the image resized to ``ensemble_size`` (640x640), overlapping
+``kernel``-sized windows (384, overlap 0.333: a 2x2 grid) and the whole
+image resized to ``kernel`` run as one batch; window scores (sigmoid of the
+logits resized to the window) are averaged where they overlap, then
+averaged with the whole-image scores.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import ConfigDict
+from mmseg.models.utils import resize
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from mmseg_ovss.clip.attention import cls_block_forward
+from mmseg_ovss.clip.freeze import qkv_parts
+from mmseg_ovss.models.backbones.open_clip_vit import block_indices
+from mmseg_ovss.models.catseg.features import CLIPDenseFeatures
+from mmseg_ovss.models.segmentors.open_vocab import OpenVocabEncoderDecoder
+from mmseg_ovss.utils.errors import OVSSConfigError
+
+DENSE_RESIDUALS = ('cls', 'self')
+CLS_SOURCES = ('clip', 'dense')
+ATTENTION_FORMS = ('cls', 'full')
+TEST_MODES = ('whole', 'slide', 'catseg_ensemble')
+
+
+def catseg_dense_block(block: nn.Module, x: Tensor,
+                       residual: str = 'cls') -> Tensor:
+    """CAT-Seg's dense last block on (B, N, width) batch-first tokens.
+
+    Every token's output is its own value path, no attention mixing:
+    ``y = r + ls_1(out_proj(W_v ln_1(x) + b_v))``, ``y + ls_2(mlp(ln_2(y)))``
+    with ``r`` the CLS input ``x[:, :1]`` (``residual='cls'``, the authors'
+    ``forward_dense``) or ``x`` itself (``'self'``).
+    """
+    if residual not in DENSE_RESIDUALS:
+        raise OVSSConfigError(
+            f'dense_residual={residual!r}; use one of {DENSE_RESIDUALS}')
+    attn = block.attn
+    width = x.shape[-1]
+    bias = attn.in_proj_bias
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:],
+                     None if bias is None else bias[2 * width:])
+    base = x[:, :1] if residual == 'cls' else x
+    y = base + block.ls_1(attn.out_proj(value))
+    return y + block.ls_2(block.mlp(block.ln_2(y)))
+
+
+def _size_pair(value, what: str) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and
+                                  not isinstance(v, bool) and v > 0
+                                  for v in value):
+        raise OVSSConfigError(
+            f'{what}={value!r} must be a positive int or (height, width)')
+    return value
+
+
+@MODELS.register_module()
+class CostVolumeSegmentor(OpenVocabEncoderDecoder):
+    """CLIP towers and a cost-volume head (CAT-Seg, DCP-CLIP).
+
+    Args:
+        backbone, decode_head, text_encoder, clip, class_names,
+            class_name_map, seen_score_offset, train_cfg, data_preprocessor,
+            init_cfg: as :class:`OpenVocabEncoderDecoder`. CAT-Seg fine-tunes
+            both towers' attention q/v (``freeze='attn_qv'``).
+        guidance_layers (Sequence[int]): 0-based blocks whose patch tokens
+            guide the decoder, shallowest first ((3, 7) ViT-B/16, (7, 15)
+            ViT-L/14).
+        dense_residual (str): residual of the dense last block, ``'cls'``
+            (CAT-Seg's code) or ``'self'``.
+        cls_source (str): ``'clip'`` (the unmodified last block's CLS) or
+            ``'dense'`` (the dense block's CLS output).
+        attention_layers (Sequence[int]): blocks whose attention weights go
+            to the head (DCP-CLIP's decoder; none for CAT-Seg).
+        attention_form (str): ``'cls'``: (B, h*w) head-averaged weights of
+            the CLS query on the patches; ``'full'``: (B, heads, N, N).
+        clip_resolution (int | tuple, optional): inputs are resized
+            (bilinear) to this before the image tower (384 ViT-B/16, 336
+            ViT-L/14); None keeps the input size.
+        train_qv_bias (bool): with ``freeze='attn_qv'``, also train the q/v
+            biases. CAT-Seg's code trains the q/v weights only (False).
+        test_cfg (dict): ``mode`` 'whole', 'slide' (mmseg's ``crop_size``,
+            ``stride``) or 'catseg_ensemble' (``kernel=384``,
+            ``overlap=0.333``, ``ensemble_size=(640, 640)``).
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 decode_head: dict,
+                 text_encoder: Optional[dict] = None,
+                 clip: Optional[dict] = None,
+                 class_names=None,
+                 class_name_map=None,
+                 seen_score_offset: float = 0.0,
+                 guidance_layers: Sequence[int] = (3, 7),
+                 dense_residual: str = 'cls',
+                 cls_source: str = 'clip',
+                 attention_layers: Sequence[int] = (),
+                 attention_form: str = 'cls',
+                 clip_resolution: Union[None, int, Sequence[int]] = None,
+                 train_qv_bias: bool = False,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(
+            backbone=backbone, decode_head=decode_head,
+            text_encoder=text_encoder, clip=clip, class_names=class_names,
+            class_name_map=class_name_map,
+            seen_score_offset=seen_score_offset, train_cfg=train_cfg,
+            test_cfg=test_cfg, data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        if dense_residual not in DENSE_RESIDUALS:
+            raise OVSSConfigError(
+                f'dense_residual={dense_residual!r}; use one of '
+                f'{DENSE_RESIDUALS}')
+        if cls_source not in CLS_SOURCES:
+            raise OVSSConfigError(
+                f'cls_source={cls_source!r}; use one of {CLS_SOURCES}')
+        if attention_form not in ATTENTION_FORMS:
+            raise OVSSConfigError(
+                f'attention_form={attention_form!r}; use one of '
+                f'{ATTENTION_FORMS}')
+        if getattr(self.backbone, 'prompts', None) is not None:
+            raise OVSSConfigError(
+                'CostVolumeSegmentor runs the last CLIP block itself and '
+                'does not insert visual prompts: build the backbone with '
+                'prompts=None')
+        num_layers = self.backbone.num_layers
+        if num_layers < 2:
+            raise OVSSConfigError(
+                'CostVolumeSegmentor needs a ViT of at least 2 blocks')
+        self.guidance_layers = tuple(block_indices(
+            guidance_layers, num_layers, 'guidance_layers'))
+        self.attention_layers = tuple(block_indices(
+            attention_layers, num_layers, 'attention_layers'))
+        self.dense_residual = dense_residual
+        self.cls_source = cls_source
+        self.attention_form = attention_form
+        self.clip_resolution = _size_pair(clip_resolution, 'clip_resolution')
+        self.train_qv_bias = bool(train_qv_bias)
+        if not self.train_qv_bias:
+            self._freeze_qv_biases()
+        self.test_cfg = ConfigDict(self.test_cfg)
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode not in TEST_MODES:
+            raise OVSSConfigError(
+                f'test_cfg.mode={mode!r}; use one of {TEST_MODES}')
+        if mode == 'slide' and not {'crop_size', 'stride'} <= set(
+                self.test_cfg):
+            raise OVSSConfigError(
+                "test_cfg mode='slide' needs crop_size and stride (mmseg's "
+                'sliding-window inference)')
+        if mode == 'catseg_ensemble':
+            self._ensemble_geometry()  # checks the values
+
+    def _freeze_qv_biases(self) -> None:
+        """CAT-Seg's ``CLIP_FINETUNE: attention`` trains the q/v weights of
+        each attention, not the fused in-projection bias."""
+        for tower in (self.backbone, self.text_encoder):
+            if getattr(tower, 'freeze', None) != 'attn_qv':
+                continue
+            for module in tower.modules():
+                if not isinstance(module, nn.MultiheadAttention):
+                    continue
+                parts = qkv_parts(module, 'in_proj_bias')
+                if parts is not None:
+                    for part in parts:
+                        part.requires_grad_(False)
+
+    # -------------------------------------------------------- features
+    def clip_inputs(self, inputs: Tensor) -> Tensor:
+        """Inputs resized to ``clip_resolution`` (bilinear)."""
+        if self.clip_resolution is None or \
+                tuple(inputs.shape[-2:]) == self.clip_resolution:
+            return inputs
+        return F.interpolate(inputs, size=self.clip_resolution,
+                             mode='bilinear', align_corners=False)
+
+    def extract_feat(self, inputs: Tensor) -> CLIPDenseFeatures:
+        """Dense CLIP features of the batch (one pass of the tower)."""
+        backbone = self.backbone
+        last = backbone.num_layers - 1
+        images = self.clip_inputs(inputs)
+        tokens = backbone.forward_tokens(
+            images, out_indices=(*self.guidance_layers, last - 1),
+            attention_layers=self.attention_layers,
+            attention_heads='mean' if self.attention_form == 'cls' else None)
+        x = tokens.layers[last - 1]
+        layout = tokens.layouts[last - 1]
+        block = backbone.blocks[last]
+        dense = catseg_dense_block(block, x, self.dense_residual)
+        patches = backbone.project(dense[:, layout.patches]).float()
+        patches = patches.transpose(1, 2).reshape(
+            x.shape[0], -1, *layout.grid)
+        if self.cls_source == 'clip':
+            cls = backbone.project(cls_block_forward(block, x)[:, 0])
+        else:
+            cls = backbone.project(dense[:, 0])
+        guidance = {index: tokens.patch_map(index).float()
+                    for index in self.guidance_layers}
+        attention = {}
+        for index, weights in tokens.attn_weights.items():
+            if self.attention_form == 'cls':
+                weights = weights[:, 0, 0, layout.patches]
+            attention[index] = weights.float()
+        return CLIPDenseFeatures(patches=patches, cls=cls.float(),
+                                 guidance=guidance, attention=attention)
+
+    # ------------------------------------------------------- inference
+    def _ensemble_geometry(self):
+        cfg = self.test_cfg
+        kernel = cfg.get('kernel', 384)
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or \
+                kernel < 1:
+            raise OVSSConfigError(
+                f'test_cfg.kernel={kernel!r} must be a positive int (384)')
+        overlap = float(cfg.get('overlap', 0.333))
+        if not 0.0 <= overlap < 1.0:
+            raise OVSSConfigError(
+                f'test_cfg.overlap={overlap!r} must be in [0, 1)')
+        size = _size_pair(cfg.get('ensemble_size', (640, 640)),
+                          'test_cfg.ensemble_size')
+        stride = max(1, int(kernel * (1 - overlap)))
+        for side in size:
+            if side < kernel or (side - kernel) % stride:
+                raise OVSSConfigError(
+                    f'test_cfg: ensemble_size={size} is not tiled by '
+                    f'{kernel}-pixel windows at stride {stride} (kernel * '
+                    f'(1 - overlap)); CAT-Seg uses 640, 384 and 0.333')
+        return kernel, stride, size
+
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]
+                  ) -> Tensor:
+        if self.test_cfg.get('mode', 'whole') == 'catseg_ensemble':
+            return self.ensemble_inference(inputs, batch_img_metas)
+        return super().inference(inputs, batch_img_metas)
+
+    def view_scores(self, views: Tensor) -> Tensor:
+        """(V, C, k, k) sigmoid scores of (V, 3, k, k) views: logits
+        resized to the view, then the sigmoid (CAT-Seg's order)."""
+        logits = self.decode_head.forward(self.head_inputs(views))
+        logits = resize(logits, size=views.shape[-2:], mode='bilinear',
+                        align_corners=self.align_corners)
+        return logits.sigmoid()
+
+    def ensemble_inference(self, inputs: Tensor,
+                           batch_img_metas: List[dict]) -> Tensor:
+        """CAT-Seg's window + whole-image ensemble (module docstring) of
+        each image's unpadded region, calibrated; (B, C, H, W) scores at
+        the (padded) input size, zero on the padding."""
+        kernel, stride, size = self._ensemble_geometry()
+        b, _, height, width = inputs.shape
+        regions = []
+        for image, meta in zip(inputs, batch_img_metas):
+            left, right, top, bottom = meta.get('padding_size', (0, 0, 0, 0))
+            regions.append((top, height - bottom, left, width - right))
+        crops = [inputs[i:i + 1, :, r[0]:r[1], r[2]:r[3]]
+                 for i, r in enumerate(regions)]
+        resized = torch.cat([F.interpolate(c, size=size, mode='bilinear',
+                                           align_corners=False)
+                             for c in crops])
+        whole = torch.cat([F.interpolate(c, size=(kernel, kernel),
+                                         mode='bilinear',
+                                         align_corners=False)
+                           for c in crops])
+        windows = F.unfold(resized, kernel, stride=stride)  # (B, 3kk, L)
+        count = windows.shape[-1]
+        windows = windows.transpose(1, 2).reshape(
+            b * count, inputs.shape[1], kernel, kernel)
+        scores = self.view_scores(torch.cat([windows, whole]))
+        classes = scores.shape[1]
+        local = scores[:b * count].reshape(b, count, -1).transpose(1, 2)
+        local = F.fold(local, size, kernel, stride=stride)
+        ones = torch.ones((1, 1, *size), dtype=scores.dtype,
+                          device=scores.device)
+        coverage = F.fold(F.unfold(ones, kernel, stride=stride), size,
+                          kernel, stride=stride)
+        whole = F.interpolate(scores[b * count:], size=size,
+                              mode='bilinear', align_corners=False)
+        fused = (local / coverage + whole) / 2  # (B, C, *size)
+        out = fused.new_zeros((b, classes, height, width))
+        for i, (top, bottom, left, right) in enumerate(regions):
+            out[i:i + 1, :, top:bottom, left:right] = F.interpolate(
+                fused[i:i + 1], size=(bottom - top, right - left),
+                mode='bilinear', align_corners=False)
+        return self.calibrate(out)
