@@ -167,8 +167,8 @@ def test_table7_rows_set_theta(theta):
 @pytest.mark.parametrize('arch', ['b16', 'l14'])
 @pytest.mark.parametrize('bench', BENCHMARKS)
 def test_evaluation_config(method, arch, bench):
-    """The trained model on the benchmark's validation set, CAT-Seg's 640 x
-    640 sliding evaluation; DCP-CLIP validates tags with the benchmark's
+    """The trained model on the benchmark's validation set, CAT-Seg's
+    window + whole-image ensemble; DCP-CLIP validates tags with the benchmark's
     name map."""
     cfg = Config.fromfile(REPO_ROOT / f'configs/{method}/vit-{arch}_coco-'
                           f'stuff171_80k_{bench}.py')
@@ -180,7 +180,8 @@ def test_evaluation_config(method, arch, bench):
         base.test_dataloader.dataset.data_prefix
     resize = [t for t in cfg.test_dataloader.dataset.pipeline
               if t.type == 'Resize']
-    assert resize == [dict(type='Resize', scale=(640, 640), keep_ratio=False)]
+    assert resize == [dict(type='Resize', scale=(2560, 640), keep_ratio=True)]
+    assert cfg.model.test_cfg.mode == 'catseg_ensemble'
     assert cfg.train_dataloader is None
     model = _without_name_map(cfg.model)
     assert model == _without_name_map(train.model)

@@ -3,8 +3,9 @@
 # PASCAL Context-59 (val, 5105 images, 59 classes).
 # DCP-CLIP Table I, ViT-B/16 block, DCP-CLIP row: PC-59 58.1 mIoU.
 # Inference as CAT-Seg evaluates (eval.sh, TEST.SLIDING_WINDOW True):
-# the image resized to 640 x 640, 384 windows, stride 256, with a
-# global view; prediction resized back to the original size.
+# short side 640 (max 2560), then the model's catseg_ensemble: the
+# image at 640 x 640, 384 windows at stride 256 and the whole image
+# at 384; prediction resized back to the original size.
 # Test: bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_pc59.py \
 #     work_dirs/dcpclip/vit-b16_coco-stuff171_80k/iter_80000.pth 4
 _base_ = [
@@ -13,7 +14,7 @@ _base_ = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(640, 640), keep_ratio=False),
+    dict(type='Resize', scale=(2560, 640), keep_ratio=True),
     dict(type='LoadCheckedAnnotations'),
     dict(type='PackSegInputs'),
 ]

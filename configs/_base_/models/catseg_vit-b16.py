@@ -45,31 +45,36 @@ model = dict(
         # --cfg-options "model.text_encoder.templates=['A photo of a {} in the scene']"
         templates='openai',
         freeze='attn_qv'),
-    # CLIP intermediate blocks whose patch maps guide the decoder
+    # CLIP blocks whose patch tokens guide the upsampling decoder (0-based;
+    # CAT-Seg's layer_indexes [3, 7])
     guidance_layers=(3, 7),
-    # the resolution CLIP sees (CAT-Seg resizes every input to it)
+    # every input is resized to the resolution CLIP sees (24x24 patches)
     clip_resolution=(384, 384),
     decode_head=dict(
         type='CATSegHead',
-        cost_embed=dict(hidden_dims=128, kernel_size=7),
+        in_channels=512,            # CLIP's joint width D
+        channels=128,               # HIDDEN_DIMS
+        num_templates=80,           # the text encoder's templates (P)
+        appearance_guidance_channels=128,   # APPEARANCE_GUIDANCE_PROJ_DIM
+        text_guidance_channels=128,         # TEXT_GUIDANCE_PROJ_DIM
+        cost_embed=dict(kernel_size=7),
         aggregator=dict(
-            num_layers=2,
-            num_heads=4,
-            window_size=12,
-            appearance_guidance_dims=512,
-            appearance_guidance_proj_dims=128,
-            text_guidance_dims=512,
-            text_guidance_proj_dims=128,
-            pooling_size=(2, 2)),
+            num_layers=2,                   # NUM_LAYERS
+            spatial=dict(num_heads=4, window_size=12, mlp_ratio=4),
+            # POOLING_SIZES [2, 2] in training, [1, 1] in eval.sh
+            classwise=dict(num_heads=4, attention='linear',
+                           pool_size=(2, 2), test_pool_size=(1, 1))),
         decoder=dict(
-            decoder_dims=(64, 32),
-            guidance_dims=(256, 128),
-            guidance_proj_dims=(32, 16)),
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True,
-                         loss_weight=1.0)),
+            guidance_in_channels=768,       # ViT-B/16 width
+            channels=(64, 32),              # DECODER_DIMS
+            guidance_channels=(256, 128),   # DECODER_GUIDANCE_DIMS
+            guidance_proj_channels=(32, 16)),   # ..._PROJ_DIMS
+        pad_len=256,
+        loss_decode=dict(type='PixelBCELoss')),
     # CAT-Seg's evaluation (eval.sh, TEST.SLIDING_WINDOW True): the image
-    # resized to 640 x 640, 384 windows with overlap 1/3 (stride 256),
-    # averaged with a global 384 view of the whole image
-    test_cfg=dict(mode='slide', crop_size=(384, 384), stride=(256, 256)))
+    # resized to 640 x 640, 384 windows with overlap 1/3 (a 2x2 grid) and
+    # the whole image at 384, window scores averaged with the whole-image
+    # scores ('catseg_ensemble', CostVolumeSegmentor)
+    test_cfg=dict(mode='catseg_ensemble'))
 
 custom_hooks = [dict(type='DatasetVocabularyHook')]

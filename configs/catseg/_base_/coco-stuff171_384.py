@@ -9,9 +9,10 @@
 #   brightness 32 / contrast 0.5-1.5 / saturation 0.5-1.5 / hue 18);
 # - RandomFlip (horizontal, p 0.5);
 # - padding to 384 (SIZE_DIVISIBILITY) is the data preprocessor's size.
-# Validation and test: CAT-Seg's sliding evaluation input, the image
-# resized to 640 x 640 (its inference_sliding_window out_res); the
-# prediction is resized back to the original size, where it is scored.
+# Validation and test: CAT-Seg's test input (ResizeShortestEdge 640, max
+# 2560; the model's 'catseg_ensemble' inference then resizes it to 640 x
+# 640); the prediction is resized back to the original size and scored
+# there.
 _base_ = ['../../_base_/datasets/coco_stuff171.py']
 train_crop_size = (384, 384)
 train_pipeline = [
@@ -26,7 +27,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(640, 640), keep_ratio=False),
+    dict(type='Resize', scale=(2560, 640), keep_ratio=True),
     dict(type='LoadCheckedAnnotations'),
     dict(type='PackSegInputs'),
 ]
