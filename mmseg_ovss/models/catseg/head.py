@@ -184,7 +184,7 @@ class CATSegHead(BaseDecodeHead):
         self.unselected_logit = float(unselected_logit)
         self.class_chunk_size = check_chunk_size(class_chunk_size,
                                                  'class_chunk_size')
-        embed_cfg = dict(type='CostEmbedding', **(cost_embed or {}))
+        embed_cfg = {'type': 'CostEmbedding', **(cost_embed or {})}
         embed_cfg.setdefault('in_channels', self.num_templates)
         embed_cfg.setdefault('out_channels', channels)
         self.cost_embed = MODELS.build(embed_cfg)
@@ -195,7 +195,7 @@ class CATSegHead(BaseDecodeHead):
         self.text_projection = nn.Sequential(
             nn.Linear(in_channels, text_guidance_channels), nn.ReLU()) \
             if text_guidance_channels > 0 else None
-        agg_cfg = dict(type='CostAggregator', **(aggregator or {}))
+        agg_cfg = {'type': 'CostAggregator', **(aggregator or {})}
         agg_cfg.setdefault('embed_dims', channels)
         agg_cfg.setdefault('appearance_dims', appearance_guidance_channels)
         agg_cfg.setdefault('text_dims', text_guidance_channels)
@@ -203,7 +203,7 @@ class CATSegHead(BaseDecodeHead):
         classwise.setdefault('pad_len', self.pad_len)
         agg_cfg['classwise'] = classwise
         self.aggregator = MODELS.build(agg_cfg)
-        dec_cfg = dict(type='UpsamplingDecoder', **(decoder or {}))
+        dec_cfg = {'type': 'UpsamplingDecoder', **(decoder or {})}
         dec_cfg.setdefault('in_channels', channels)
         self.decoder = MODELS.build(dec_cfg)
 

@@ -117,6 +117,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             ``stride``) or 'catseg_ensemble' (``kernel=384``,
             ``overlap=0.333``, ``ensemble_size=(640, 640)``).
     """
+    test_modes = TEST_MODES
+
 
     def __init__(self,
                  backbone: dict,

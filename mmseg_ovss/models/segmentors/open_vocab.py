@@ -138,8 +138,12 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             (ZegCLIP's and CLIP-RC's inductive calibration: 0.1); 0 turns
             it off.
         train_cfg, test_cfg, data_preprocessor, init_cfg: as mmseg's
-            ``EncoderDecoder`` (``test_cfg.mode`` 'whole' or 'slide').
+            ``EncoderDecoder`` (``test_cfg.mode`` one of
+            :attr:`test_modes`: 'whole' or 'slide' here; a subclass may add
+            its own inference modes).
     """
+    #: ``test_cfg.mode`` values this segmentor runs
+    test_modes: Tuple[str, ...] = ('slide', 'whole')
 
     def __init__(self,
                  backbone: dict,
@@ -175,10 +179,10 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         self.train_cfg = train_cfg
         self.test_cfg = ConfigDict(test_cfg or dict(mode='whole'))
         self.test_cfg.setdefault('mode', 'whole')
-        if self.test_cfg.mode not in ('slide', 'whole'):
+        if self.test_cfg.mode not in self.test_modes:
             raise OVSSConfigError(
-                f"test_cfg.mode must be 'slide' or 'whole', got "
-                f"{self.test_cfg.mode!r}")
+                f'{type(self).__name__}: test_cfg.mode must be one of '
+                f'{self.test_modes}, got {self.test_cfg.mode!r}')
         self.seen_score_offset = float(seen_score_offset)
         if not 0.0 <= self.seen_score_offset < 1.0:
             raise OVSSConfigError(
