@@ -253,3 +253,32 @@ def test_voc20_is_all_seen_and_ade_keeps_the_paper_s_unseen_examples():
     assert ade847['river'] == 'river'
     assert ade847['sidewalk, pavement'] == 'pavement'
     assert not any(k.startswith('path') for k in ade847)
+
+
+# ------------------------------------------------------- tiny builds
+RUNNABLE = [p for p in SHIPPED
+            if '/configs/catseg/' in p or '/configs/dcpclip/' in p]
+RUNNABLE = [p for p in RUNNABLE if '/_base_/' not in p]
+
+
+@pytest.mark.parametrize('path', RUNNABLE, ids=_rel)
+def test_config_builds_at_tiny_size(path, tmp_path):
+    """The shipped config with only sizes / weights overridden
+    (``write_tiny_config``) passes the key check and builds its model, with
+    the head type and DCP-CLIP parts of the shipped config."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from mmseg_ovss.testing.cost_volume_configs import write_tiny_config
+    import mmseg_ovss.testing.tiny_clip  # noqa: F401
+    init_default_scope('mmseg')
+    shipped = Config.fromfile(path)
+    tiny_path = write_tiny_config(path, tmp_path / 'tiny.py')
+    cfg = Config.fromfile(str(tiny_path))
+    check_config_keys(cfg, str(tiny_path))
+    model = MODELS.build(cfg.model)
+    head = shipped.model.decode_head
+    assert type(model.decode_head).__name__ == head.type
+    if head.type == 'DCPCLIPHead':
+        for part in ('category_selection', 'alignment', 'tag_validation'):
+            assert (getattr(model.decode_head, part, None) is None) == \
+                (head.get(part) is None), part

@@ -41,15 +41,12 @@ model = dict(
     clip=dict(model_name='ovss-tiny-ViT-16', pretrained=None,
               checkpoint=None, random_init=True),
     text_encoder=dict(templates={templates!r}),
-    guidance_layers=(1, 3),
+    guidance_layers=(1, 3),{model_extra}
     clip_resolution=({crop}, {crop}),
     decode_head=dict(
         in_channels=32,
         channels=32,
-        num_templates={num_templates},
-        appearance_guidance_channels=16,
-        text_guidance_channels=16,
-        aggregator=dict(spatial=dict(window_size=2)),
+        num_templates={num_templates},{aggregator}
         pad_len=8,
         decoder={decoder}{head_extra}))
 """
@@ -57,15 +54,20 @@ model = dict(
 _CATSEG_DECODER = """dict(
             guidance_in_channels=64, channels=(32, 16),
             guidance_channels=(16, 8), guidance_proj_channels=(8, 4))"""
-#: DCP-CLIP's spatial enhanced decoder at the tiny size
-_DCP_DECODER = """dict(window_size=2)"""
+#: CAT-Seg's aggregator at the tiny size (DCP-CLIP has none)
+_CATSEG_AGGREGATOR = """
+        appearance_guidance_channels=16,
+        text_guidance_channels=16,
+        aggregator=dict(spatial=dict(window_size=2)),"""
+#: DCP-CLIP's spatial enhanced decoder at the tiny size: encoder features
+#: of widths (joint 32, ViT 64, ViT 64), window 2 on the 4x4 grid
+_DCP_DECODER = """dict(window_size=2, encoder_channels=(32, 64, 64))"""
 
 #: the DCP-CLIP parts at the tiny size
 _DCP_HEAD = """,
         alignment=dict(ca_heads=4, sa_heads=4)"""
 _DCP_MODEL = """
-model = dict(attention_layers=(1, 3))
-"""
+    attention_layers=(1, 3),"""
 
 _TRAIN = """
 train_pipeline = [
@@ -131,10 +133,11 @@ def write_tiny_config(config: Union[str, Path], out: Union[str, Path],
     text += _MODEL.format(
         crop=TINY_CROP, templates=list(TINY_TEMPLATES),
         num_templates=len(TINY_TEMPLATES),
+        aggregator='' if dcp else _CATSEG_AGGREGATOR,
         decoder=_DCP_DECODER if dcp else _CATSEG_DECODER,
-        head_extra=_DCP_HEAD if dcp else '')
-    if dcp:
-        text += _DCP_MODEL
+        head_extra=_DCP_HEAD if dcp and cfg.model.decode_head.get(
+            'alignment') is not None else '',
+        model_extra=_DCP_MODEL if dcp else '')
     if cfg.get('train_dataloader') is not None:
         if deterministic:
             resize = (f"dict(type='Resize', scale=({TINY_CROP}, {TINY_CROP})"

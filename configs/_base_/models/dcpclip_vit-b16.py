@@ -21,6 +21,15 @@ model = dict(
     attention_layers=(3, 7),
     decode_head=dict(
         type='DCPCLIPHead',
+        # the CLS->patch attention maps of the two attention layers feed the
+        # decoder (must equal len(attention_layers))
+        num_attention_layers=2,
+        # DCP-CLIP replaces CAT-Seg's aggregation: no spatial/class
+        # aggregation layers and no aggregator guidance projections (the
+        # alignment and the decoder do that work, Sec. III-C, III-D)
+        aggregator=dict(_delete_=True, num_layers=0),
+        appearance_guidance_channels=0,
+        text_guidance_channels=0,
         category_selection=dict(
             type='DynamicCategorySelection',
             threshold=0.5,

@@ -10,6 +10,7 @@ model = dict(
     attention_layers=(7, 15),
     clip_resolution=(336, 336),
     decode_head=dict(
-        aggregator=dict(
-            appearance_guidance_dims=768,
-            text_guidance_dims=768)))
+        in_channels=768,
+        # encoder features per decoder level: level 0 the 768-d projected
+        # dense CLIP patches, levels 1-2 the 1024-d ViT-L guidance layers
+        decoder=dict(encoder_channels=(768, 1024, 1024))))
