@@ -1,0 +1,16 @@
+# DCP-CLIP Table III, row "+ DCS":
+# A-847 / PC-459 / A-150 / PC-59 / PAS-20 = 7.4 / 14.3 / 23.3 / 52.9 / 93.6 mIoU.
+# ViT-B/16, trained on COCO-Stuff 171 as ../vit-b16_coco-stuff171_80k.py
+# with only this row's switches changed.
+# Train: bash tools/dist_train.sh configs/dcpclip/ablations/table3_dcs.py 4
+# Evaluate on each benchmark with its evaluation config and the same
+# switches, e.g. ADE-150:
+#   bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_ade150.py \
+#       work_dirs/table3_dcs/iter_80000.pth 4 \
+#       --cfg-options model.decode_head.alignment=None model.decode_head.decoder.swin=False model.decode_head.decoder.num_layers=0 model.decode_head.tag_validation=None
+_base_ = ['../vit-b16_coco-stuff171_80k.py']
+model = dict(
+    decode_head=dict(
+        alignment=None,
+        decoder=dict(swin=False, num_layers=0),
+        tag_validation=None))

@@ -1,0 +1,14 @@
+# DCP-CLIP Table V, row "(I) w/o (II): no CLS-logit (interaction) term":
+# A-847 / PC-459 / A-150 / PC-59 / PAS-20 = 12.2 / 19.5 / 32.5 / 57.6 / 95.5 mIoU.
+# ViT-B/16, trained on COCO-Stuff 171 as ../vit-b16_coco-stuff171_80k.py
+# with only this row's switches changed.
+# Train: bash tools/dist_train.sh configs/dcpclip/ablations/table5_no_cls_logits.py 4
+# Evaluate on each benchmark with its evaluation config and the same
+# switches, e.g. ADE-150:
+#   bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_ade150.py \
+#       work_dirs/table5_no_cls_logits/iter_80000.pth 4 \
+#       --cfg-options model.decode_head.alignment.guidance.cls_logits=False
+_base_ = ['../vit-b16_coco-stuff171_80k.py']
+model = dict(
+    decode_head=dict(
+        alignment=dict(guidance=dict(cls_logits=False))))

@@ -1,0 +1,397 @@
+"""Efficiency table of trainable open-vocabulary segmentors (DCP-CLIP Table II).
+
+    python tools/analysis/efficiency_table.py \\
+        configs/dcpclip/vit-l14_coco-stuff171_80k.py \\
+        configs/catseg/vit-l14_coco-stuff171_80k.py \\
+        --dataset ade150 --images 4 --random-init --also-dataset ade847
+
+For each config: learnable and total parameters (M), inference GFLOPs per
+image averaged over the images (with Dynamic Category Selection the number
+of classes the head computes changes from image to image), and seconds per
+image, on the vocabulary of ``--dataset``. The images are the first
+``--images`` of that benchmark's validation split when it is on disk
+(``$OVSS_DATA_ROOT``), otherwise generated (smoothed noise); the table says
+which. Every image goes through the config's test pipeline geometry (CAT-Seg:
+resized to 640 x 640) and the model's test-time inference
+(``model.test_cfg``: CAT-Seg's sliding windows), as ``tools/test.py`` runs
+it.
+
+Conventions: FLOPs as fvcore counts them (one multiply-add = one FLOP;
+``mmseg_ovss.engine.complexity``), of the image path (data preprocessing
+excluded); the text embeddings of the vocabulary are computed once per
+vocabulary and cached at inference, so they are excluded from FLOPs and
+times (a first, untimed image fills the cache). Times are wall-clock of the
+whole ``test_step`` (preprocessing, inference, resizing to the original
+size, argmax) on ``--device``.
+
+Rows of ViT-L/14 configs are compared with the paper's Table II (DCP-CLIP
+80.3 M / 443.6 M, 616.2 GFLOPs, 0.20 s; CAT-Seg 70.3 M / 433.7 M,
+2121.1 GFLOPs, 0.54 s, on an RTX 3090); the ratios of the first config to
+the others are printed next to the paper's. ``--also-dataset`` times each
+config again on a second vocabulary (e.g. ADE-847) and prints the time
+ratio to ``--dataset``.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
+from mmseg_ovss.utils.errors import OVSSConfigError  # noqa: E402
+
+REPO_ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+
+#: DCP-CLIP Table II (ViT-L/14 towers; A-150; one RTX 3090)
+PAPER_TABLE2 = {
+    'DCPCLIPHead': dict(method='DCP-CLIP', learnable=80.3, total=443.6,
+                        gflops=616.2, seconds=0.20),
+    'CATSegHead': dict(method='CAT-Seg', learnable=70.3, total=433.7,
+                       gflops=2121.1, seconds=0.54),
+}
+#: benchmark key -> dataset base config (vocabulary and validation images)
+DATASET_BASES = {
+    'ade150': 'configs/_base_/datasets/ade150.py',
+    'ade847': 'configs/_base_/datasets/ade847.py',
+    'pc459': 'configs/_base_/datasets/pc459.py',
+    'pc59': 'configs/_base_/datasets/pc59.py',
+    'voc20': 'configs/_base_/datasets/voc20.py',
+    'coco_stuff171': 'configs/_base_/datasets/coco_stuff171.py',
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('configs', nargs='+', metavar='CONFIG')
+    parser.add_argument('--dataset', default='ade150',
+                        choices=sorted(DATASET_BASES),
+                        help='vocabulary and images (default ade150)')
+    parser.add_argument('--also-dataset', default=None,
+                        choices=sorted(DATASET_BASES),
+                        help='time every config on this vocabulary too and '
+                        'report the time ratio to --dataset')
+    parser.add_argument('--images', type=int, default=4,
+                        help='measured images per config (after one '
+                        'untimed warm-up image)')
+    parser.add_argument('--size', type=int, nargs=2, default=None,
+                        metavar=('H', 'W'), help='size of generated images '
+                        '(default: the test pipeline\'s Resize scale)')
+    parser.add_argument('--generated', action='store_true',
+                        help='use generated images even when the dataset '
+                        'is on disk')
+    parser.add_argument('--random-init', action='store_true',
+                        help='random CLIP weights (no download; parameter '
+                        'counts and FLOPs need no weights)')
+    parser.add_argument('--device', default='cuda' if
+                        torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip the FLOP count (times and parameters '
+                        'only)')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        metavar='KEY=VALUE',
+                        help='overrides applied to every config')
+    parser.add_argument('--out', help='write the rows as JSON to this file')
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f'--images {args.images}: give at least 1')
+    return args
+
+
+# ------------------------------------------------------------------ model
+def load_config(path: str, args):
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(path)
+    if args.cfg_options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--o', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(
+            ['--o', *args.cfg_options]).o)
+    if 'clip' not in cfg.model:
+        raise OVSSConfigError(
+            f'{path}: model has no "clip" entry; this tool measures '
+            'OpenVocabEncoderDecoder configs (CAT-Seg, DCP-CLIP, ZegCLIP, '
+            'CLIP-RC)')
+    if args.random_init:
+        cfg.model.clip.random_init = True
+        cfg.model.clip.pretrained = None
+        cfg.model.clip.checkpoint = None
+        cfg.model.clip.seed = args.seed
+    return cfg
+
+
+def build_model(cfg, device: str):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    import mmseg_ovss  # noqa: F401
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model = MODELS.build(cfg.model)
+    return model.to(device).eval()
+
+
+def count_parameters(model: nn.Module) -> Tuple[float, float]:
+    """(learnable, total) parameters in millions."""
+    try:
+        from mmseg_ovss.engine.parameters import count_parameters as count
+        counts = count(model)
+        return counts['learnable'] / 1e6, counts['total'] / 1e6
+    except ImportError:
+        learnable = sum(p.numel() for p in model.parameters()
+                        if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return learnable / 1e6, total / 1e6
+
+
+class TestTimeInference(nn.Module):
+    """The segmentor's test-time inference on preprocessed inputs as one
+    module (what the FLOP counter traces): ``model.inference`` (whole or
+    sliding windows as ``model.test_cfg`` says, scores resized to the
+    original size)."""
+
+    def __init__(self, model: nn.Module, batch_img_metas: List[dict]):
+        super().__init__()
+        self.model = model
+        self.batch_img_metas = batch_img_metas
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.inference(inputs, self.batch_img_metas)
+
+    def _forward(self, inputs: torch.Tensor, data_samples=None):
+        return self.forward(inputs)
+
+
+def inference_flops(model: nn.Module, inputs: torch.Tensor,
+                    metas: List[dict]) -> float:
+    """FLOPs (fvcore convention) of one test-time inference."""
+    from mmseg_ovss.engine.complexity import model_complexity
+    wrapper = TestTimeInference(model, metas)
+    with torch.no_grad():
+        # the vocabulary's embeddings are computed once, outside the count
+        text = model.text_inputs()
+        model.text_inputs = lambda: text
+        try:
+            result = model_complexity(wrapper, inputs)
+        finally:
+            del model.text_inputs
+    return float(result['flops'])
+
+
+# ----------------------------------------------------------------- images
+def dataset_vocabulary(dataset: str) -> List[str]:
+    from mmengine.config import Config
+    from mmseg.registry import DATASETS
+    import mmseg_ovss  # noqa: F401
+    base = Config.fromfile(osp.join(REPO_ROOT, DATASET_BASES[dataset]))
+    cls = DATASETS.get(base.test_dataloader.dataset.type)
+    return list(cls.METAINFO['classes'])
+
+
+def resize_scale(cfg) -> Optional[Tuple[int, int]]:
+    """(H, W) of the config's test-pipeline Resize without keep_ratio."""
+    pipeline = cfg.get('test_pipeline') or []
+    for step in pipeline:
+        if step.get('type') == 'Resize' and not step.get('keep_ratio', True):
+            width, height = step['scale']
+            return int(height), int(width)
+    return None
+
+
+def dataset_images(dataset: str, count: int, pipeline: list):
+    """Up to ``count`` packed samples of the benchmark's validation split
+    through ``pipeline``, or None when the dataset is not on disk."""
+    from mmengine.config import Config
+    from mmseg.registry import DATASETS
+    base = Config.fromfile(osp.join(REPO_ROOT, DATASET_BASES[dataset]))
+    dataset_cfg = base.test_dataloader.dataset
+    dataset_cfg.pipeline = pipeline
+    try:
+        data = DATASETS.build(dataset_cfg)
+    except (FileNotFoundError, OSError, ValueError, AssertionError):
+        return None
+    if len(data) == 0:
+        return None
+    return [data[i] for i in range(min(count, len(data)))]
+
+
+def generated_images(count: int, height: int, width: int, seed: int):
+    """Packed samples of smoothed-noise BGR images (C, H, W uint8)."""
+    import cv2
+    from mmseg.structures import SegDataSample
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        noise = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3),
+                             dtype=np.uint8)
+        image = cv2.resize(noise, (width, height),
+                           interpolation=cv2.INTER_CUBIC)
+        sample = SegDataSample(metainfo=dict(
+            img_shape=(height, width), ori_shape=(height, width),
+            pad_shape=(height, width), scale_factor=(1.0, 1.0),
+            flip=False, img_path=None))
+        samples.append(dict(inputs=torch.from_numpy(
+            image.transpose(2, 0, 1).copy()), data_samples=sample))
+    return samples
+
+
+def eval_images(cfg, args, dataset: str, count: int):
+    """(samples, description) for ``dataset``."""
+    scale = resize_scale(cfg) or (640, 640)
+    if args.size:
+        scale = tuple(args.size)
+    if not args.generated:
+        pipeline = [
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(scale[1], scale[0]),
+                 keep_ratio=False),
+            dict(type='PackSegInputs'),
+        ]
+        samples = dataset_images(dataset, count, pipeline)
+        if samples is not None:
+            return samples, (f'{dataset} validation images (first '
+                             f'{len(samples) - 1} after a warm-up), '
+                             f'resized to {scale[0]}x{scale[1]}')
+    return (generated_images(count, *scale, seed=args.seed),
+            f'generated smoothed-noise images {scale[0]}x{scale[1]} '
+            f'({dataset} not on disk or --generated)')
+
+
+def collate(sample: dict) -> dict:
+    return dict(inputs=[sample['inputs']],
+                data_samples=[sample['data_samples']])
+
+
+def synchronize(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- measure
+def measure(model, cfg, args, dataset: str, with_flops: bool) -> dict:
+    """Mean seconds and GFLOPs per image on ``dataset``'s vocabulary."""
+    model.set_dataset_classes(dataset_vocabulary(dataset))
+    samples, source = eval_images(cfg, args, dataset, args.images + 1)
+    seconds, flops = [], []
+    with torch.no_grad():
+        for index, sample in enumerate(samples):
+            synchronize(args.device)
+            start = time.perf_counter()
+            model.test_step(collate(sample))
+            synchronize(args.device)
+            if index == 0:
+                continue  # warm-up: caches the vocabulary's text embeddings
+            seconds.append(time.perf_counter() - start)
+            if with_flops:
+                data = model.data_preprocessor(collate(sample), False)
+                metas = [s.metainfo for s in data['data_samples']]
+                flops.append(inference_flops(model, data['inputs'], metas))
+    return dict(dataset=dataset, images=len(seconds), source=source,
+                seconds=float(np.mean(seconds)),
+                gflops=float(np.mean(flops)) / 1e9 if flops else None,
+                gflops_per_image=[f / 1e9 for f in flops])
+
+
+def paper_row(cfg) -> Optional[dict]:
+    """The Table II row of a ViT-L/14 CAT-Seg / DCP-CLIP config."""
+    head = cfg.model.decode_head.get('type')
+    name = str(cfg.model.clip.get('model_name', ''))
+    if head in PAPER_TABLE2 and name.startswith('ViT-L-14'):
+        return PAPER_TABLE2[head]
+    return None
+
+
+def measure_config(path: str, args) -> dict:
+    cfg = load_config(path, args)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, args.device)
+    learnable, total = count_parameters(model)
+    row = dict(config=path, learnable_m=learnable, total_m=total,
+               device=args.device, paper=paper_row(cfg))
+    row['main'] = measure(model, cfg, args, args.dataset,
+                          with_flops=not args.no_flops)
+    if args.also_dataset:
+        row['also'] = measure(model, cfg, args, args.also_dataset,
+                              with_flops=False)
+        row['time_ratio_also'] = row['also']['seconds'] / \
+            row['main']['seconds']
+    del model
+    return row
+
+
+# ------------------------------------------------------------------ print
+def _fmt(value, spec='.1f') -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def _deviation(ours, paper) -> str:
+    if ours is None or paper is None:
+        return ''
+    return f' ({100 * (ours - paper) / paper:+.1f} %)'
+
+
+def render(rows: List[dict], args) -> str:
+    head = ('| config | learnable (M) | total (M) | GFLOPs / image | '
+            's / image |')
+    if args.also_dataset:
+        head += f' s / image {args.also_dataset} | ratio |'
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for row in rows:
+        main, paper = row['main'], row['paper']
+        cells = [
+            osp.basename(row['config']),
+            _fmt(row['learnable_m']) + _deviation(
+                row['learnable_m'], paper and paper['learnable']),
+            _fmt(row['total_m']) + _deviation(
+                row['total_m'], paper and paper['total']),
+            _fmt(main['gflops']), _fmt(main['seconds'], '.3f')]
+        if args.also_dataset:
+            cells += [_fmt(row['also']['seconds'], '.3f'),
+                      _fmt(row['time_ratio_also'], '.2f')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+        if paper:
+            cells = [f'paper: {paper["method"]} ViT-L/14 (Table II)',
+                     _fmt(paper['learnable']), _fmt(paper['total']),
+                     _fmt(paper['gflops']), _fmt(paper['seconds'], '.2f')]
+            if args.also_dataset:
+                cells += ['', '']
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    if len(rows) > 1:
+        first = rows[0]
+        lines.append('')
+        lines.append(f'Ratios of {osp.basename(first["config"])} to:')
+        for row in rows[1:]:
+            gf = None
+            if first['main']['gflops'] and row['main']['gflops']:
+                gf = first['main']['gflops'] / row['main']['gflops']
+            sec = first['main']['seconds'] / row['main']['seconds']
+            text = (f'- {osp.basename(row["config"])}: GFLOPs x'
+                    f'{_fmt(gf, ".3f")}, time x{sec:.3f}')
+            if first['paper'] and row['paper']:
+                text += (f' (paper: GFLOPs x'
+                         f'{first["paper"]["gflops"] / row["paper"]["gflops"]:.3f}'
+                         f', time x'
+                         f'{first["paper"]["seconds"] / row["paper"]["seconds"]:.3f})')
+            lines.append(text)
+    lines.append('')
+    lines.append(f'images: {rows[0]["main"]["source"]}; device '
+                 f'{rows[0]["device"]}; weights: '
+                 f'{"random" if args.random_init else "from the configs"}')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    rows = [measure_config(path, args) for path in args.configs]
+    print(render(rows, args))
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as handle:
+            json.dump(rows, handle, indent=1)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
