@@ -1,6 +1,8 @@
 """Annotation-free hyper-parameter search of PnP-OVSS (paper §3.4, Table 2).
 
-Random search scored by the CLIP reward (``mmseg_ovss.blip.reward``): only
+The VLM is the config's: BLIP (Table 2: layers 1-12, heads 1-12) or
+BridgeTower (layers 1-6, heads 1-16), the grid defaulting to all of its
+layers and heads. Random search scored by the CLIP reward (``mmseg_ovss.blip.reward``): only
 the class names present in each image are used (read from the label map as
 a set of class ids), never the masks. Two stages, as in the paper:
 
@@ -97,11 +99,21 @@ def parse_args(argv=None):
 
 
 def search_space(args, model):
-    text_cfg = model.cross_attention.model.config.text_config
+    """Table 2's grid: every cross-attention layer and head of the model
+    (BLIP: layers 1-12, heads 1-12; BridgeTower large: layers 1-6, heads
+    1-16) unless narrowed, threshold and sigma ranges."""
+    adapter = model.cross_attention
     layers = ([int(v) for v in parse_range(args.layers)] if args.layers
-              else list(range(1, text_cfg.num_hidden_layers + 1)))
+              else list(range(1, adapter.num_layers + 1)))
     heads = ([int(v) for v in parse_range(args.heads)] if args.heads
-             else list(range(1, text_cfg.num_attention_heads + 1)))
+             else list(range(1, adapter.num_heads + 1)))
+    for what, values, count in (('--layers', layers, adapter.num_layers),
+                                ('--heads', heads, adapter.num_heads)):
+        bad = [v for v in values if not 1 <= v <= count]
+        if bad:
+            raise OVSSConfigError(
+                f'{what} {bad} out of range: the {adapter.vlm_name} has '
+                f'1..{count}.')
     space = dict(cross_attention_layer=layers, cross_attention_head=heads,
                  threshold=parse_range(args.thresholds),
                  blur_sigma=parse_range(args.sigmas))

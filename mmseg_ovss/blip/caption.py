@@ -1,7 +1,10 @@
 """The PnP-OVSS caption: "a picture of" followed by every class name (§3).
 
 One caption holds all K class names, ``[ENC] a picture of name_1 ... name_K
-[SEP]``. Each name is tokenized on its own, so the span of every class is
+[SEP]`` (BLIP; BridgeTower: ``<s> ... </s>``). Each name is tokenized on its
+own, with the space that precedes it in the caption (byte-level BPE
+tokenizers such as BridgeTower's RoBERTa one spell a word differently after
+a space; BERT's WordPiece ignores it), so the span of every class is
 known exactly (no decoding of word pieces); a class name of several tokens
 owns all of them and its map is their mean (§3: "If a class name contains two
 or more tokens, we take the mean attention map").
@@ -105,11 +108,15 @@ def plan_chunks(name_lengths: Sequence[int], prefix_length: int,
 def build_captions(tokenizer, class_names: Sequence[str], enc_token_id: int,
                    max_tokens: int, prefix: str = DEFAULT_PREFIX
                    ) -> CaptionBatch:
-    """Tokenize the PnP-OVSS caption(s) for ``class_names``."""
+    """Tokenize the PnP-OVSS caption(s) for ``class_names``.
+
+    ``enc_token_id`` opens every caption (BLIP's [ENC]; BridgeTower's
+    ``<s>``), the tokenizer's separator closes it.
+    """
     if len(class_names) == 0:
         raise OVSSConfigError('PnP-OVSS needs at least one class name.')
     prefix_ids = tokenize_words(tokenizer, prefix) if prefix else []
-    name_ids = [tokenize_words(tokenizer, name) for name in class_names]
+    name_ids = [tokenize_words(tokenizer, ' ' + name) for name in class_names]
     for name, ids in zip(class_names, name_ids):
         if not ids:
             raise OVSSConfigError(

@@ -12,6 +12,11 @@ authors' ``compute_gradcam``: ``output[:, 1].sum()`` in ``Files to replace for
 BLIP/blip_image_text_matching.py`` of letitiabanana/PnP-OVSS; the gradient of
 a cross-entropy loss would have the opposite sign). The image CLS column is
 dropped, leaving a map over the P patches.
+
+Table 6 of the paper also scores the maps "averaged across all heads in a
+layer": ``head=None`` averages the per-head GradCAM maps over the heads of
+the layer (the authors' ``gradcam_mean = torch.mean(gradcams, 1)`` in
+``compute_gradcam``), or the attention maps without GradCAM.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from mmseg_ovss.blip.caption import enc_token_id_of
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 ITM_MATCH_INDEX = 1
@@ -47,7 +53,8 @@ class BlipCrossAttention(nn.Module):
     Args:
         model: a ``transformers.BlipForImageTextRetrieval``.
         layer: 0-based index of the text-encoder layer.
-        head: 0-based index of the attention head.
+        head: 0-based index of the attention head; None averages the maps
+            of all heads of the layer (Table 6, "Layer Mean").
     """
 
     def __init__(self, model, layer: int, head: int):
@@ -56,17 +63,38 @@ class BlipCrossAttention(nn.Module):
         self.layer = layer
         self.head = head
 
+    #: name of the model in messages
+    vlm_name = 'BLIP text encoder'
+
+    @property
+    def num_layers(self) -> int:
+        """Layers with text-to-image cross-attention."""
+        return self.model.config.text_config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.text_config.num_attention_heads
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+    def caption_start_id(self, tokenizer) -> int:
+        """BLIP's [ENC] token opens an ITM caption."""
+        return enc_token_id_of(tokenizer,
+                               self.model.config.text_config.vocab_size)
+
     @property
     def layer(self) -> int:
         return self._layer
 
     @layer.setter
     def layer(self, value: int) -> None:
-        n = self.model.config.text_config.num_hidden_layers
+        n = self.num_layers
         if not 0 <= value < n:
             raise OVSSConfigError(
                 f'cross-attention layer {value + 1} (1-based) does not exist: '
-                f'the BLIP text encoder has layers 1..{n}.')
+                f'the {self.vlm_name} has layers 1..{n}.')
         self._layer = int(value)
 
     @property
@@ -74,12 +102,16 @@ class BlipCrossAttention(nn.Module):
         return self._head
 
     @head.setter
-    def head(self, value: int) -> None:
-        n = self.model.config.text_config.num_attention_heads
+    def head(self, value: Optional[int]) -> None:
+        if value is None:
+            self._head = None
+            return
+        n = self.num_heads
         if not 0 <= value < n:
             raise OVSSConfigError(
                 f'cross-attention head {value + 1} (1-based) does not exist: '
-                f'the BLIP text encoder has heads 1..{n}.')
+                f'the {self.vlm_name} has heads 1..{n} (or "mean" for the '
+                'mean over all heads).')
         self._head = int(value)
 
     @property
@@ -152,14 +184,18 @@ class BlipCrossAttention(nn.Module):
             with self._capture(store):
                 logits = self.itm_logits(embeds, ids, mask)[:, ITM_MATCH_INDEX]
             probs = store['probs']
-            attention = probs[:, self.head, :, 1:]
+            heads = (slice(None) if self.head is None
+                     else slice(self.head, self.head + 1))
+            attention = probs[:, heads, :, 1:]
             gradcam = None
             if with_gradcam:
                 inputs = [probs] + ([grad_inputs] if grad_inputs is not None
                                     else [])
                 grads = torch.autograd.grad(logits.sum(), inputs)
-                grad = grads[0][:, self.head, :, 1:]
-                gradcam = (attention * grad.clamp(min=0)).detach()
+                grad = grads[0][:, heads, :, 1:]
+                # per head, then the mean over the selected head(s)
+                gradcam = (attention * grad.clamp(min=0)).mean(1).detach()
+            attention = attention.mean(1)
         shape = (num_images, num_chunks, length, num_tokens - 1)
         return TokenMaps(
             attention=attention.detach().reshape(shape),

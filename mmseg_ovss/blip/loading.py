@@ -94,7 +94,8 @@ def _weights_error(name: str, err: Exception) -> OVSSWeightsError:
 
 
 def _from_hub(load: Callable[[bool], object], name: str,
-              local_files_only: bool):
+              local_files_only: bool, what: str = 'BLIP ITM',
+              hint: Optional[Callable[[str], str]] = None):
     """``load(local_files_only)`` from a folder, the cache, or the hub.
 
     The cache is tried first; a download is attempted only when the hub
@@ -111,10 +112,10 @@ def _from_hub(load: Callable[[bool], object], name: str,
     reason = unreachable(endpoint)
     if reason:
         raise OVSSWeightsError(
-            f'cannot download the BLIP ITM weights "{name}": they are not '
+            f'cannot download the {what} weights "{name}": they are not '
             f'in the Hugging Face cache and {endpoint} is unreachable '
             f'({reason}; behind a proxy? set HTTPS_PROXY). '
-            + _fetch_hint(name))
+            + (hint or _fetch_hint)(name))
     return load(False)
 
 

@@ -30,10 +30,10 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from mmseg_ovss.blip.caption import (DEFAULT_PREFIX, CaptionBatch,
-                                     build_captions, enc_token_id_of)
+                                     build_captions)
+from mmseg_ovss.blip.caption_names import read_caption_names
 from mmseg_ovss.blip.class_source import ClassSource
-from mmseg_ovss.blip.cross_attention import BlipCrossAttention
-from mmseg_ovss.blip.loading import load_blip_itm
+from mmseg_ovss.blip.vlm import build_cross_attention
 from mmseg_ovss.blip.postprocess import (THRESHOLD_MODES, add_background,
                                          gaussian_blur, minmax_per_class,
                                          resize_maps, threshold_maps)
@@ -54,17 +54,37 @@ _CAPTION_CACHE_SIZE = 256
 NORMALIZATIONS = ('minmax', 'softmax')
 
 
+def _head_index(head: Union[int, str, None]) -> Optional[int]:
+    """1-based head (or 'mean') -> 0-based index (None = mean)."""
+    if head is None or (isinstance(head, str) and head == 'mean'):
+        return None
+    if isinstance(head, bool) or not isinstance(head, int):
+        raise OVSSConfigError(
+            f'cross_attention_head={head!r}: give a 1-based head number or '
+            '"mean" (the mean over all heads of the layer, Table 6).')
+    return head - 1
+
+
 @MODELS.register_module()
 class PnPOVSS(BaseSegmentor):
-    """Training-free PnP-OVSS segmentor over a BLIP ITM model.
+    """Training-free PnP-OVSS segmentor over a BLIP or BridgeTower ITM model.
 
     Args:
         blip: arguments of :func:`mmseg_ovss.blip.loading.load_blip_itm`
             (``pretrained`` hub id / alias / local folder, or ``config`` and
             ``tokenizer`` for random weights).
+        bridgetower: instead of ``blip``, arguments of
+            :func:`mmseg_ovss.blip.bridgetower.load_bridgetower_itm` (the
+            paper's second VLM, §4 and Tables 2-3).
         class_names: class-name file or list (synonyms ", "-separated; the
             caption uses the first). Required unless ``dataset_meta`` holds
             ``classes``.
+        caption_names: the words written into the caption for each class
+            instead of its first synonym: a list (one per class) or
+            ``dict(path='data/class_names/pnp_authors_caption_names.json',
+            key='ade150')`` (the authors' spellings; see
+            :mod:`mmseg_ovss.blip.caption_names`). None: the first
+            synonyms.
         shared_synonyms: ``'error'`` (default): a synonym on two lines is
             an error; ``'allow'``: accepted with a warning (reference files
             such as COCO-Object's, whose background words include "bed").
@@ -74,7 +94,9 @@ class PnPOVSS(BaseSegmentor):
         max_caption_tokens: caption length limit; longer vocabularies are
             chunked. Default: the text encoder's position count (512).
         cross_attention_layer / cross_attention_head: 1-based, the authors'
-            search result 8 / 10 by default.
+            search result (BLIP 8 / 10, BridgeTower 2 / 8; Table 2);
+            ``cross_attention_head='mean'``: the mean of the per-head maps
+            of the layer (Table 6, "Layer Mean").
         use_gradcam: weight the attention with the ITM gradient (Eq. 1).
         image_encoder_grad: backpropagate through the ViT too (authors).
         salience_dropout: ``dict(schedule='median'|'top_k', iterations=4,
@@ -98,8 +120,10 @@ class PnPOVSS(BaseSegmentor):
     """
 
     def __init__(self,
-                 blip: dict,
+                 blip: Optional[dict] = None,
                  class_names: Union[str, Sequence, None] = None,
+                 caption_names: Union[dict, Sequence, None] = None,
+                 bridgetower: Optional[dict] = None,
                  shared_synonyms: str = 'error',
                  class_source: Optional[dict] = None,
                  caption_prefix: str = DEFAULT_PREFIX,
@@ -122,20 +146,22 @@ class PnPOVSS(BaseSegmentor):
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
-        model, self.tokenizer = load_blip_itm(**blip)
         # An nn.Module without ``init_weights``: mmengine never re-initialises
-        # the loaded BLIP weights.
-        self.cross_attention = BlipCrossAttention(
-            model, cross_attention_layer - 1, cross_attention_head - 1)
-        text_cfg = model.config.text_config
-        self.enc_token_id = enc_token_id_of(self.tokenizer,
-                                            text_cfg.vocab_size)
-        self.max_caption_tokens = (max_caption_tokens or
-                                   text_cfg.max_position_embeddings)
-        if self.max_caption_tokens > text_cfg.max_position_embeddings:
+        # the loaded VLM weights.
+        self.cross_attention, self.tokenizer = build_cross_attention(
+            blip, bridgetower, cross_attention_layer,
+            _head_index(cross_attention_head))
+        self.enc_token_id = self.cross_attention.caption_start_id(
+            self.tokenizer)
+        limit = self.cross_attention.max_text_tokens
+        self.max_caption_tokens = max_caption_tokens or limit
+        if self.max_caption_tokens > limit:
             raise OVSSConfigError(
                 f'max_caption_tokens={self.max_caption_tokens} exceeds the '
-                f'{text_cfg.max_position_embeddings} text positions of BLIP.')
+                f'{limit} text positions of the '
+                f'{self.cross_attention.vlm_name}.')
+        self.caption_names = (read_caption_names(caption_names)
+                              if caption_names is not None else None)
         self.caption_prefix = caption_prefix
         self.shared_synonyms = shared_synonyms
         self.synonyms = (read_synonyms(class_names, shared_synonyms)
@@ -206,7 +232,20 @@ class PnPOVSS(BaseSegmentor):
         index, predicted by the "all classes off" channel, or None)."""
         self.synonyms = read_synonyms(class_names, self.shared_synonyms)
         self.background_index = background_class
+        self.caption_names = None  # they belonged to the old vocabulary
         self._captions.clear()
+
+    def caption_name(self, index: int) -> str:
+        """The caption word(s) of vocabulary class ``index``."""
+        vocabulary = self.vocabulary
+        if self.caption_names is None:
+            return vocabulary[index][0]
+        if len(self.caption_names) != len(vocabulary):
+            raise OVSSConfigError(
+                f'caption_names has {len(self.caption_names)} names but the '
+                f'vocabulary {len(vocabulary)} classes; give one caption '
+                'name per class (in vocabulary order) or caption_names=None.')
+        return self.caption_names[index]
 
     def captions(self, class_ids: Sequence[int]) -> CaptionBatch:
         """Caption chunks for the given vocabulary indices (cached)."""
@@ -214,7 +253,7 @@ class PnPOVSS(BaseSegmentor):
         if key not in self._captions:
             if len(self._captions) >= _CAPTION_CACHE_SIZE:
                 self._captions.clear()
-            names = [self.vocabulary[i][0] for i in class_ids]
+            names = [self.caption_name(i) for i in class_ids]
             with profile_stage('text'):
                 self._captions[key] = build_captions(
                     self.tokenizer, names, self.enc_token_id,
@@ -400,7 +439,9 @@ class PnPOVSS(BaseSegmentor):
         return [c for c in class_ids if c != self.background_index]
 
     def extract_feat(self, inputs: Tensor) -> Tensor:
-        """BLIP ViT tokens (B, 1 + P, D) of the patch-aligned inputs."""
+        """Image encoder output of the patch-aligned inputs (BLIP: ViT
+        tokens (B, 1 + P, D); BridgeTower: the pixels, which its
+        cross-modal forward encodes)."""
         with torch.no_grad():
             return self.cross_attention.encode_image(
                 self.to_patch_grid(inputs))
