@@ -11,8 +11,4 @@ _base_ = [
 # a checkpoint at every validation (5000 iterations), the last 3 kept
 default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
-                    max_keep_ckpts=3, save_last=True),
-    # losses are still checked every iteration; the weight check before a
-    # checkpoint is off because it flags the text tower's causal attn_mask
-    # buffer (-inf above the diagonal by design) as non-finite
-    non_finite_loss=dict(type='NonFiniteLossHook', check_weights=False))
+                    max_keep_ckpts=3, save_last=True))

@@ -114,9 +114,16 @@ class NonFiniteLossHook(Hook):
 
     def _check_weights(self, runner, when: str) -> None:
         model = runner.model
+        # what a checkpoint saves: parameters and persistent buffers (a
+        # causal attention mask, e.g. the CLIP text tower's, holds -inf by
+        # design and is not saved)
+        transient = {id(buf) for module in model.modules()
+                     for name, buf in module._buffers.items()
+                     if buf is not None and
+                     name in module._non_persistent_buffers_set}
         tensors = [(name, t) for name, t in
                    list(model.named_parameters()) + list(model.named_buffers())
-                   if t.is_floating_point()]
+                   if t.is_floating_point() and id(t) not in transient]
         if not tensors:
             return
         finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])

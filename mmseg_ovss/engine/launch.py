@@ -183,7 +183,9 @@ MP_CFG_KEYS = ('mp_start_method', 'opencv_num_threads')
 #: ``model.test_cfg`` keys read by mmseg's segmentors and heads and by the
 #: segmentors of mmseg_ovss (slide/whole inference).
 MODEL_TEST_CFG_KEYS = ('mode', 'crop_size', 'stride', 'size', 'size_divisor',
-                       'scale_factor', 'subdivision_steps')
+                       'scale_factor', 'subdivision_steps',
+                       # CostVolumeSegmentor's 'catseg_ensemble' mode
+                       'kernel', 'overlap', 'ensemble_size')
 #: Names of mmengine's default hooks and those of configs/_base_/.
 DEFAULT_HOOK_NAMES = ('runtime_info', 'timer', 'sampler_seed', 'logger',
                       'param_scheduler', 'checkpoint', 'visualization',

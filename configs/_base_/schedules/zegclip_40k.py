@@ -37,10 +37,6 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000,
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
-    # the weights check would stop at the first checkpoint: open_clip's
-    # text tower holds its causal mask (-inf above the diagonal) as the
-    # float buffer text_encoder.attn_mask; the loss check stays on
-    non_finite_loss=dict(type='NonFiniteLossHook', check_weights=False),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000,
                     max_keep_ckpts=-1, save_last=True))
