@@ -43,8 +43,10 @@ from mmseg_ovss.clip.vocabulary import (Vocabulary,  # noqa: E402
                                         find_background_class)
 from mmseg_ovss.freecp.descriptions import load_descriptions  # noqa: E402
 
-# One instruction per kind of description (paper: appearance, parts, context).
-INSTRUCTIONS = (
+# The package's own instructions (not the paper's: the authors' prompts are
+# in a supplement that is not public), one per kind of description the
+# paper names (appearance, distinguishing parts, typical context).
+PACKAGE_INSTRUCTIONS = (
     'Describe in one sentence what a {name} looks like in a photo: its '
     'shape, colours and material.',
     'In one sentence, name the visible parts or features that distinguish a '
@@ -52,6 +54,21 @@ INSTRUCTIONS = (
     'In one sentence, describe the typical place, surroundings or objects '
     'next to which a {name} appears in a photo.',
 )
+# Instructions in the style of the authors' released answers
+# (chenqi1126/FreeCP prompts/vicuna13b/*.py: 20 answers per class, half
+# "A {name} has ...", "A {name} is ..." feature lists, half adjective lists
+# of its visual appearance). A reconstruction from those answers, not the
+# authors' text.
+AUTHORS_STYLE_INSTRUCTIONS = (
+    'Describe what a {name} looks like in one sentence.',
+    'Describe the features a {name} has, in one sentence of noun phrases '
+    'starting with "A {name} has".',
+    'Describe the visual appearance of a {name} with adjectives, in one '
+    'sentence starting with "A {name} is".',
+)
+INSTRUCTION_SETS = {'package': PACKAGE_INSTRUCTIONS,
+                    'authors-style': AUTHORS_STYLE_INSTRUCTIONS}
+INSTRUCTIONS = PACKAGE_INSTRUCTIONS
 SYSTEM_PROMPT = ('You write short, factual, visual descriptions of object '
                  'and scene categories for an image recognition system. '
                  'Answer with a single sentence and nothing else.')
@@ -159,11 +176,12 @@ def transformers_generator(model_path: str, temperature: float,
 
 
 def describe_class(name: str, generate: Generator, answers: int,
-                   unique: bool = False) -> List[str]:
+                   unique: bool = False,
+                   instructions: Sequence[str] = INSTRUCTIONS) -> List[str]:
     """The paper's recipe for one class name: 3 instructions x answers
     (repeated answers kept unless ``unique``)."""
     sentences = []
-    for instruction in INSTRUCTIONS:
+    for instruction in instructions:
         prompt = instruction.format(name=name)
         for raw in generate(prompt, answers):
             sentence = clean_answer(raw)
@@ -176,7 +194,9 @@ def generate_descriptions(classes: Sequence[Sequence[str]],
                           generate: Generator, answers: int = 5,
                           existing: Optional[Dict[str, List[str]]] = None,
                           skip: Sequence[int] = (),
-                          unique: bool = False) -> Dict[str, List[str]]:
+                          unique: bool = False,
+                          instructions: Sequence[str] = INSTRUCTIONS
+                          ) -> Dict[str, List[str]]:
     """Descriptions of every class but ``skip`` (keyed by its first
     synonym)."""
     table = dict(existing or {})
@@ -187,7 +207,8 @@ def generate_descriptions(classes: Sequence[Sequence[str]],
         if table.get(key):
             continue
         try:
-            sentences = describe_class(key, generate, answers, unique)
+            sentences = describe_class(key, generate, answers, unique,
+                                       instructions=instructions)
         except OSError as err:  # endpoint unreachable, timeout, ...
             warnings.warn(f'LLM request for {key!r} failed: {err}')
             sentences = []
@@ -224,6 +245,13 @@ def parse_args(argv=None):
     parser.add_argument('--unique', action='store_true',
                         help='drop repeated answers (default: keep them, '
                         'as the paper averages all answers)')
+    parser.add_argument('--instructions', choices=sorted(INSTRUCTION_SETS),
+                        default='package',
+                        help="'package': this package's own instructions "
+                        "(appearance, parts, context); 'authors-style': in "
+                        "the style of the authors' released Vicuna answers "
+                        '(looks like / has / visual appearance); neither is '
+                        "the paper's unpublished text")
     parser.add_argument('--resume', action='store_true',
                         help='keep classes already in the output file')
     return parser.parse_args(argv)
@@ -245,7 +273,8 @@ def main(argv=None) -> Dict[str, List[str]]:
         existing = load_descriptions(output)
     skip = [] if args.include_background else background_lines(classes)
     table = generate_descriptions(classes, generate, args.answers, existing,
-                                  skip, args.unique)
+                                  skip, args.unique,
+                                  INSTRUCTION_SETS[args.instructions])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(table, indent=1, ensure_ascii=False) + '\n',
                       encoding='utf-8')
