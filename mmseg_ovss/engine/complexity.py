@@ -284,7 +284,7 @@ def model_complexity(model: nn.Module, inputs: torch.Tensor,
                     used = 'jit'
                 except Exception:
                     # tracing turns shapes into tensors; code that checks
-                    # them as ints (token layouts) cannot be traced
+                    # them as Python ints cannot be traced
                     if counter == 'jit':
                         raise
             if total is None:
