@@ -157,3 +157,22 @@ def test_per_class_mean_matches_a_direct_mean():
     for c in range(3):
         direct = F.normalize(rows[index == c].sum(0), dim=0)
         torch.testing.assert_close(got[c], direct)
+
+
+def test_name_map_files_are_read_with_clear_errors(tmp_path):
+    from mmseg_ovss.clip.vocabulary import read_name_lists
+    path = tmp_path / 'names.json'
+    path.write_text(json.dumps({'tvmonitor': ['tv', 'monitor'], 'sky': 'sky',
+                                'river': []}))
+    names = read_name_lists(str(path), 'name_map', 'names to names',
+                            allow_empty=True)
+    assert names == {'tvmonitor': ('tv', 'monitor'), 'sky': ('sky', ),
+                     'river': ()}
+    # the prompt names of a class may not be empty
+    with pytest.raises(OVSSConfigError, match=r"class_name_map\['river'\]"):
+        read_name_lists(str(path), 'class_name_map', 'names to names')
+    path.write_text('{not json')
+    with pytest.raises(OVSSConfigError, match='cannot be read'):
+        read_name_lists(str(path), 'class_name_map', 'names to names')
+    with pytest.raises(OVSSConfigError, match='must be a dict'):
+        read_name_lists(['a'], 'class_name_map', 'names to names')

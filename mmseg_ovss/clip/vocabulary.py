@@ -24,6 +24,7 @@ Rules (each broken rule is an error naming the line and the fix):
   never win.
 """
 import codecs
+import json
 import re
 import unicodedata
 import warnings
@@ -327,3 +328,49 @@ class Vocabulary:
             lines.pop()
         return cls.from_names(lines, background_class, shared_synonyms,
                               source=str(path))
+
+
+def read_name_lists(mapping: Union[None, str, Path, dict], what: str,
+                    meaning: str, allow_empty: bool = False
+                    ) -> Dict[str, Tuple[str, ...]]:
+    """Class name -> tuple of names, from a dict or a JSON file whose
+    values are a name or a list of names (``class_name_map`` of the
+    open-vocabulary segmentors, ``name_map`` of DCP-CLIP's tag validation).
+
+    Args:
+        mapping: None (empty), a dict, or a JSON file path
+            (:func:`resolve_data_path`).
+        what: the setting's name in error messages.
+        meaning: what the map maps, for the fix in error messages (e.g.
+            ``'dataset class names to a prompt name'``).
+        allow_empty: an empty list is a valid value (else every value needs
+            a non-blank name).
+    """
+    if mapping is None:
+        return {}
+    if isinstance(mapping, (str, Path)):
+        try:
+            path = resolve_data_path(mapping)
+            mapping = json.loads(Path(path).read_text(encoding='utf-8'))
+        except (OVSSDataError, OSError, json.JSONDecodeError) as err:
+            raise OVSSConfigError(
+                f'{what} file {str(mapping)!r} cannot be read ({err}); give '
+                f'a JSON object mapping {meaning} or a list of names'
+            ) from err
+    if not isinstance(mapping, dict):
+        raise OVSSConfigError(
+            f'{what} must be a dict or a JSON file path, got '
+            f'{type(mapping).__name__}')
+    out = {}
+    for key, value in mapping.items():
+        names = (value, ) if isinstance(value, str) else tuple(value or ())
+        valid = all(isinstance(n, str) for n in names) and (
+            allow_empty or (names and all(n.strip() for n in names)))
+        if not valid:
+            empty = ' (an empty list marks the class unseen)' \
+                if allow_empty else ' (non-empty)'
+            raise OVSSConfigError(
+                f'{what}[{key!r}] = {value!r}: give a name or a list of '
+                f'names{empty}')
+        out[str(key)] = names
+    return out

@@ -29,7 +29,6 @@ Reconstructions and options (the paper leaves them open):
 A relabelled region swaps, at its pixels, the scores of the old and the new
 class, so the head still returns scores whose argmax is the validated label.
 """
-import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -39,9 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from mmseg_ovss.clip.vocabulary import Vocabulary, name_key
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
-from mmseg_ovss.utils.paths import resolve_data_path
+from mmseg_ovss.clip.vocabulary import Vocabulary, name_key, read_name_lists
+from mmseg_ovss.utils.errors import OVSSConfigError
 
 REGIONS = ('class', 'components')
 CANDIDATES = ('all', 'selected')
@@ -49,32 +47,12 @@ CANDIDATES = ('all', 'selected')
 
 def read_name_map(mapping: Union[None, str, dict]) -> Dict[str, Tuple[str]]:
     """Test class name -> training class name(s), from a dict or a JSON
-    file; keys and names compared case- and space-insensitively."""
-    if mapping is None:
-        return {}
-    if isinstance(mapping, (str, Path)):
-        try:
-            text = Path(resolve_data_path(mapping)).read_text(
-                encoding='utf-8')
-            mapping = json.loads(text)
-        except (OVSSDataError, OSError, json.JSONDecodeError) as err:
-            raise OVSSConfigError(
-                f'TagValidation name_map {str(mapping)!r} cannot be read '
-                f'({err}); give a JSON object mapping test class names to a '
-                'training class name (or a list of names)') from err
-    if not isinstance(mapping, dict):
-        raise OVSSConfigError(
-            f'TagValidation name_map must be a dict or a JSON file, got '
-            f'{type(mapping).__name__}')
-    out = {}
-    for key, value in mapping.items():
-        names = (value, ) if isinstance(value, str) else tuple(value or ())
-        if not all(isinstance(n, str) for n in names):
-            raise OVSSConfigError(
-                f'TagValidation name_map[{key!r}] = {value!r}: give a name '
-                'or a list of names (an empty list marks the class unseen)')
-        out[name_key(str(key))] = names
-    return out
+    file; keys and names compared case- and space-insensitively. An empty
+    list marks a class unseen."""
+    names = read_name_lists(mapping, 'TagValidation name_map',
+                            'test class names to a training class name',
+                            allow_empty=True)
+    return {name_key(key): value for key, value in names.items()}
 
 
 def read_training_names(classes: Union[str, Sequence]) -> frozenset:

@@ -22,7 +22,6 @@ The head contract (mmseg's ``BaseDecodeHead`` signatures, with
 - ``uses_template_embeddings`` (bool attribute, optional): the head wants
   the (C, T, D) per-template embeddings too (CAT-Seg's cost volume).
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -37,9 +36,8 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
-from mmseg_ovss.clip.vocabulary import Vocabulary
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
-from mmseg_ovss.utils.paths import resolve_data_path
+from mmseg_ovss.clip.vocabulary import Vocabulary, read_name_lists
+from mmseg_ovss.utils.errors import OVSSConfigError
 
 
 @dataclass
@@ -81,34 +79,12 @@ class OpenVocabInputs:
     text: ClassEmbeddings
 
 
-def read_class_name_map(mapping: Union[None, str, dict]) -> Dict[str, list]:
+def read_class_name_map(mapping: Union[None, str, dict]
+                        ) -> Dict[str, Tuple[str, ...]]:
     """Dataset class name -> prompt names, from a dict or a JSON file
     (``{"pottedplant": "potted plant", "tvmonitor": ["tv", "monitor"]}``)."""
-    if mapping is None:
-        return {}
-    if isinstance(mapping, (str, Path)):
-        try:
-            path = resolve_data_path(mapping)
-            mapping = json.loads(Path(path).read_text(encoding='utf-8'))
-        except (OVSSDataError, OSError, json.JSONDecodeError) as err:
-            raise OVSSConfigError(
-                f'class_name_map file {str(mapping)!r} cannot be read '
-                f'({err}); give a JSON object mapping dataset class names '
-                'to a prompt name or a list of names') from err
-    if not isinstance(mapping, dict):
-        raise OVSSConfigError(
-            f'class_name_map must be a dict or a JSON file path, got '
-            f'{type(mapping).__name__}')
-    out = {}
-    for key, value in mapping.items():
-        names = [value] if isinstance(value, str) else list(value)
-        if not names or not all(isinstance(n, str) and n.strip()
-                                for n in names):
-            raise OVSSConfigError(
-                f'class_name_map[{key!r}] = {value!r}: give a non-empty '
-                'name or list of names')
-        out[str(key)] = names
-    return out
+    return read_name_lists(mapping, 'class_name_map',
+                           'dataset class names to a prompt name')
 
 
 @MODELS.register_module()
@@ -233,7 +209,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
     def vocabulary(self) -> Vocabulary:
         """The active classes, each with its prompt names."""
-        names = [self.class_name_map.get(c, [c])
+        names = [self.class_name_map.get(c, (c, ))
                  for c in self._require_classes()]
         return Vocabulary.from_names(names, source='the dataset classes')
 
