@@ -36,7 +36,6 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Sequence
 
-import cv2
 import numpy as np
 import torch
 from mmengine.config import DictAction
@@ -45,6 +44,8 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.utils.errors import (OVSSConfigError,  # noqa: E402
                                      OVSSDataError, OVSSWeightsError)
 from mmseg_ovss.utils.paths import resolve_data_path  # noqa: E402
+from mmseg_ovss.visualization.models import (  # noqa: E402
+    model_sample)
 from mmseg_ovss.visualization.render import (  # noqa: E402
     IMAGE_EXTENSIONS, class_palette, draw_overlay, golden_palette,
     read_image, write_image)
@@ -228,17 +229,9 @@ def is_pnp_config(model_cfg) -> bool:
 
 
 def load_config(args):
-    from mmengine.config import Config
-    path = str(resolve_data_path(args.config))
-    cfg = Config.fromfile(path)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    model = cfg.get('model')
-    if not model:
-        raise OVSSConfigError(
-            f'config {args.config} has no model; give a segmentor config '
-            '(e.g. configs/_base_/models/clip_sclip.py or '
-            'configs/pnp_ovss/blip_voc20.py)')
+    from mmseg_ovss.visualization.models import load_config as load
+    cfg = load(args.config, args.cfg_options)
+    model = cfg.model
     pnp = is_pnp_config(model)
     if not pnp and not model.get('clip'):
         raise OVSSConfigError(
@@ -267,53 +260,16 @@ def _set_pnp_weights(model_cfg, checkpoint: str) -> None:
 
 
 def build_model(args, cfg=None):
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    import mmseg_ovss  # noqa: F401 (registers the models)
+    from mmseg_ovss.visualization.models import (build_segmentor,
+                                                 set_clip_weights)
     cfg = cfg if cfg is not None else load_config(args)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
     if is_pnp_config(cfg.model):
         if args.checkpoint:
             _set_pnp_weights(cfg.model, args.checkpoint)
-        return MODELS.build(cfg.model).to(args.device).eval()
-    clip = cfg.model.clip
-    if args.model_name:
-        clip.model_name = args.model_name
-    if args.checkpoint:
-        clip.checkpoint = args.checkpoint
-    if args.random_init:
-        clip.random_init = True
-    if args.random_init:  # ProxyCLIP's vision foundation model too
-        backbone = cfg.model.get('backbone') or {}
-        for strategy in (backbone.get('dense_strategy'),
-                         cfg.model.get('strategy')):  # (the old key)
-            if isinstance(strategy, dict) and \
-                    strategy.get('type') == 'ProxyCLIP':
-                strategy.random_init = True
-    model = MODELS.build(cfg.model)
-    return model.to(args.device).eval()
-
-
-def preprocess(model, image: np.ndarray, short_side: int):
-    """Resize the short side (keep ratio) and normalise like the configs."""
-    h, w = image.shape[:2]
-    scale = short_side / min(h, w)
-    resized = cv2.resize(image, (max(1, round(w * scale)),
-                                 max(1, round(h * scale))),
-                         interpolation=cv2.INTER_LINEAR)
-    tensor = torch.from_numpy(resized).permute(2, 0, 1).contiguous()
-    data = model.data_preprocessor(dict(inputs=[tensor]), False)
-    return data['inputs'], resized.shape[:2]
-
-
-def model_sample(model, image: np.ndarray, short_side: int):
-    """The normalised input batch and the SegDataSample of one image."""
-    from mmseg.structures import SegDataSample
-    inputs, img_shape = preprocess(model, image, short_side)
-    sample = SegDataSample(metainfo=dict(
-        ori_shape=image.shape[:2], img_shape=img_shape,
-        pad_shape=tuple(inputs.shape[-2:]), padding_size=[0, 0, 0, 0]))
-    return inputs, sample
+    else:
+        set_clip_weights(cfg, args.model_name, args.checkpoint,
+                         args.random_init)
+    return build_segmentor(cfg, args.device)
 
 
 def segment(model, image: np.ndarray, short_side: int) -> np.ndarray:

@@ -33,14 +33,6 @@ def _numpy(tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-def _dropped_black(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Black squares on the patches a pass did not show (Fig. 4)."""
-    import cv2
-    mask = cv2.resize(keep.astype(np.uint8), (image.shape[1], image.shape[0]),
-                      interpolation=cv2.INTER_NEAREST)
-    return image * mask[:, :, None]
-
-
 def write_pnp_stages(stages: PnPStages, image: np.ndarray,
                      class_names: Sequence[str], out_dir, colours,
                      label_names: Sequence[str], labels: np.ndarray,
@@ -75,10 +67,9 @@ def write_pnp_stages(stages: PnPStages, image: np.ndarray,
                 image, _numpy(stages.gradcam[0]), names, normalize=True))
         passes = stages.gradcam or stages.attention
         for t, (maps, keep) in enumerate(zip(passes, stages.keeps), 1):
-            shown = _dropped_black(image, _numpy(keep).astype(bool))
             save(f'03_dropout_pass{t}.png', heat_grid(
-                shown, _numpy(maps), [f'{n} pass {t}' for n in names],
-                normalize=True))
+                image, _numpy(maps), [f'{n} pass {t}' for n in names],
+                normalize=True, shown=_numpy(keep).astype(bool)))
         save('04_salience_sum.png', heat_grid(
             image, _numpy(stages.salience), names, normalize=True))
         save('05_normalized.png', heat_grid(

@@ -174,11 +174,19 @@ def image_grid(tiles: Sequence[np.ndarray], columns: int = 4,
 
 def heat_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str],
               columns: int = 4, normalize: bool = False,
-              borders: Optional[Sequence] = None) -> np.ndarray:
+              borders: Optional[Sequence] = None,
+              shown: Optional[np.ndarray] = None) -> np.ndarray:
     """One titled heat-map tile per (h, w) map of ``maps`` (K, h, w) over
     ``image``. ``normalize`` min-max scales each map to [0, 1] (for raw
-    salience); else the maps are drawn as given, clipped to [0, 1]."""
+    salience); else the maps are drawn as given, clipped to [0, 1].
+    ``shown``: an (h', w') bool grid; its False cells are drawn black (the
+    dropped patches of PnP-OVSS's Fig. 4)."""
     base = fit(image, interpolation=cv2.INTER_LINEAR)
+    black = None
+    if shown is not None:
+        black = cv2.resize(np.asarray(shown, np.uint8),
+                           (base.shape[1], base.shape[0]),
+                           interpolation=cv2.INTER_NEAREST) == 0
     tiles = []
     for i, heat in enumerate(maps):
         heat = np.asarray(heat, np.float32)
@@ -187,7 +195,10 @@ def heat_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str],
             heat = (heat - low) / (high - low) if high > low else \
                 np.zeros_like(heat)
         border = borders[i] if borders is not None else None
-        tiles.append(titled(heat_overlay(base, heat), titles[i], border))
+        tile = heat_overlay(base, heat)
+        if black is not None:
+            tile[black] = 0
+        tiles.append(titled(tile, titles[i], border))
     return image_grid(tiles, columns)
 
 
