@@ -15,13 +15,11 @@ for the image: the final label map. ``summary.json`` holds the same facts
 is the model's prediction.
 """
 import argparse
-import json
 import os.path as osp
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 from mmengine.config import DictAction
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
@@ -170,6 +168,4 @@ def main(argv=None) -> Optional[dict]:
 
 
 if __name__ == '__main__':
-    with torch.no_grad():
-        main()
-    sys.exit(0)
+    main()

@@ -36,7 +36,7 @@ def _np(tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-def _fates(window: WindowStages, names) -> list:
+def _fates(window: WindowStages) -> list:
     """Per channel: 'kept', 'dropped (RP)' or 'dropped (AP)'."""
     fates = []
     for i in range(len(window.classes)):
@@ -68,7 +68,7 @@ def _box_image(image: np.ndarray, window: WindowStages, colours
 
 
 def window_summary(window: WindowStages, names) -> Dict:
-    fates = _fates(window, names)
+    fates = _fates(window)
     channel = [names[c] for c in window.classes]
     out = dict(index=window.index, box_yyxx=list(window.box),
                classes=channel, fates=dict(zip(channel, fates)))
@@ -102,7 +102,7 @@ def write_window(window: WindowStages, image: np.ndarray, names,
     files = []
     prefix = f'window{window.index}_'
     channel = [names[c] for c in window.classes]
-    fates = _fates(window, names)
+    fates = _fates(window)
     fate_border = [KEPT_BGR if f == 'kept' else DROPPED_BGR for f in fates]
     legend = [(colours[c], f'{n[:14]} {f}') for c, n, f in
               zip(window.classes, channel, fates)]

@@ -17,7 +17,7 @@ A record is one call of ``purify``: a batch of sliding windows
 grid (``'image'``).
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -223,8 +223,7 @@ def _split(record: PurificationRecord, first: int, boxes) -> list:
                         bool(record.votes.degenerate[n])))
         index = first + b
         out.append(WindowStages(
-            index=index, box=tuple(boxes[index]) if index < len(boxes)
-            else tuple(boxes[0]),
+            index=index, box=tuple(boxes[index]),
             classes=record.classes.tolist(),
             image=None if record.images is None else record.images[b],
             patch_size=record.patch_size, cams=record.cams[b],
@@ -269,6 +268,13 @@ def freecp_stages(segmentor, inputs: Tensor, data_sample) -> FreeCPStages:
     boxes = window_boxes(segmentor, height, width) if scope == 'window' \
         else [(0, height, 0, width)]
     windows, first = [], 0
+    if sum(r.refined.shape[0] for r in recorder.records) not in (
+            0, len(boxes)):
+        raise RuntimeError(
+            f'FreeCP recorded {len(recorder.records)} purify calls that do '
+            f'not cover the {len(boxes)} windows of test_cfg '
+            f'{dict(segmentor.test_cfg)}; the segmentor changed how it runs '
+            'the windows: update mmseg_ovss.visualization.freecp_stages')
     for record in recorder.records:
         windows += _split(record, first, boxes)
         first += record.refined.shape[0]
@@ -285,6 +291,3 @@ def freecp_stages(segmentor, inputs: Tensor, data_sample) -> FreeCPStages:
         windows=windows, labels=result.pred_sem_seg.data[0],
         seg_logits=None if logits is None else logits.data, options=options)
 
-
-def class_name_list(stages: FreeCPStages, channels: Sequence[int]) -> list:
-    return [stages.class_names[c] for c in channels]
