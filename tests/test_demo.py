@@ -241,3 +241,23 @@ def test_demo_config_errors(tmp_path, blip_folder):
     with pytest.raises(OVSSConfigError, match='has no model'):
         run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
                           '--config', empty])
+
+
+def test_demo_pnp_stages_with_dense_crf(tmp_path, blip_folder):
+    from mmseg_ovss.utils.crf import crf_available
+    if not crf_available():
+        pytest.skip('pydensecrf (pydensecrf2) not installed')
+    image = _image(tmp_path / 'x.png', (40, 56))
+    written = run_tool('demo', [
+        image, '--out-dir', tmp_path / 'out', '--classes', 'background',
+        'cat', '--checkpoint', blip_folder, '--stages',
+        *PNP[:-2], 'model.crf.iterations=1',
+        'model.cross_attention_layer=1', 'model.blur_sigma=None'])
+    facts = json.loads((tmp_path / 'out' / 'x_stages' /
+                        'stages.json').read_text())
+    assert facts['crf'] and not facts['blur']
+    assert '07_crf.png' in facts['files'] and '06_blur.png' not in \
+        facts['files']
+    crf = cv2.imread(str(tmp_path / 'out' / 'x_stages' / '07_crf.png'))
+    assert crf.shape[1] == 2 * 160 + 4  # background + cat channels
+    assert len(written) == 1 + len(facts['files'])

@@ -156,6 +156,8 @@ def test_tool_writes_images_and_summary(tool_run):
         assert (out / name).is_file(), name
     drawn = {int(n.split('_')[0][len('window'):]) for n in summary['files']
              if n.startswith('window')}
+    assert {f'image_{s}.png' for s in ('1_initial_cams', '2_refined',
+                                       '5_purified')} <= set(summary['files'])
     assert drawn == {0, 2}
     final = cv2.imread(str(out / 'final_labels.png'))
     assert final.shape[1] == 64 + LEGEND_WIDTH and final.shape[0] >= 48

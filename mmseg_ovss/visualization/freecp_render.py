@@ -12,7 +12,11 @@ Figs. 2, 4 and 5). File names, per drawn window ``w`` (``window<w>_``):
   (kept / dropped);
 - ``5_purified``: the maps after purification;
 
-and ``final_labels.png`` (the segmentor's labels, legend) for the image.
+``image_1_initial_cams`` / ``image_2_refined`` / ``image_5_purified``: the
+window maps stitched over the image (averaged where windows overlap, as
+mmseg's slide inference; window scope with several windows only; green =
+kept in at least one window), and ``final_labels.png`` (the segmentor's
+labels, legend) for the image.
 Every grid carries a legend: class colour, name and fate.
 """
 import json
@@ -149,6 +153,34 @@ def write_window(window: WindowStages, image: np.ndarray, names,
     return files
 
 
+def write_stitched(stages: FreeCPStages, image: np.ndarray, colours,
+                   input_size, out: Path) -> list:
+    """The CAMs, refined and purified maps of every window stitched over
+    the image; the file names written."""
+    import torch
+    from mmseg_ovss.clip.dense_head import StitchedMaps
+    windows = stages.windows
+    classes = windows[0].classes
+    names = [stages.class_names[c] for c in classes]
+    kept = torch.stack([w.keep for w in windows]).any(dim=0)
+    border = [KEPT_BGR if bool(k) else DROPPED_BGR for k in kept]
+    legend = [(colours[c], f'{n[:14]} {"kept" if bool(k) else "dropped"}')
+              for c, n, k in zip(classes, names, kept)]
+    size = tuple(windows[0].image.shape[-2:])
+    files = []
+    for name, field, normalize in (('1_initial_cams', 'cams', True),
+                                   ('2_refined', 'refined', False),
+                                   ('5_purified', 'purified', False)):
+        grids = torch.stack([getattr(w, field).float() for w in windows])
+        maps = StitchedMaps(grids, [w.box for w in windows], input_size,
+                            size, 'bilinear').render()[0]
+        grid = heat_grid(image, _np(maps), names, normalize=normalize,
+                         borders=border)
+        write_image(out / f'image_{name}.png', _legend(grid, legend))
+        files.append(f'image_{name}.png')
+    return files
+
+
 def write_freecp_stages(stages: FreeCPStages, out_dir,
                         window_image: Callable, image: np.ndarray,
                         colours: np.ndarray, draw: Sequence[int],
@@ -169,6 +201,10 @@ def write_freecp_stages(stages: FreeCPStages, out_dir,
         if window.index in draw and window.image is not None:
             files += write_window(window, window_image(window.image), names,
                                   colours, out)
+    if stages.scope == 'window' and len(stages.windows) > 1 and \
+            stages.windows[0].image is not None:
+        files += write_stitched(stages, image, colours,
+                                stages.input_size, out)
     labels = stages.labels.cpu().numpy()
     write_image(out / 'final_labels.png',
                 draw_overlay(image, labels, names, alpha, colours))

@@ -182,6 +182,8 @@ class FreeCPStages:
     labels: Tensor
     seg_logits: Optional[Tensor]
     options: dict
+    #: (H, W) of the model input the windows tile
+    input_size: Tuple[int, int] = (0, 0)
 
 
 def window_boxes(segmentor, height: int, width: int
@@ -289,5 +291,6 @@ def freecp_stages(segmentor, inputs: Tensor, data_sample) -> FreeCPStages:
         class_names=list(vocab.class_names),
         background_class=vocab.background_class, scope=scope,
         windows=windows, labels=result.pred_sem_seg.data[0],
-        seg_logits=None if logits is None else logits.data, options=options)
+        seg_logits=None if logits is None else logits.data, options=options,
+        input_size=(int(height), int(width)))
 
