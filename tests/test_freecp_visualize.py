@@ -228,3 +228,30 @@ def test_tool_errors(tool_run, tmp_path):
     with pytest.raises(OVSSConfigError, match='--window x'):
         run_tool('freecp_visualize', [*argv[:2], '--out-dir', tmp_path,
                                       '--window', 'x'])
+
+
+def test_group_image_draws_at_most_max_crop_tiles(tmp_path):
+    from mmseg_ovss.visualization.freecp_render import (MAX_CROP_TILES,
+                                                        write_window)
+    from mmseg_ovss.visualization.freecp_stages import WindowStages
+    from mmseg_ovss.visualization.render import TILE_SIDE, TITLE_HEIGHT
+    maps = torch.rand(2, 4, 4)
+    crops = [(0, (0, 0, 2, 2), i % 2, False) for i in range(30)]
+    crops += [(0, (1, 1, 1, 3), -1, True)]  # degenerate: never drawn
+    window = WindowStages(
+        index=0, box=(0, 64, 0, 64), classes=[1, 2], image=None,
+        patch_size=16, cams=maps, refined=maps, purified=maps,
+        rp_scores=torch.tensor([0.3, 0.2]),
+        keep_after_rp=torch.tensor([True, True]),
+        keep=torch.tensor([True, True]), groups=[[0, 1]], crops=crops)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    files = write_window(window, image, ['bg', 'cat', 'dog'],
+                         np.full((3, 3), 50, np.uint8), tmp_path)
+    assert 'window0_4_group0.png' in files
+    grid = cv2.imread(str(tmp_path / 'window0_4_group0.png'))
+    # the boxes image + 24 crops + 2 members, 4 per row; bordered cells
+    tiles = 1 + MAX_CROP_TILES + 2
+    cell = TILE_SIDE + 6 + TITLE_HEIGHT
+    rows = -(-tiles // 4)
+    assert grid.shape[0] == rows * cell + (rows - 1) * 4
+    assert grid.shape[1] == 4 * (TILE_SIDE + 6) + 3 * 4 + LEGEND_WIDTH

@@ -27,13 +27,16 @@ import cv2
 import numpy as np
 
 from .freecp_stages import FreeCPStages, WindowStages
-from .render import (colour, draw_overlay, fit, heat_grid, heat_overlay,
+from .render import (TITLE_HEIGHT, colour, draw_overlay, fit, heat_grid, heat_overlay,
                      image_grid, legend_panel, side_by_side, titled,
                      write_image)
 
 KEPT_BGR = (60, 170, 60)
 DROPPED_BGR = (40, 40, 220)
 UNCLASSIFIED_BGR = (150, 150, 150)
+#: Crops drawn per group (the classified ones first); summary.json counts
+#: them all.
+MAX_CROP_TILES = 24
 
 
 def _np(tensor) -> np.ndarray:
@@ -132,10 +135,12 @@ def write_window(window: WindowStages, image: np.ndarray, names,
                             interpolation=cv2.INTER_NEAREST),
                         f'group {g}: crops')]
         p = window.patch_size
-        for _, (x0, y0, x1, y1), winner, degenerate in \
-                [c for c in window.crops if c[0] == g]:
-            if degenerate:
-                continue
+        crops = [c for c in window.crops if c[0] == g and not c[3]]
+        crops.sort(key=lambda c: c[2] < 0)  # classified first (stable)
+        if len(crops) > MAX_CROP_TILES:
+            tiles[0] = titled(tiles[0][TITLE_HEIGHT:],
+                              f'group {g}: {MAX_CROP_TILES}/{len(crops)}')
+        for _, (x0, y0, x1, y1), winner, _ in crops[:MAX_CROP_TILES]:
             crop = image[y0 * p:y1 * p, x0 * p:x1 * p]
             if winner < 0:
                 tiles.append(titled(fit(crop), 'not classified',
