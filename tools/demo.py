@@ -72,7 +72,9 @@ def parse_args(argv=None):
                         'vocabularies.json for the samples')
     parser.add_argument('--class-file', help='class-name file instead')
     parser.add_argument('--config', default=DEFAULT_CONFIG)
-    parser.add_argument('--checkpoint', help='local CLIP weights file')
+    parser.add_argument('--checkpoint',
+                        help='local CLIP weights file; for PnP-OVSS '
+                        'configs a local BLIP / BridgeTower folder')
     parser.add_argument('--model-name', help='open_clip architecture')
     parser.add_argument('--random-init', action='store_true',
                         help='random CLIP weights (offline smoke run)')
