@@ -255,3 +255,18 @@ def test_group_image_draws_at_most_max_crop_tiles(tmp_path):
     rows = -(-tiles // 4)
     assert grid.shape[0] == rows * cell + (rows - 1) * 4
     assert grid.shape[1] == 4 * (TILE_SIDE + 6) + 3 * 4 + LEGEND_WIDTH
+
+
+def test_palette_is_the_datasets_when_the_vocabulary_is_its_classes():
+    from mmengine.config import Config
+    from mmseg.datasets import PascalVOCDataset
+    from mmseg_ovss.visualization.render import class_palette, golden_palette
+    cfg = Config.fromfile('configs/freecp/sclip_voc21.py')
+    meta = PascalVOCDataset.METAINFO
+    names = [c.upper() for c in meta['classes']]  # case does not matter
+    palette = class_palette(names, cfg)
+    assert np.array_equal(palette[:, ::-1], np.asarray(meta['palette']))
+    other = ['cat'] + list(meta['classes'][1:])
+    assert np.array_equal(class_palette(other, cfg),
+                          golden_palette(len(other)))
+    assert np.array_equal(class_palette(names[:3], cfg), golden_palette(3))
