@@ -236,6 +236,12 @@ def test_demo_config_errors(tmp_path, blip_folder):
     with pytest.raises(OVSSConfigError, match='neither model.clip'):
         run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
                           '--config', other])
+    trained = tmp_path / 'trained.py'
+    trained.write_text("model = dict(type='CLIPRCSegmentor', "
+                       "clip=dict(model_name='ViT-B-16'))\n")
+    with pytest.raises(OVSSConfigError, match='CLIPRCSegmentor.*tools/test'):
+        run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
+                          '--config', trained])
     empty = tmp_path / 'empty.py'
     empty.write_text('x = 1\n')
     with pytest.raises(OVSSConfigError, match='has no model'):

@@ -240,6 +240,12 @@ def load_config(args):
             f'config {args.config} (model type {model.get("type")!r}) has '
             'neither model.clip (the CLIP segmentors) nor a PnP-OVSS model '
             "(type='PnPOVSS'); tools/demo.py runs those two kinds")
+    if not pnp and not hasattr(_model_class(model), 'set_vocabulary'):
+        raise OVSSConfigError(
+            f'config {args.config} builds a {model.get("type")}, whose '
+            'vocabulary comes from its dataset (a trained open-vocabulary '
+            'model): run tools/test.py on it; tools/demo.py runs the '
+            'training-free CLIP segmentors and PnP-OVSS')
     if args.stages and not pnp:
         raise OVSSConfigError(
             f'--stages writes the PnP-OVSS stage maps, but {args.config} is '
@@ -252,6 +258,18 @@ def load_config(args):
             'weights as a local folder with --checkpoint (a tiny random one '
             'is made by mmseg_ovss.testing.tiny_blip.make_tiny_blip)')
     return cfg
+
+
+def _model_class(model_cfg):
+    from mmseg.registry import MODELS
+    import mmseg_ovss  # noqa: F401 (registers the models)
+    kind = model_cfg.get('type')
+    found = MODELS.get(kind) if isinstance(kind, str) else kind
+    if found is None:
+        raise OVSSConfigError(
+            f'model type {kind!r} is not registered; check the config name '
+            'or its custom_imports')
+    return found
 
 
 def _set_pnp_weights(model_cfg, checkpoint: str) -> None:
