@@ -1,9 +1,12 @@
-"""tools/demo.py writes colour overlays; bad input gives clear errors."""
+"""tools/demo.py writes colour overlays (CLIP and PnP-OVSS configs) and the
+PnP-OVSS stage maps; bad input gives clear errors."""
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from mmseg_ovss.testing.tools import run_tool
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
@@ -138,3 +141,129 @@ def test_demo_never_overwrites_an_input(tmp_path):
     with pytest.raises(OVSSDataError, match='would overwrite an input'):
         run_tool('demo', [image, own_overlay, '--classes', 'cat',
                           '--out-dir', tmp_path, *TINY])
+
+
+# ------------------------------------------------------------- PnP-OVSS
+@pytest.fixture(scope='module')
+def blip_folder(tmp_path_factory):
+    from mmseg_ovss.testing.tiny_blip import make_tiny_blip
+    return make_tiny_blip(tmp_path_factory.mktemp('tiny_blip'))
+
+
+# the tiny random BLIP's maps are non-zero at its first layer only
+PNP = ['--config', 'configs/pnp_ovss/blip_voc20.py', '--short-side', '32',
+       '--cfg-options', 'model.crf=None', 'model.cross_attention_layer=1']
+
+
+def test_demo_runs_pnp_configs_and_writes_the_stages(tmp_path, blip_folder):
+    image = np.random.RandomState(0).randint(0, 255, (40, 56, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / 'photo.png'), image)
+    written = run_tool('demo', [
+        tmp_path / 'photo.png', '--out-dir', tmp_path / 'out', '--classes',
+        'background', 'cat', 'dog', '--checkpoint', blip_folder, '--stages',
+        *PNP])
+    overlay = cv2.imread(written[0])
+    assert overlay.shape[1] == 56 + 220 and overlay.shape[0] >= 40
+    folder = tmp_path / 'out' / 'photo_stages'
+    facts = json.loads((folder / 'stages.json').read_text())
+    # 4 median passes on the 2 x 3 patch grid (32 x 45 px input)
+    assert facts['classes'] == ['cat', 'dog'] and facts['passes'] == 4
+    assert facts['kept_patches'] == [6, 3, 1, 0]
+    assert facts['gradcam'] and facts['blur'] and not facts['crf']
+    assert facts['files'] == [
+        '01_cross_attention.png', '02_gradcam.png',
+        *[f'03_dropout_pass{t}.png' for t in range(1, 5)],
+        '04_salience_sum.png', '05_normalized.png', '06_blur.png',
+        '08_labels.png']
+    assert written[1:] == [str(folder / f) for f in facts['files']]
+    assert sum(facts['label_shares'].values()) == pytest.approx(1)
+    for name in facts['files'][:-1]:  # tiles of 2 classes (3 after blur)
+        grid = cv2.imread(str(folder / name))
+        assert grid.shape[1] == (3 if name == '06_blur.png' else 2) * 160 \
+            + (2 if name == '06_blur.png' else 1) * 4
+    labels = cv2.imread(str(folder / '08_labels.png'))
+    assert labels.shape == overlay.shape
+    # the stage labels are the overlay's: same legend rows and colours
+    assert np.array_equal(labels, overlay)
+
+
+def test_demo_pnp_without_background_marks_unlabelled_pixels(tmp_path,
+                                                             blip_folder):
+    """Without a "background" class the all-off pixels are ignore_index;
+    the legend names them "(no class)"."""
+    from mmseg_ovss.visualization.models import (build_segmentor,
+                                                 load_config, model_sample)
+    image = np.random.RandomState(1).randint(0, 255, (40, 56, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / 'photo.png'), image)
+    run_tool('demo', [tmp_path / 'photo.png', '--out-dir', tmp_path,
+                      '--classes', 'cat', 'dog', '--checkpoint', blip_folder,
+                      *PNP])
+    cfg = load_config(PNP[1], {'model.crf': None,
+                               'model.cross_attention_layer': 1,
+                               'model.blip.pretrained': str(blip_folder)})
+    model = build_segmentor(cfg)
+    model.set_vocabulary(['cat', 'dog'])
+    inputs, sample = model_sample(model, image, 32)
+    with torch.no_grad():
+        labels = model.predict(inputs, [sample])[0].pred_sem_seg.data[0]
+    assert 255 in labels.unique().tolist()
+    from mmseg_ovss.testing.tools import load_tool
+    demo = load_tool('demo')
+    shown, names, colours = demo.label_names_and_colours(
+        model, labels.numpy(), ['cat', 'dog'], cfg)
+    assert names == ['cat', 'dog', '(no class)'] and len(colours) == 3
+    assert np.array_equal(shown == 2, labels.numpy() == 255)
+    # the overlay's legend lists one row per label present
+    overlay = cv2.imread(str(tmp_path / 'photo_overlay.png'))
+    legend = overlay[:, 56:]
+    rows = [y for y in range(6, legend.shape[0], 22)
+            if (legend[y + 8, 10:24] != 255).any()]
+    assert len(rows) == len(np.unique(shown))
+
+
+def test_demo_config_errors(tmp_path, blip_folder):
+    image = _image(tmp_path / 'x.png')
+    with pytest.raises(OVSSConfigError, match='--stages writes the PnP-OVSS'
+                       '.*tools/freecp_visualize.py'):
+        run_tool('demo', [image, '--classes', 'cat', '--stages', *TINY,
+                          '--out-dir', tmp_path])
+    with pytest.raises(OVSSConfigError, match='is a PnP-OVSS config.*'
+                       '--checkpoint'):
+        run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
+                          '--random-init', *PNP])
+    other = tmp_path / 'seg.py'
+    other.write_text("model = dict(type='EncoderDecoder')\n")
+    with pytest.raises(OVSSConfigError, match='neither model.clip'):
+        run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
+                          '--config', other])
+    trained = tmp_path / 'trained.py'
+    trained.write_text("model = dict(type='CLIPRCSegmentor', "
+                       "clip=dict(model_name='ViT-B-16'))\n")
+    with pytest.raises(OVSSConfigError, match='CLIPRCSegmentor.*tools/test'):
+        run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
+                          '--config', trained])
+    empty = tmp_path / 'empty.py'
+    empty.write_text('x = 1\n')
+    with pytest.raises(OVSSConfigError, match='has no model'):
+        run_tool('demo', [image, '--classes', 'cat', '--out-dir', tmp_path,
+                          '--config', empty])
+
+
+def test_demo_pnp_stages_with_dense_crf(tmp_path, blip_folder):
+    from mmseg_ovss.utils.crf import crf_available
+    if not crf_available():
+        pytest.skip('pydensecrf (pydensecrf2) not installed')
+    image = _image(tmp_path / 'x.png', (40, 56))
+    written = run_tool('demo', [
+        image, '--out-dir', tmp_path / 'out', '--classes', 'background',
+        'cat', '--checkpoint', blip_folder, '--stages',
+        *PNP[:-2], 'model.crf.iterations=1',
+        'model.cross_attention_layer=1', 'model.blur_sigma=None'])
+    facts = json.loads((tmp_path / 'out' / 'x_stages' /
+                        'stages.json').read_text())
+    assert facts['crf'] and not facts['blur']
+    assert '07_crf.png' in facts['files'] and '06_blur.png' not in \
+        facts['files']
+    crf = cv2.imread(str(tmp_path / 'out' / 'x_stages' / '07_crf.png'))
+    assert crf.shape[1] == 2 * 160 + 4  # background + cat channels
+    assert len(written) == 1 + len(facts['files'])

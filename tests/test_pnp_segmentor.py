@@ -151,6 +151,57 @@ def test_salience_matches_direct_dropout_loop(blip_folder):
     torch.testing.assert_close(with_vit_grad, salience, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize('row', [
+    dict(salience_dropout=dict(iterations=3), blur_sigma=0.05),
+    dict(use_gradcam=False, salience_dropout=dict(iterations=2),
+         blur_sigma=None, threshold_mode='masked')])
+def test_segment_stages_records_the_segmentors_own_maps(blip_folder, row):
+    """PnPStages (Figs. 2-4): the same scores and labels as ``segment``,
+    each pass's maps summing to the salience, Eq. 3's halving of the
+    patches, the attention of pass 1 equal to the attention-only model's
+    map, and the post-processing steps in order."""
+    model = build(blip_folder, **row)
+    image = _inputs()[0]
+
+    def no_recording(*args):
+        raise AssertionError('segment recorded a stage')
+    model._record_pass = no_recording  # off: nothing is recorded
+    with torch.no_grad():
+        scores, labels = model.segment(image, [0, 1, 3], (30, 42))
+    del model._record_pass
+    with torch.no_grad():
+        stages = model.segment_stages(image, [0, 1, 3], (30, 42))
+    assert torch.equal(stages.scores, scores)
+    assert torch.equal(stages.labels, labels)
+    assert stages.channel_labels.tolist() == [255, 0, 1, 3]
+    passes = row['salience_dropout']['iterations']
+    assert len(stages.keeps) == len(stages.attention) == passes
+    assert len(stages.gradcam) == (passes if model.use_gradcam else 0)
+    h, w = stages.keeps[0].shape
+    kept = [int(k.sum()) for k in stages.keeps]
+    expected = [h * w]
+    for _ in range(passes - 1):  # ceil(n / 2) of the n kept patches go
+        expected.append(expected[-1] - (expected[-1] + 1) // 2)
+    assert kept == expected
+    summed = sum(m.double() for m in (stages.gradcam or stages.attention))
+    atol = passes * torch.finfo(torch.float32).eps * summed.abs().max()
+    torch.testing.assert_close(stages.salience.double(), summed, rtol=0,
+                               atol=float(atol))
+    for maps, keep in zip(stages.gradcam or stages.attention, stages.keeps):
+        assert (maps[:, ~keep] == 0).all()  # dropped patches
+    if model.use_gradcam:
+        plain = build(blip_folder, use_gradcam=False, salience_dropout=None,
+                      blur_sigma=None)
+        pixels = plain.to_patch_grid(image[None])
+        with torch.no_grad():
+            attention = plain.class_salience(pixels, [0, 1, 3])[0]
+        torch.testing.assert_close(stages.attention[0], attention)
+    assert stages.normalized.shape == (3, h, w)
+    assert stages.resized.shape == (4, 30, 42)  # + background channel
+    assert (stages.blurred is not None) == bool(row['blur_sigma'])
+    assert stages.crf is None
+
+
 def test_background_index_and_excluded_class(blip_folder):
     names = ['sky, wall, tree'] + NAMES
     model = build(blip_folder, class_names=names, background_index=0)

@@ -11,6 +11,15 @@ cannot be downloaded, ``--random-init`` runs the whole path without weights
 A class may list synonyms separated by ", "; a class named "background"
 becomes the background class.
 
+PnP-OVSS configs (``configs/pnp_ovss/*.py``) work too: ``--checkpoint``
+then names a local BLIP (or BridgeTower) folder, and ``--stages`` writes the
+salience maps of every stage of each image into ``<out-dir>/<name>_stages/``
+(cross-attention, GradCAM, each Salience-DropOut pass, the sum, threshold,
+blur, DenseCRF, labels; docs/visualization.md)::
+
+    python tools/demo.py photo.jpg --config configs/pnp_ovss/blip_voc20.py \
+        --classes background cat dog --checkpoint /path/to/blip --stages
+
 Each input ``<name>.<ext>`` gives ``<out-dir>/<name>_overlay.png``. Inputs
 that share a name (``a/cat.jpg`` and ``b/cat.jpg``, or ``cat.jpg`` and
 ``cat.png``) are named after their path below the deepest folder they share,
@@ -27,19 +36,26 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Sequence
 
-import cv2
 import numpy as np
 import torch
+from mmengine.config import DictAction
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.utils.errors import (OVSSConfigError,  # noqa: E402
                                      OVSSDataError, OVSSWeightsError)
 from mmseg_ovss.utils.paths import resolve_data_path  # noqa: E402
+from mmseg_ovss.visualization.models import (  # noqa: E402
+    model_sample)
+from mmseg_ovss.visualization.render import (  # noqa: E402
+    IMAGE_EXTENSIONS, class_palette, draw_overlay, golden_palette,
+    read_image, write_image)
 
 DEFAULT_CONFIG = 'configs/_base_/models/clip_sclip.py'
 SAMPLES = 'data/samples'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff',
-                    '.webp')
+#: Legend entry of pixels a PnP-OVSS model leaves unlabelled (its
+#: background channel, on a vocabulary without a "background" class).
+NO_CLASS = '(no class)'
+NO_CLASS_BGR = (128, 128, 128)
 #: Accepted --short-side values: at least a ViT patch, at most what a
 #: sliding-window CLIP model segments in reasonable memory.
 SHORT_SIDE_RANGE = (16, 4096)
@@ -56,7 +72,9 @@ def parse_args(argv=None):
                         'vocabularies.json for the samples')
     parser.add_argument('--class-file', help='class-name file instead')
     parser.add_argument('--config', default=DEFAULT_CONFIG)
-    parser.add_argument('--checkpoint', help='local CLIP weights file')
+    parser.add_argument('--checkpoint',
+                        help='local CLIP weights file; for PnP-OVSS '
+                        'configs a local BLIP / BridgeTower folder')
     parser.add_argument('--model-name', help='open_clip architecture')
     parser.add_argument('--random-init', action='store_true',
                         help='random CLIP weights (offline smoke run)')
@@ -69,6 +87,12 @@ def parse_args(argv=None):
                         help='torch device, e.g. cpu, cuda, cuda:1')
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='opacity of the label colours, 0..1')
+    parser.add_argument('--stages', action='store_true',
+                        help='PnP-OVSS configs: also write the maps of '
+                        'every stage into <out-dir>/<name>_stages/')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        default={}, help='override config keys, e.g. '
+                        'model.crf=None')
     return check_arguments(parser.parse_args(argv))
 
 
@@ -198,82 +222,128 @@ def sample_vocabulary(image: Path):
 
 def palette(num_classes: int) -> np.ndarray:
     """Distinct BGR colours (golden-angle hues), black-free."""
-    hues = (np.arange(num_classes) * 137.508) % 180
-    hsv = np.stack([hues, np.full(num_classes, 200),
-                    np.full(num_classes, 230)], axis=1).astype(np.uint8)
-    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0]
+    return golden_palette(num_classes)
 
 
-def draw_overlay(image: np.ndarray, labels: np.ndarray,
-                 class_names: Sequence[str], alpha: float) -> np.ndarray:
-    """Blend the label colours over a BGR image and add a legend panel."""
-    colours = palette(len(class_names))
-    blended = cv2.addWeighted(image, 1 - alpha, colours[labels], alpha, 0)
-    present = [int(c) for c in np.unique(labels)]
-    row = 22
-    panel = np.full((max(image.shape[0], row * (len(present) + 1)), 220, 3),
-                    255, np.uint8)
-    for i, cls in enumerate(present):
-        y = row * i + 6
-        cv2.rectangle(panel, (8, y), (26, y + 16),
-                      tuple(int(v) for v in colours[cls]), -1)
-        share = 100.0 * float((labels == cls).mean())
-        cv2.putText(panel, f'{class_names[cls][:18]} {share:.0f}%',
-                    (34, y + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0),
-                    1, cv2.LINE_AA)
-    canvas = np.full((panel.shape[0], image.shape[1] + panel.shape[1], 3),
-                     255, np.uint8)
-    canvas[:image.shape[0], :image.shape[1]] = blended
-    canvas[:, image.shape[1]:] = panel
-    return canvas
+def is_pnp_config(model_cfg) -> bool:
+    """A PnP-OVSS model (a BLIP or BridgeTower, no CLIP)."""
+    return model_cfg.get('type') == 'PnPOVSS'
 
 
-def build_model(args):
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
+def load_config(args):
+    from mmseg_ovss.visualization.models import load_config as load
+    cfg = load(args.config, args.cfg_options)
+    model = cfg.model
+    pnp = is_pnp_config(model)
+    if not pnp and not model.get('clip'):
+        raise OVSSConfigError(
+            f'config {args.config} (model type {model.get("type")!r}) has '
+            'neither model.clip (the CLIP segmentors) nor a PnP-OVSS model '
+            "(type='PnPOVSS'); tools/demo.py runs those two kinds")
+    if not pnp and not hasattr(_model_class(model), 'set_vocabulary'):
+        raise OVSSConfigError(
+            f'config {args.config} builds a {model.get("type")}, whose '
+            'vocabulary comes from its dataset (a trained open-vocabulary '
+            'model): run tools/test.py on it; tools/demo.py runs the '
+            'training-free CLIP segmentors and PnP-OVSS')
+    if args.stages and not pnp:
+        raise OVSSConfigError(
+            f'--stages writes the PnP-OVSS stage maps, but {args.config} is '
+            'not a PnP-OVSS config; for FreeCP stages run '
+            'tools/freecp_visualize.py CONFIG IMAGE --out-dir DIR')
+    if pnp and (args.random_init or args.model_name):
+        raise OVSSConfigError(
+            f'--random-init / --model-name choose a CLIP, but {args.config} '
+            'is a PnP-OVSS config (a BLIP or BridgeTower model): give its '
+            'weights as a local folder with --checkpoint (a tiny random one '
+            'is made by mmseg_ovss.testing.tiny_blip.make_tiny_blip)')
+    return cfg
+
+
+def _model_class(model_cfg):
     from mmseg.registry import MODELS
     import mmseg_ovss  # noqa: F401 (registers the models)
-    cfg = Config.fromfile(str(resolve_data_path(args.config)))
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    clip = cfg.model.clip
-    if args.model_name:
-        clip.model_name = args.model_name
-    if args.checkpoint:
-        clip.checkpoint = args.checkpoint
-    if args.random_init:
-        clip.random_init = True
-    if args.random_init:  # ProxyCLIP's vision foundation model too
-        backbone = cfg.model.get('backbone') or {}
-        for strategy in (backbone.get('dense_strategy'),
-                         cfg.model.get('strategy')):  # (the old key)
-            if isinstance(strategy, dict) and \
-                    strategy.get('type') == 'ProxyCLIP':
-                strategy.random_init = True
-    model = MODELS.build(cfg.model)
-    return model.to(args.device).eval()
+    kind = model_cfg.get('type')
+    found = MODELS.get(kind) if isinstance(kind, str) else kind
+    if found is None:
+        raise OVSSConfigError(
+            f'model type {kind!r} is not registered; check the config name '
+            'or its custom_imports')
+    return found
 
 
-def preprocess(model, image: np.ndarray, short_side: int):
-    """Resize the short side (keep ratio) and normalise like the configs."""
-    h, w = image.shape[:2]
-    scale = short_side / min(h, w)
-    resized = cv2.resize(image, (max(1, round(w * scale)),
-                                 max(1, round(h * scale))),
-                         interpolation=cv2.INTER_LINEAR)
-    tensor = torch.from_numpy(resized).permute(2, 0, 1).contiguous()
-    data = model.data_preprocessor(dict(inputs=[tensor]), False)
-    return data['inputs'], resized.shape[:2]
+def _set_pnp_weights(model_cfg, checkpoint: str) -> None:
+    key = 'bridgetower' if model_cfg.get('bridgetower') else 'blip'
+    weights = model_cfg.get(key) or {}
+    weights['pretrained'] = checkpoint
+    model_cfg[key] = weights
+
+
+def build_model(args, cfg=None):
+    from mmseg_ovss.visualization.models import (build_segmentor,
+                                                 set_clip_weights)
+    cfg = cfg if cfg is not None else load_config(args)
+    if is_pnp_config(cfg.model):
+        if args.checkpoint:
+            _set_pnp_weights(cfg.model, args.checkpoint)
+    else:
+        set_clip_weights(cfg, args.model_name, args.checkpoint,
+                         args.random_init)
+    return build_segmentor(cfg, args.device)
 
 
 def segment(model, image: np.ndarray, short_side: int) -> np.ndarray:
-    from mmseg.structures import SegDataSample
-    inputs, img_shape = preprocess(model, image, short_side)
-    sample = SegDataSample(metainfo=dict(
-        ori_shape=image.shape[:2], img_shape=img_shape,
-        pad_shape=tuple(inputs.shape[-2:]), padding_size=[0, 0, 0, 0]))
+    inputs, sample = model_sample(model, image, short_side)
     with torch.no_grad():
         result = model.predict(inputs, [sample])[0]
     return result.pred_sem_seg.data[0].cpu().numpy()
+
+
+def set_vocabulary(model, args, classes) -> List[str]:
+    """Give the model its vocabulary; the class names (first synonyms)."""
+    from mmseg_ovss.blip.vocabulary import read_synonyms
+    from mmseg_ovss.clip.vocabulary import find_background_class
+    source = args.class_file if args.class_file else classes
+    if not hasattr(model, 'cross_attention'):  # the CLIP segmentors
+        if args.class_file:
+            model.set_vocabulary(class_names_file=args.class_file)
+        else:
+            model.set_vocabulary(classes)
+        return list(model.vocabulary_embeddings().class_names)
+    synonyms = read_synonyms(source, model.shared_synonyms)
+    model.set_vocabulary(source, find_background_class(synonyms))
+    return [names[0] for names in model.vocabulary]
+
+
+def label_names_and_colours(model, labels: np.ndarray, names: List[str],
+                            cfg) -> tuple:
+    """Legend names, colours and labels in range: a PnP-OVSS model labels
+    "all classes off" pixels ``ignore_index`` when the vocabulary has no
+    background class; they get the "(no class)" entry."""
+    colours = class_palette(names, cfg)
+    ignore = getattr(model, 'ignore_index', None)
+    if ignore is not None and ignore >= len(names):
+        labels = np.where(labels == ignore, len(names), labels)
+        names = names + [NO_CLASS]
+        colours = np.concatenate(
+            [colours, np.asarray([NO_CLASS_BGR], np.uint8)])
+    return labels, names, colours
+
+
+def write_stages(model, image: np.ndarray, short_side: int, names,
+                 cfg, folder: Path, alpha: float) -> dict:
+    """PnP-OVSS: the maps of every stage of one image (``--stages``)."""
+    from mmseg_ovss.visualization.pnp_stages import write_pnp_stages
+    inputs, sample = model_sample(model, image, short_side)
+    img_h, img_w = sample.img_shape[:2]
+    with torch.no_grad():
+        stages = model.segment_stages(inputs[0, :, :img_h, :img_w],
+                                      model.captioned_classes(sample),
+                                      image.shape[:2])
+    labels, label_names, colours = label_names_and_colours(
+        model, stages.labels.cpu().numpy(), names, cfg)
+    return write_pnp_stages(stages, image, names, folder, colours,
+                            label_names, labels, alpha)
 
 
 def image_vocabularies(args, images: Sequence[Path]) -> list:
@@ -291,32 +361,6 @@ def image_vocabularies(args, images: Sequence[Path]) -> list:
     return vocabularies
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A BGR uint8 image (grey and RGBA converted), or an error naming it."""
-    import mmcv
-    try:
-        image = mmcv.imread(str(path), flag='color')
-    except (cv2.error, OSError, ValueError):
-        image = None
-    if image is None or image.size == 0:
-        raise OVSSDataError(
-            f'cannot read image {path}: it is empty, corrupt or not an image '
-            f'({", ".join(IMAGE_EXTENSIONS)})')
-    return image
-
-
-def write_image(target: Path, image: np.ndarray) -> None:
-    """``cv2.imwrite`` that raises, naming the file, if nothing is written."""
-    try:
-        written = cv2.imwrite(str(target), image)
-    except cv2.error:
-        written = False
-    if not written:
-        raise OVSSDataError(
-            f'cannot write {target}; check that its folder exists, is '
-            'writable and has free space')
-
-
 def main(argv=None) -> List[str]:
     """Segment the images; returns the overlay paths written."""
     args = parse_args(argv)
@@ -324,26 +368,35 @@ def main(argv=None) -> List[str]:
     targets = prepare_out_dir(Path(args.out_dir), images,
                               output_names(images))
     vocabularies = image_vocabularies(args, images)
+    cfg = load_config(args)
     try:
-        model = build_model(args)
+        model = build_model(args, cfg)
     except OVSSWeightsError as err:
-        raise SystemExit(
-            f'{err}\nExample: python tools/demo.py --checkpoint '
-            '/path/to/ViT-B-16.pt, or --random-init to try it offline.')
+        hint = ('--checkpoint /path/to/blip-folder (a local BLIP '
+                'checkpoint folder)' if is_pnp_config(cfg.model) else
+                '--checkpoint /path/to/ViT-B-16.pt, or --random-init to try '
+                'it offline')
+        raise SystemExit(f'{err}\nExample: python tools/demo.py {hint}.')
     short_side = args.short_side or DEFAULT_SHORT_SIDE
     written = []
     for path, target, classes in zip(images, targets, vocabularies):
-        if args.class_file:
-            model.set_vocabulary(class_names_file=args.class_file)
-        else:
-            model.set_vocabulary(classes)
+        names = set_vocabulary(model, args, classes)
         image = read_image(path)
         labels = segment(model, image, short_side)
-        names = model.vocabulary_embeddings().class_names
-        overlay = draw_overlay(image, labels, names, args.alpha)
+        labels, label_names, colours = label_names_and_colours(
+            model, labels, names, cfg)
+        overlay = draw_overlay(image, labels, label_names, args.alpha,
+                               colours)
         write_image(target, overlay)
         written.append(str(target))
         print(f'{path} -> {target}')
+        if args.stages:
+            folder = target.with_name(
+                target.name[:-len('_overlay.png')] + '_stages')
+            facts = write_stages(model, image, short_side, names, cfg,
+                                 folder, args.alpha)
+            written += [str(folder / name) for name in facts['files']]
+            print(f'{path} -> {folder}/ ({len(facts["files"])} stages)')
     return written
 
 

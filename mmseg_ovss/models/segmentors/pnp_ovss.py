@@ -38,6 +38,7 @@ from mmseg_ovss.blip.postprocess import (THRESHOLD_MODES, add_background,
                                          gaussian_blur, minmax_per_class,
                                          resize_maps, threshold_maps)
 from mmseg_ovss.blip.salience_dropout import SCHEDULES, salience_dropout
+from mmseg_ovss.blip.stages import PnPStages
 from mmseg_ovss.blip.vocabulary import read_synonyms
 from mmseg_ovss.utils.crf import dense_crf, require_crf
 from mmseg_ovss.utils.errors import OVSSConfigError
@@ -274,13 +275,15 @@ class PnPOVSS(BaseSegmentor):
         return F.interpolate(image, size=size, mode='bilinear',
                              align_corners=False)
 
-    def class_salience(self, pixels: Tensor, class_ids: Sequence[int]
-                       ) -> Tensor:
+    def class_salience(self, pixels: Tensor, class_ids: Sequence[int],
+                       stages: Optional[PnPStages] = None) -> Tensor:
         """Summed GradCAM class maps (B, K, h, w) after Salience DropOut.
 
         Args:
             pixels: (B, 3, H, W) normalised images, H and W whole patches.
             class_ids: vocabulary indices captioned for every image.
+            stages: given (one image), each pass's attention, GradCAM and
+                patch mask are recorded in it; None records nothing.
         """
         captions = self.captions(class_ids).to(pixels.device)
         p = self.cross_attention.patch_size
@@ -307,7 +310,11 @@ class PnPOVSS(BaseSegmentor):
                 tokens = maps.gradcam if self.use_gradcam else maps.attention
                 per_class = torch.einsum('bctp,ckt->bckp', tokens,
                                          captions.token_weights)
-                return per_class[:, captions.class_valid]
+                per_class = per_class[:, captions.class_valid]
+                if stages is not None:
+                    self._record_pass(stages, maps, captions, keep, per_class,
+                                      (h, w))
+                return per_class
 
         keep = torch.ones(num_images, h * w, dtype=torch.bool,
                           device=pixels.device)
@@ -315,15 +322,34 @@ class PnPOVSS(BaseSegmentor):
             compute_maps, keep, self.salience_dropout['schedule'],
             self.salience_dropout['iterations'],
             self.salience_dropout['top_k'])
+        if stages is not None:
+            stages.salience = total[0].view(-1, h, w).detach()
         return total.view(num_images, -1, h, w)
+
+    def _record_pass(self, stages: PnPStages, maps, captions, keep: Tensor,
+                     per_class: Tensor, grid) -> None:
+        """Keep one Salience-DropOut pass of image 0 (as summed: dropped
+        patches 0)."""
+        shown = keep[0].view(1, *grid)
+        stages.keeps.append(shown[0].clone())
+        if self.use_gradcam:
+            attention = torch.einsum('bctp,ckt->bckp', maps.attention,
+                                     captions.token_weights)
+            attention = attention[0, captions.class_valid]
+            stages.gradcam.append(
+                per_class[0].detach().view(-1, *grid) * shown)
+        else:
+            attention = per_class[0]
+        stages.attention.append(attention.detach().view(-1, *grid) * shown)
 
     # ---------------------------------------------------------- post-process
     def postprocess_salience(self, salience: Tensor, ori_shape,
-                             image_rgb: Optional[np.ndarray] = None
-                             ) -> Tensor:
+                             image_rgb: Optional[np.ndarray] = None,
+                             stages: Optional[PnPStages] = None) -> Tensor:
         """(K, h, w) salience -> (C, H, W) channel scores at ``ori_shape``.
 
         Channel 0 is the background channel when ``background`` is on.
+        ``stages``: record the maps after each step in it (None: nothing).
         """
         with profile_stage('postprocess'):
             if self.normalization == 'softmax':
@@ -333,18 +359,26 @@ class PnPOVSS(BaseSegmentor):
                                       self.threshold_mode)
             else:
                 maps = minmax_per_class(salience)
+            if stages is not None:
+                stages.normalized = maps
             maps = resize_maps(maps, ori_shape)
             if self.background:
                 maps = add_background(maps)
+            if stages is not None:
+                stages.resized = maps
             if self.blur_sigma:
                 maps = torch.from_numpy(
                     gaussian_blur(maps.cpu().numpy(), self.blur_sigma))
+                if stages is not None:
+                    stages.blurred = maps
             if self.crf is not None:
                 if image_rgb is None:
                     raise OVSSConfigError('DenseCRF needs the RGB image.')
                 probs = maps.float().softmax(0).cpu().numpy()
                 maps = torch.from_numpy(dense_crf(image_rgb, probs,
                                                   **self.crf))
+                if stages is not None:
+                    stages.crf = maps
         return maps
 
     def channel_labels(self, class_ids: Sequence[int], device) -> Tensor:
@@ -375,6 +409,20 @@ class PnPOVSS(BaseSegmentor):
 
         Returns the (C, H0, W0) channel scores and the (H0, W0) label map.
         """
+        return self._segment(image, class_ids, ori_shape, None)
+
+    def segment_stages(self, image: Tensor, class_ids: Sequence[int],
+                       ori_shape) -> PnPStages:
+        """:meth:`segment` of one image, with the maps of every stage
+        (:class:`mmseg_ovss.blip.stages.PnPStages`; paper Figs. 2-4)."""
+        stages = PnPStages(class_ids=list(class_ids))
+        scores, labels = self._segment(image, class_ids, ori_shape, stages)
+        stages.scores, stages.labels = scores, labels
+        stages.channel_labels = self.channel_labels(class_ids, image.device)
+        return stages
+
+    def _segment(self, image: Tensor, class_ids: Sequence[int], ori_shape,
+                 stages: Optional[PnPStages]) -> Tuple[Tensor, Tensor]:
         if len(class_ids) == 0:
             labels = torch.full(tuple(ori_shape), self.ignore_index,
                                 dtype=torch.long, device=image.device)
@@ -382,9 +430,9 @@ class PnPOVSS(BaseSegmentor):
                 labels.fill_(self.background_index)
             return image.new_zeros((0, *ori_shape)), labels
         pixels = self.to_patch_grid(image[None])
-        salience = self.class_salience(pixels, class_ids)[0]
+        salience = self.class_salience(pixels, class_ids, stages)[0]
         rgb = self.image_rgb(image, ori_shape) if self.crf else None
-        scores = self.postprocess_salience(salience, ori_shape, rgb)
+        scores = self.postprocess_salience(salience, ori_shape, rgb, stages)
         scores = scores.to(image.device)
         channel = scores.argmax(0)
         labels = self.channel_labels(class_ids, image.device)[channel]
