@@ -308,3 +308,18 @@ def test_background_rules_without_boolean_indexing():
     foreground_total = 1 + 8 + 3
     assert keep.tolist() == [True] + [a > 0.3 * foreground_total
                                       for a in (1., 8., 3., 0.)]
+
+
+def test_cast_copies_share_the_strategy_one_per_dtype(clip_model):
+    backbone = OpenCLIPViT(visual=clip_model.visual,
+                           dense_strategy='SCLIP').eval()
+    bf16 = backbone.cast_copy(torch.bfloat16, 'cpu')
+    fp16 = backbone.cast_copy(torch.float16, 'cpu')
+    assert bf16.dtype == torch.bfloat16 and fp16.dtype == torch.float16
+    assert bf16.dense_strategy is backbone.dense_strategy
+    assert backbone.cast_copy(torch.bfloat16, 'cpu') is bf16
+    assert backbone.cast_copy(torch.float16, 'cpu') is fp16
+    assert not any(p.requires_grad for p in bf16.parameters())
+    # the copies live outside the module tree: no extra parameters
+    assert sum(p.numel() for p in backbone.parameters()) == \
+        sum(p.numel() for p in clip_model.visual.parameters())
