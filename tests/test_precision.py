@@ -23,7 +23,7 @@ from mmseg_ovss.clip.attention import (block_forward,
 from mmseg_ovss.clip.strategies import build_dense_strategy
 from mmseg_ovss.models.backbones import OpenCLIPViT
 from mmseg_ovss.models.segmentors.clip_segmentor import label_histogram
-from mmseg_ovss.testing.direct import EPS32, assert_fp32_close
+from mmseg_ovss.testing.direct import assert_fp32_close
 from mmseg_ovss.testing.tiny_clip import build_tiny_clip
 from mmseg_ovss.utils.errors import OVSSConfigError
 

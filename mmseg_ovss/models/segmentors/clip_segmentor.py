@@ -48,7 +48,7 @@ from mmseg_ovss.clip.dense_head import (DenseCLIPHead, StitchedMaps,
 from mmseg_ovss.clip.features import VocabularyEmbeddings
 from mmseg_ovss.clip.precision import (check_precision, compute_dtype,
                                        dtype_name, kernel_report)
-from mmseg_ovss.clip.text_encoder import (                                          vocabulary_from)
+from mmseg_ovss.clip.text_encoder import vocabulary_from
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.pamr import PAMR
