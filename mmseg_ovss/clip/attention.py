@@ -57,9 +57,19 @@ def scaled_similarity(a: Tensor, b: Tensor) -> Tensor:
     return torch.matmul(a * a.shape[-1] ** -0.5, b.transpose(-2, -1))
 
 
+def softmax_(scores: Tensor) -> Tensor:
+    """softmax over the last axis, in place when no gradient is recorded
+    (the same numbers as ``scores.softmax(-1)``, one (..., N, N) buffer
+    fewer). bf16/fp16 scores are reduced in fp32 inside PyTorch's kernel
+    and only stored in the low precision."""
+    if scores.requires_grad:
+        return scores.softmax(dim=-1)
+    return torch.softmax(scores, -1, out=scores)
+
+
 def vanilla_attention(q: Tensor, k: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d)) (Vaswani et al., Eq. 1)."""
-    return scaled_similarity(q, k).softmax(dim=-1)
+    return softmax_(scaled_similarity(q, k))
 
 
 def score_batch_size(q: Tensor) -> int:
@@ -106,7 +116,11 @@ def block_forward(block: nn.Module, x: Tensor,
     """One block on batch-first tokens (B, N, C), written out from its own
     modules, with ``attn_mask`` (checked, broadcastable to (B, heads, N,
     N), see :mod:`mmseg_ovss.clip.tokens`) added to the attention logits
-    (CLIP-RC Eq. 2) by :func:`F.scaled_dot_product_attention`."""
+    (CLIP-RC Eq. 2) by :func:`F.scaled_dot_product_attention` (the fused
+    kernel: flash attention on the CPU and on CUDA without a mask; open_clip's
+    own ``block(x)`` goes through ``nn.MultiheadAttention``'s fast path,
+    which on the CPU forms the (N, N) weights with two ``bmm`` and a
+    softmax)."""
     q, k, v = project_qkv(block, block.ln_1(x))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return finish_block(block, x, project_out(block, out), drop_path)
@@ -134,8 +148,9 @@ def block_forward_with_attention(
         if attn_mask is None:
             weights = vanilla_attention(q[window], k[window])
         else:
-            weights = apply_mask(scaled_similarity(q[window], k[window]),
-                                 _window_mask(attn_mask, window)).softmax(-1)
+            weights = softmax_(apply_mask(
+                scaled_similarity(q[window], k[window]),
+                _window_mask(attn_mask, window)))
         outputs.append(torch.matmul(weights, v[window]))
         captured.append(weights if reduce_heads is None
                         else reduce_heads(weights))
@@ -149,11 +164,14 @@ def head_reduction(attention_heads: Union[None, str, int], num_heads: int
                    ) -> Callable[[Tensor], Tensor]:
     """The map applied to captured (B, heads, N, N) attention: every head
     (None), their mean (``'mean'``) or one head (an index, negative
-    allowed); the last two keep a head axis of size 1."""
+    allowed); the last two keep a head axis of size 1. The mean is
+    accumulated and returned in fp32 whatever the weights' dtype (bf16
+    weights of a low-precision forward are not averaged in bf16)."""
     if attention_heads is None:
         return lambda weights: weights
     if attention_heads == 'mean':
-        return lambda weights: weights.mean(dim=1, keepdim=True)
+        return lambda weights: weights.mean(dim=1, keepdim=True,
+                                            dtype=torch.float32)
     if (isinstance(attention_heads, bool)
             or not isinstance(attention_heads, int)
             or not -num_heads <= attention_heads < num_heads):
@@ -161,7 +179,8 @@ def head_reduction(attention_heads: Union[None, str, int], num_heads: int
             f'attention_heads={attention_heads!r} is not None, '
             f"'mean' or a head index in [{-num_heads}, {num_heads - 1}]")
     index = attention_heads % num_heads
-    return lambda weights: weights[:, index:index + 1].clone()
+    return lambda weights: weights[:, index:index + 1].to(torch.float32,
+                                                           copy=True)
 
 
 def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:

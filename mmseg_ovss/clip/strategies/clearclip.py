@@ -1,4 +1,6 @@
 """ClearCLIP (Lan et al., ECCV 2024): q-q attention, no residual, no FFN."""
+import torch.nn.functional as F
+
 from mmseg_ovss.clip.attention import scaled_similarity
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
@@ -13,3 +15,7 @@ class ClearCLIPStrategy(LastBlockStrategy):
 
     def attention(self, q, k, grid_size):
         return scaled_similarity(q, q).softmax(dim=-1)
+
+    def attend(self, q, k, v, grid_size, images):
+        """W v as one fused attention of queries q over keys q."""
+        return F.scaled_dot_product_attention(q, q, v)

@@ -7,6 +7,7 @@ column (NACLIP Eq. 6-8). No residual, no FFN ("reduced" architecture).
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg_ovss.clip.attention import scaled_similarity
@@ -51,3 +52,9 @@ class NACLIPStrategy(LastBlockStrategy):
     def attention(self, q, k, grid_size):
         logits = scaled_similarity(k, k)
         return (logits + self.bias(grid_size, k.device, k.dtype)).softmax(-1)
+
+    def attend(self, q, k, v, grid_size, images):
+        """W v as one fused attention of k over k with omega as an
+        additive mask."""
+        return F.scaled_dot_product_attention(
+            k, k, v, attn_mask=self.bias(grid_size, k.device, k.dtype))

@@ -6,7 +6,9 @@ Official (``wangf3014/SCLIP`` ``clip/model.py``,
 residual, FFN kept (``residual=False``; ``chenqi1126/FreeCP``
 ``open_clip/transformer.py``, ``forward_all``).
 """
-from mmseg_ovss.clip.attention import scaled_similarity
+import torch.nn.functional as F
+
+from mmseg_ovss.clip.attention import scaled_similarity, softmax_
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
 
@@ -19,5 +21,14 @@ class SCLIPStrategy(LastBlockStrategy):
         super().__init__(residual=residual, ffn=ffn)
 
     def attention(self, q, k, grid_size):
-        return (scaled_similarity(q, q).softmax(dim=-1) +
-                scaled_similarity(k, k).softmax(dim=-1))
+        weights = softmax_(scaled_similarity(q, q))
+        other = softmax_(scaled_similarity(k, k))
+        if weights.requires_grad or other.requires_grad:
+            return weights + other
+        return weights.add_(other)  # no third (B, heads, N, N) buffer
+
+    def attend(self, q, k, v, grid_size, images):
+        """W v = softmax(q q^T / sqrt(d)) v + softmax(k k^T / sqrt(d)) v as
+        two fused attentions (no (N, N) weights are formed)."""
+        return F.scaled_dot_product_attention(q, q, v) + \
+            F.scaled_dot_product_attention(k, k, v)

@@ -1,4 +1,6 @@
 """Vanilla CLIP: the unmodified last block (q-k attention, residual, FFN)."""
+import torch.nn.functional as F
+
 from mmseg_ovss.clip.attention import vanilla_attention
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
@@ -13,3 +15,7 @@ class VanillaStrategy(LastBlockStrategy):
 
     def attention(self, q, k, grid_size):
         return vanilla_attention(q, k)
+
+    def attend(self, q, k, v, grid_size, images):
+        """W v as one fused attention."""
+        return F.scaled_dot_product_attention(q, k, v)

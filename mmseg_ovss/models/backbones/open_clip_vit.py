@@ -21,7 +21,6 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from mmseg_ovss.clip.attention import (block_forward,
                                        block_forward_with_attention,
@@ -326,24 +325,16 @@ class OpenCLIPViT(BaseModule):
             x = torch.cat([p for p in parts if p is not None], dim=1)
         return visual.ln_pre(x), layout
 
-    def _batch_first(self) -> bool:
-        return getattr(self.visual.transformer, 'batch_first', True)
-
-    def _clip_block(self, block: nn.Module, x: Tensor) -> Tensor:
-        """open_clip's own ``block(x)`` on batch-first tokens."""
-        if self._batch_first():
-            return block(x)
-        return block(x.transpose(0, 1)).transpose(0, 1)
-
     def run_block(self, index: int, x: Tensor, layout: TokenLayout,
                   attn_mask: AttentionMask = None, need_weights: bool = False,
                   reduce_heads=None) -> Tuple[Tensor, Optional[Tensor]]:
         """Block ``index`` on (B, N, width) tokens of ``layout``.
 
-        Exactly open_clip's ``block(x)`` when there is nothing to add (no
-        mask, no active drop path, no weights, unsplit q/k/v); otherwise the
-        same computation written out from the block's modules
-        (:func:`~mmseg_ovss.clip.attention.block_forward`), with an explicit
+        The computation of open_clip's ``block(x)`` written out from the
+        block's modules (:func:`~mmseg_ovss.clip.attention.block_forward`)
+        with the fused ``scaled_dot_product_attention`` (open_clip's
+        ``nn.MultiheadAttention`` fast path forms the (N, N) weights with
+        ``bmm`` on the CPU), the mask and drop path added; with an explicit
         softmax when the weights are asked for (returned, or
         ``reduce_heads`` of them).
         """
@@ -357,9 +348,6 @@ class OpenCLIPViT(BaseModule):
         if need_weights:
             return block_forward_with_attention(block, x, reduce_heads, mask,
                                                 drop_path)
-        if mask is None and drop_path is None and \
-                not parametrize.is_parametrized(block.attn):
-            return self._clip_block(block, x), None
         return block_forward(block, x, mask, drop_path), None
 
     def _apply_hooks(self, index: int, x: Tensor, layout: TokenLayout,
@@ -475,10 +463,16 @@ class OpenCLIPViT(BaseModule):
     def forward_dense(self, images: Tensor,
                       attention_layers: Iterable[int] = (),
                       with_cls: bool = False,
-                      attention_heads: Union[None, str, int] = None
+                      attention_heads: Union[None, str, int] = None,
+                      dtype: Optional[torch.dtype] = None
                       ) -> DenseCLIPFeatures:
         """Dense features of (B, 3, H, W) normalised windows for the
         training-free segmentors (H, W multiples of the patch size).
+
+        ``dtype`` other than the tower's runs the whole path (blocks, dense
+        strategy, captured attention, ``encode_image`` of the features) on
+        a copy of the tower cast to it (:meth:`cast_copy`); every output is
+        fp32 (:mod:`mmseg_ovss.clip.precision`).
 
         The dense strategy replaces the last block(s) for the patch output;
         ``attention_layers`` are blocks whose vanilla attention is returned
@@ -491,6 +485,9 @@ class OpenCLIPViT(BaseModule):
                 'forward_dense runs the dense strategies on [CLS, patches] '
                 'tokens, but this backbone has prompts; use forward or '
                 'forward_tokens, or build it with prompts=None')
+        if dtype is not None and dtype != self.dtype:
+            return self.cast_copy(dtype, images.device).forward_dense(
+                images, attention_layers, with_cls, attention_heads)
         reduce_heads = head_reduction(attention_heads, self.num_heads)
         num_layers, num_dense = self.num_layers, self.dense_strategy.num_blocks
         attention_layers = set(
@@ -547,31 +544,34 @@ class OpenCLIPViT(BaseModule):
             encoder = self.cast_copy(dtype, images.device)
         x, _ = encoder.embed(images)
         for block in encoder.blocks[:-1]:
-            x = encoder._clip_block(block, x)
-        if encoder._batch_first():
-            x = cls_block_forward(encoder.blocks[-1], x)
-        else:
-            x = encoder._clip_block(encoder.blocks[-1], x)
+            x = block_forward(block, x)
+        x = cls_block_forward(encoder.blocks[-1], x)
         return encoder.project(x[:, 0]).float()
 
     def cast_copy(self, dtype: torch.dtype,
                   device: torch.device) -> 'OpenCLIPViT':
         """A frozen, eval-mode copy of the image tower in ``dtype`` on
-        ``device``, for :meth:`encode_cls` (the plain CLIP path: neither the
-        dense strategy nor the prompts are copied).
+        ``device``, for :meth:`encode_cls` and :meth:`forward_dense` at
+        another precision. The copy shares this backbone's dense strategy
+        (not copied: a strategy's own network, e.g. ProxyCLIP's VFM, keeps
+        its dtype); the prompts are not carried over.
 
         Kept out of the module tree (no parameters, no state-dict keys) and
         rebuilt when the tower's weights change (an optimiser step or
         loading a checkpoint bumps their versions; edits through ``.data``
-        do not) or another dtype/device is asked for. Weights are cast one
-        by one, so the tower is never duplicated at its own precision.
+        do not); one copy per (dtype, device). Weights are cast one by one,
+        so the tower is never duplicated at its own precision.
         """
         device = torch.device(device)
-        key = (dtype, device, tuple((p.data_ptr(), p._version)
-                                    for p in self.visual.parameters()))
+        slot = (dtype, device)
+        versions = tuple((p.data_ptr(), p._version)
+                         for p in self.visual.parameters())
         cache = _CAST_COPIES.setdefault(self, {})
-        backbone = cache.get(key)
-        if backbone is None:
+        held = cache.get(slot)
+        backbone = held[1] if held is not None and held[0] == versions \
+            else None
+        if backbone is None or \
+                backbone.dense_strategy is not self.dense_strategy:
             memo = {}
             for tensor in (*self.visual.parameters(), *self.visual.buffers()):
                 cast = tensor.detach().to(
@@ -582,7 +582,7 @@ class OpenCLIPViT(BaseModule):
                 model_name=self.model_name,
                 visual=copy.deepcopy(self.visual, memo),
                 pos_interp=self.pos_interp,
+                dense_strategy=self.dense_strategy,
                 freeze='all').eval()
-            cache.clear()
-            cache[key] = backbone
+            cache[slot] = (versions, backbone)
         return backbone

@@ -34,6 +34,7 @@ from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
 import torch
 import torch.nn.functional as F
 from mmengine.config import ConfigDict
+from mmengine.logging import print_log
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
@@ -45,7 +46,9 @@ from mmseg_ovss.clip.dense_head import (DenseCLIPHead, StitchedMaps,
                                         band_height, linear_source,
                                         resolve_layer_indices)
 from mmseg_ovss.clip.features import VocabularyEmbeddings
-from mmseg_ovss.clip.text_encoder import (                                          vocabulary_from)
+from mmseg_ovss.clip.precision import (check_precision, compute_dtype,
+                                       dtype_name, kernel_report)
+from mmseg_ovss.clip.text_encoder import vocabulary_from
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 from mmseg_ovss.utils.pamr import PAMR
@@ -119,6 +122,21 @@ def unpadded_box(meta: dict, height: int, width: int) -> Window:
             f'pixel of the {height}x{width} input; padding_size is (left, '
             'right, top, bottom) as SegDataPreProcessor sets it')
     return top, y2, left, x2
+
+
+def label_histogram(labels: Tensor, num_classes: int) -> Tensor:
+    """(num_classes,) int64 pixel count of each label in ``labels``.
+
+    ``torch.bincount`` on the CPU; elsewhere a ``scatter_add_`` into a
+    fixed-size histogram (CUDA's ``bincount`` reads the largest label back
+    to the host to size its output: a sync per call)."""
+    labels = labels.flatten()
+    if labels.device.type == 'cpu':
+        return torch.bincount(labels, minlength=num_classes)
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    return counts.scatter_add_(
+        0, labels, torch.ones((), dtype=torch.long,
+                              device=labels.device).expand(labels.numel()))
 
 
 def _pair(value, name) -> Tuple[int, int]:
@@ -296,6 +314,15 @@ class CLIPDenseSegmentor(EncoderDecoder):
         strategy (dict, optional): the old place of
             ``backbone.dense_strategy`` (read with a warning, as are
             ``clip.pos_interp`` and the text tower's options in ``text``).
+        precision (str): the dtype of the dense path (image tower, dense
+            strategy, captured attention, FreeCP's crops): ``'fp32'``
+            (exact; default), ``'bf16'`` (CPUs with AVX512-BF16 or AMX,
+            GPUs), ``'fp16'`` (CUDA only) or ``'auto'``, see
+            :mod:`mmseg_ovss.clip.precision`. A low precision runs on a cast
+            copy of the tower's weights; the features come back in fp32,
+            the text embeddings and the head stay fp32. The kernels are
+            logged at the first forward on each device. (``clip.precision``
+            is something else: the dtype the weights are loaded in.)
         gt_vocabulary (bool): the ground-truth vocabulary oracle, for
             analysis only (FreeCP Fig. 1b, Table 1 "w/ GT"; warns when
             built): :meth:`predict` segments each image with the vocabulary
@@ -323,7 +350,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
                  test_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None,
                  strategy: Union[dict, str, None] = None,
-                 gt_vocabulary: bool = False):
+                 gt_vocabulary: bool = False,
+                 precision: str = 'fp32'):
         # BaseSegmentor's init: the towers are built with the shared clip
         # weights (_build_clip_towers) and num_classes / out_channels follow
         # the run-time vocabulary, so EncoderDecoder's init does not apply
@@ -385,6 +413,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
         self.gt_vocabulary = gt_vocabulary
         if gt_vocabulary:
             warnings.warn(ORACLE_WARNING)
+        self.precision = check_precision(precision)
+        self._precision_logged = set()
         self._attention_layers = resolve_layer_indices(
             getattr(head, 'required_attention_layers', ()),
             self.backbone.num_layers)
@@ -550,11 +580,32 @@ class CLIPDenseSegmentor(EncoderDecoder):
                 grids.append(self.decode_head(feats, vocab).float())
         return torch.cat(grids), tuple(windows.shape[-2:])
 
+    def compute_dtype(self, device) -> torch.dtype:
+        """The dtype of the dense path on ``device`` (``precision``); the
+        choice and the device's kernels are logged once per device."""
+        dtype = compute_dtype(self.precision, device)
+        key = str(device)
+        if key not in self._precision_logged:
+            self._precision_logged.add(key)
+            print_log(
+                f'{type(self).__name__}: precision={self.precision!r} runs '
+                f'the dense path in {dtype_name(dtype)} on {key} '
+                f'({kernel_report(device).summary()})', logger='current')
+        return dtype
+
+    def dense_backbone(self, device):
+        """The backbone the dense path runs on ``device``: the backbone
+        itself at its own dtype, else its cast copy (``precision``)."""
+        dtype = self.compute_dtype(device)
+        if dtype == self.backbone.dtype:
+            return self.backbone
+        return self.backbone.cast_copy(dtype, device)
+
     def _backbone_features(self, images: Tensor):
         """Dense features of (B, 3, H, W) images: the one call of the
-        backbone's dense forward."""
+        backbone's dense forward, at ``precision``."""
         head = self.decode_head
-        features = self.backbone.forward_dense(
+        features = self.dense_backbone(images.device).forward_dense(
             images, attention_layers=self._attention_layers,
             with_cls=head.requires_cls_token,
             attention_heads=head.attention_heads)
@@ -600,7 +651,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
         maps = self.stitched(image, vocab)
         with profile_stage('head'):
             maps = self.decode_head.image_maps(
-                maps, image, vocab, self.backbone.encode_cls,
+                maps, image, vocab,
+                self.dense_backbone(image.device).encode_cls,
                 self.backbone.patch_size)
         if isinstance(maps, Tensor):
             maps = StitchedMaps.from_tensor(maps)
@@ -653,7 +705,12 @@ class CLIPDenseSegmentor(EncoderDecoder):
             scores = [(0, self._whole_scores(maps.render(), image, vocab,
                                              (out_h, out_w)))]
             return lambda: scores
-        rows = linear_source(in_h, out_h)
+        # source rows on the host (band limits are Python ints, no device
+        # read-back) and the gather indices and weights on the device once
+        i0, i1, w0, w1 = linear_source(in_h, out_h)
+        starts, stops = i0.tolist(), i1.tolist()
+        device = image.device
+        rows = (starts, stops, *(t.to(device) for t in (i0, i1, w0, w1)))
         tops = list(range(0, out_h, step))
         patch = self.backbone.patch_size
         if (in_h, in_w) == (out_h, out_w) and step >= patch:
@@ -676,20 +733,22 @@ class CLIPDenseSegmentor(EncoderDecoder):
     def _resized_band(maps: StitchedMaps, rows, top: int, bottom: int,
                       out_w: int) -> Tensor:
         """Output rows [top, bottom) of the stitched maps resized
-        (bilinear) to ``len(rows[0])`` x ``out_w``."""
-        if maps.image_size == (len(rows[0]), out_w):
+        (bilinear) to ``len(rows[0])`` x ``out_w``; ``rows``: the source
+        rows of each output row as host lists (``i0``, ``i1``) and as
+        device tensors with their weights (``i0``, ``i1``, ``w0``, ``w1``,
+        :func:`linear_source`)."""
+        starts, stops = rows[0], rows[1]
+        if maps.image_size == (len(starts), out_w):
             return maps.rows(top, bottom)
-        i0, i1, w0, w1 = (t[top:bottom] for t in rows)
-        first, last = int(i0[0]), int(i1[-1]) + 1
+        i0, i1, w0, w1 = (t[top:bottom] for t in rows[2:])
+        first, last = starts[top], stops[bottom - 1] + 1
         band = maps.rows(first, last)
         # columns first (rows pass through unchanged at scale 1), then rows
         band = F.interpolate(band, size=(last - first, out_w),
                              mode='bilinear', align_corners=False)
-        device = band.device
-        upper = band.index_select(2, (i0 - first).to(device))
-        lower = band.index_select(2, (i1 - first).to(device))
-        return upper * w0.to(device).view(1, 1, -1, 1) + \
-            lower * w1.to(device).view(1, 1, -1, 1)
+        upper = band.index_select(2, i0 - first)
+        lower = band.index_select(2, i1 - first)
+        return upper * w0.view(1, 1, -1, 1) + lower * w1.view(1, 1, -1, 1)
 
     def _area_keep(self, area: Tensor,
                    vocab: VocabularyEmbeddings) -> Tensor:
@@ -699,7 +758,9 @@ class CLIPDenseSegmentor(EncoderDecoder):
         foreground = torch.ones_like(area, dtype=torch.bool)
         if vocab.background_class is not None:
             foreground[vocab.background_class] = False
-        keep = area > self.area_thd * area[foreground].sum()
+        # a masked sum, not area[foreground]: boolean indexing syncs on GPU
+        total = torch.where(foreground, area, area.new_zeros(())).sum()
+        keep = area > self.area_thd * total
         return keep | ~foreground
 
     def threshold_labels(self, scores: Tensor, vocab) -> Tensor:
@@ -708,15 +769,16 @@ class CLIPDenseSegmentor(EncoderDecoder):
         max_score, labels = scores.max(0)
         background = vocab.background_class
         if background is not None and self.prob_thd > 0:
-            labels[max_score < self.prob_thd] = background
+            # masked_fill_: no boolean indexing (a host sync on GPU)
+            labels.masked_fill_(max_score < self.prob_thd, background)
         return labels
 
     def predict_labels(self, scores: Tensor,
                        vocab: VocabularyEmbeddings) -> Tensor:
         """Background rules and argmax: (K, H, W) -> (1, H, W) labels."""
         if self.area_thd is not None and scores.shape[0] > 1:
-            area = torch.bincount(scores.argmax(0).flatten(),
-                                  minlength=scores.shape[0]).float()
+            area = label_histogram(scores.argmax(0),
+                                   scores.shape[0]).float()
             keep = self._area_keep(area, vocab)
             scores = scores * keep.to(scores.dtype).view(-1, 1, 1)
         return self.threshold_labels(scores, vocab)[None]
@@ -746,8 +808,7 @@ class CLIPDenseSegmentor(EncoderDecoder):
             kept, room = [], self.tile_mb * 2**20 / 4
             for top, scores in bands():
                 with profile_stage('postprocess'):
-                    area += torch.bincount(scores.argmax(0).flatten(),
-                                           minlength=num_classes)
+                    area += label_histogram(scores.argmax(0), num_classes)
                 if kept is not None:
                     room -= scores.numel()
                     if room < 0:
@@ -906,9 +967,10 @@ class CLIPDenseSegmentor(EncoderDecoder):
         head, scores = self.decode_head, []
         for index in range(inputs.shape[0]):
             image = inputs[index:index + 1]
-            image_maps = head.image_maps(maps[index:index + 1], image, vocab,
-                                         self.backbone.encode_cls,
-                                         self.backbone.patch_size)
+            image_maps = head.image_maps(
+                maps[index:index + 1], image, vocab,
+                self.dense_backbone(image.device).encode_cls,
+                self.backbone.patch_size)
             if isinstance(image_maps, StitchedMaps):
                 image_maps = image_maps.render()
             if self.pamr is not None:
