@@ -199,6 +199,36 @@ def test_relationship_descriptors_direct():
     torch.testing.assert_close(desc[1, 0, 2, :4], text[2] * cls[1])
 
 
+def test_split_descriptor_projection_gradients_direct():
+    """The projection computed as W_1 (T ⊙ R_a) + W_2 T + b (text half once
+    per class) gives the gradients of the Linear on the concatenated
+    descriptors, written out with einsum."""
+    gen = torch.Generator().manual_seed(2)
+    text = torch.randn(3, 4, generator=gen, requires_grad=True)
+    cls = torch.randn(2, 4, generator=gen)
+    regions = torch.randn(2, 2, 4, generator=gen, requires_grad=True)
+    module = RelationshipDescriptors(text_channels=4, out_channels=5)
+    upstream = torch.randn(2, 2, 3, 5, generator=gen)
+    desc, queries = module(text, cls, regions)
+    (queries * upstream).sum().backward()
+    with torch.no_grad():
+        fused = regions + cls[:, None]
+        full = torch.cat([torch.einsum('bmd,cd->bmcd', fused, text),
+                          text.expand(2, 2, 3, 4)], dim=-1)
+        grad_w = torch.einsum('bmco,bmcd->od', upstream, full)
+        grad_b = upstream.sum(dim=(0, 1, 2))
+        w = module.project.weight
+        grad_full = torch.einsum('bmco,od->bmcd', upstream, w)
+        grad_regions = torch.einsum('bmcd,cd->bmd', grad_full[..., :4], text)
+        grad_text = torch.einsum('bmcd,bmd->cd', grad_full[..., :4], fused) \
+            + grad_full[..., 4:].sum(dim=(0, 1))
+    tol = _tol(2 * 2 * 3 * 8)
+    for got, want in ((module.project.weight.grad, grad_w),
+                      (module.project.bias.grad, grad_b),
+                      (regions.grad, grad_regions), (text.grad, grad_text)):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
 def test_region_alignment_nearest_direct():
     gen = torch.Generator().manual_seed(2)
     module = RegionAlignment(pixel_channels=3, token_channels=2,

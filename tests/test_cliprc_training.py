@@ -4,14 +4,13 @@ ZeroShotIoUMetric; transductive runs from the inductive checkpoint.
 
 Each test config derives from the REAL shipped config and overrides only
 sizes, iterations and weights (tiny random CLIP, 64 px crops, 2 images)."""
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
-                                              make_tiny_dataset)
+from mmseg_ovss.testing.cliprc import make_tiny_voc_aug
+from mmseg_ovss.testing.tiny_datasets import exported_data_root
 from mmseg_ovss.testing.tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,14 +75,7 @@ def voc_root(tmp_path_factory):
     """Tiny VOC 2012 with the SBD training files (aug.txt,
     SegmentationClassAug) the ZegCLIP / CLIP-RC VOC configs read."""
     root = tmp_path_factory.mktemp('cliprc_voc')
-    data = Path(make_tiny_dataset('voc20', root, num_images=2,
-                                  image_size=(SIZE, SIZE)))
-    ids = (data / 'ImageSets/Segmentation/train.txt').read_text()
-    (data / 'ImageSets/Segmentation/aug.txt').write_text(ids)
-    aug = data / 'SegmentationClassAug'
-    aug.mkdir()
-    for label in (data / 'SegmentationClass').iterdir():
-        shutil.copy(label, aug / label.name)
+    make_tiny_voc_aug(root, num_images=2, size=SIZE)
     with exported_data_root(root):
         yield root
 

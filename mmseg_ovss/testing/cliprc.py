@@ -125,3 +125,23 @@ def tiny_batch(num_images: int = 2, size: Tuple[int, int] = (64, 64),
                                  pad_shape=size))
         samples.append(sample)
     return inputs, samples
+
+
+def make_tiny_voc_aug(root, num_images: int = 2, size: int = 64):
+    """A tiny VOC 2012 layout (``make_tiny_dataset('voc20', ...)``) with the
+    SBD training files the ZegCLIP / CLIP-RC VOC configs read
+    (``ImageSets/Segmentation/aug.txt`` and ``SegmentationClassAug``, here
+    copies of the train split); returns the dataset directory."""
+    import shutil
+    from pathlib import Path
+
+    from .tiny_datasets import make_tiny_dataset
+    data = Path(make_tiny_dataset('voc20', root, num_images=num_images,
+                                  image_size=(size, size)))
+    ids = (data / 'ImageSets/Segmentation/train.txt').read_text()
+    (data / 'ImageSets/Segmentation/aug.txt').write_text(ids)
+    aug = data / 'SegmentationClassAug'
+    aug.mkdir(exist_ok=True)
+    for label in (data / 'SegmentationClass').iterdir():
+        shutil.copy(label, aug / label.name)
+    return data

@@ -248,7 +248,14 @@ class RelationDecoder(BaseModule):
         if self.mask_logits is not None:
             logits = self.mask_logits(q, p)
             q = None
+            logits = logits.reshape(b, m, c, -1).mean(dim=1)
+        elif p.shape[0] == b:
+            # joint queries, one pixel sequence per image: Eq. 8's mean of
+            # the M maps R_m I^T is (mean_m R_m) I^T, one (C x N) product
+            # instead of the (B, M*C, N) maps
+            logits = torch.matmul(q.reshape(b, m, c, -1).mean(dim=1),
+                                  p.transpose(1, 2))
         else:
             logits = torch.matmul(q, p.transpose(1, 2))
-        logits = logits.reshape(b, m, c, -1).mean(dim=1)
+            logits = logits.reshape(b, m, c, -1).mean(dim=1)
         return DecoderOutput(logits=logits, queries=q, pixels=p)

@@ -16,6 +16,7 @@ of Eq. 10.
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
@@ -65,4 +66,11 @@ class RelationshipDescriptors(BaseModule):
         product = fused.unsqueeze(2) * text             # (B, M, C, D)
         plain = text.expand(batch, num_regions, -1, -1)
         descriptors = torch.cat([product, plain], dim=-1)   # Eq. 6
-        return descriptors, self.project(descriptors)
+        # the Linear on [T ⊙ R_a ; T] is W_1 (T ⊙ R_a) + W_2 T + b: its
+        # text half is the same for every image and region, so it is
+        # computed once per class (C rows instead of B·M·C)
+        weight, bias = self.project.weight, self.project.bias
+        dims = self.text_channels
+        queries = F.linear(product, weight[:, :dims]) + \
+            F.linear(text, weight[:, dims:], bias)
+        return descriptors, queries
