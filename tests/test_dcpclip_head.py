@@ -412,9 +412,10 @@ def test_tag_validation_runs_once_on_the_ensemble_label_map():
 
 
 def test_scores_fill_the_unselected_classes_after_the_resize():
-    """``predict`` resizes and takes the sigmoid of the K selected classes
-    only; the result equals resizing all C classes' logits (unselected at
-    ``unselected_logit``) and taking the sigmoid."""
+    """``predict`` takes the sigmoid of the K selected classes and resizes
+    them only; the result equals the sigmoid of all C classes' logits
+    (unselected at ``unselected_logit``) resized (CAT-Seg's whole-image
+    order)."""
     import torch.nn.functional as F
     model = build()
     model.eval()
@@ -426,9 +427,60 @@ def test_scores_fill_the_unselected_classes_after_the_resize():
         state = head.forward_state(inputs)
         assert state.selection.width < len(CLASSES)
         got = head.predict(inputs, metas)
-        want = F.interpolate(state.logits, (64, 64), mode='bilinear',
-                             align_corners=False).sigmoid()
+        want = F.interpolate(state.logits.sigmoid(), (64, 64),
+                             mode='bilinear', align_corners=False)
     # sigmoid(-100) is a float32 denormal; the selected classes' scores
     # agree to the rounding of a 4-term bilinear sum
     torch.testing.assert_close(got, want, rtol=0,
                                atol=8 * torch.finfo(torch.float32).eps)
+
+
+def test_ensemble_on_the_union_of_the_view_classes_against_a_loop():
+    """DCP-CLIP's ensemble fuses the views on the union of the classes they
+    selected; it equals CAT-Seg's ensemble over all C classes computed
+    directly (a loop over the 2 x 2 windows and the whole image, every
+    class's logits resized to the view, then the sigmoid)."""
+    import torch.nn.functional as F
+    model = build(test_cfg=dict(mode='catseg_ensemble', kernel=32,
+                                overlap=0.5, ensemble_size=(48, 48)))
+    model.eval()
+    torch.manual_seed(5)
+    image = torch.randn(1, 3, 40, 44)
+    padded = F.pad(image, (0, 4, 0, 8))
+    meta = [dict(img_shape=(40, 44), pad_shape=(48, 48),
+                 padding_size=[0, 4, 0, 8], ori_shape=(40, 44))]
+
+    def direct(view):
+        state = model.decode_head.forward_state(model.head_inputs(view))
+        return F.interpolate(state.logits, view.shape[-2:], mode='bilinear',
+                             align_corners=False).sigmoid(), state
+
+    with torch.no_grad():
+        got = model.inference(padded, meta)
+        big = F.interpolate(image, (48, 48), mode='bilinear',
+                            align_corners=False)
+        total = torch.zeros(1, len(CLASSES), 48, 48)
+        count = torch.zeros(1, 1, 48, 48)
+        union = torch.zeros(len(CLASSES), dtype=torch.bool)
+        for top in (0, 16):
+            for left in (0, 16):
+                scores, state = direct(big[:, :, top:top + 32,
+                                           left:left + 32])
+                union |= state.selection.mask[0]
+                total[:, :, top:top + 32, left:left + 32] += scores
+                count[:, :, top:top + 32, left:left + 32] += 1
+        whole, state = direct(F.interpolate(image, (32, 32),
+                                            mode='bilinear',
+                                            align_corners=False))
+        union |= state.selection.mask[0]
+        whole = F.interpolate(whole, (48, 48), mode='bilinear',
+                              align_corners=False)
+        want = F.interpolate((total / count + whole) / 2, (40, 44),
+                             mode='bilinear', align_corners=False)
+    assert not union.all()  # the union path ran on fewer than C classes
+    assert got.shape == (1, len(CLASSES), 48, 48)
+    # bilinear resizes, a fold and 5-view means of scores in [0, 1]
+    tol = 16 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got[:, :, :40, :44], want, atol=tol, rtol=0)
+    assert (got[:, :, 40:] == 0).all() and (got[:, :, :, 44:] == 0).all()
+    assert (got[0, ~union, :40, :44] < 1e-30).all()
