@@ -383,12 +383,13 @@ def measure_config(path: str, args, num_selected: Optional[int] = None
 
 
 def measure_all(args) -> List[dict]:
-    """One row per config, and per ``--num-selected`` K for DCP-CLIP."""
+    """One row per config, and for DCP-CLIP one more per
+    ``--num-selected`` K."""
     rows = []
     for path in args.configs:
-        pins = [None]
+        pins = [None]  # the selection rule itself (K measured)
         if args.num_selected and has_selection(load_config(path, args)):
-            pins = list(args.num_selected)
+            pins += list(args.num_selected)
         rows += [measure_config(path, args, k) for k in pins]
     return rows
 
