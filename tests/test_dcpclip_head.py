@@ -12,6 +12,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg_ovss.models.dcpclip.category_selection import CategorySelection
 from mmseg_ovss.models.dcpclip.head import selected_pixel_bce
+from mmseg_ovss.utils.errors import OVSSConfigError
 
 TEMPLATES = ['a photo of a {}.', 'a picture of a {}.', 'a rendering of a {}.']
 CLASSES = ['person', 'car', 'tree', 'sky', 'road', 'grass', 'river', 'wall']
@@ -86,7 +87,7 @@ def test_selected_bce_against_a_hand_computation():
     labels = torch.tensor([[[0, 1], [255, 2]], [[0, 0], [1, 255]]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
     for mode in ('negative', 'exclude'):
-        total, count = 0.0, 0
+        totals, counts = [0.0, 0.0], [0, 0]
         for b in range(2):
             for k in range(3):
                 if not valid[b, k]:
@@ -98,14 +99,23 @@ def test_selected_bce_against_a_hand_computation():
                             continue
                         target = float(labels[b, y, x] == k)
                         p = 1 / (1 + math.exp(-logits[b, k, y, x]))
-                        total -= target * math.log(p) + \
+                        totals[b] -= target * math.log(p) + \
                             (1 - target) * math.log(1 - p)
-                        count += 1
-        got = selected_pixel_bce(logits, labels, valid, 255, mode)
+                        counts[b] += 1
+        expected = {'batch': sum(totals) / sum(counts),
+                    'image': (totals[0] / counts[0] +
+                              totals[1] / counts[1]) / 2}
         # the loss is computed in float32 (AMP-safe) over 24 terms
         eps = torch.finfo(torch.float32).eps
-        assert got.item() == pytest.approx(total / count,
-                                           rel=10 * eps * math.sqrt(24))
+        for normalization, value in expected.items():
+            got = selected_pixel_bce(logits, labels, valid, 255, mode,
+                                     normalization)
+            assert got.item() == pytest.approx(
+                value, rel=10 * eps * math.sqrt(24))
+        # the images select 3 and 2 classes: the two normalizations differ
+        assert expected['batch'] != pytest.approx(expected['image'])
+    with pytest.raises(OVSSConfigError, match='normalization'):
+        selected_pixel_bce(logits, labels, valid, 255, 'negative', 'pixel')
 
 
 def test_present_classes_and_slot_labels():
@@ -348,3 +358,129 @@ def test_no_unused_parameters(overrides):
     missing = [name for name, p in head.named_parameters()
                if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+def test_tag_validation_runs_once_on_the_ensemble_label_map():
+    """Under CAT-Seg's window + whole-image ensemble, tag validation runs
+    once per image, on the fused scores of its unpadded region (the final
+    label map), with the dense CLIP features of the whole-image view; the
+    views themselves are not validated."""
+    import torch.nn.functional as F
+    seen = CLASSES[:4]  # the other 4 classes are "unseen in training"
+    model = build(
+        head=head_cfg(tag_validation=dict(type='TagValidation', top_k=1,
+                                          seen_classes=seen)),
+        test_cfg=dict(mode='catseg_ensemble', kernel=32, overlap=0.5,
+                      ensemble_size=(48, 48)))
+    model.eval()
+    tv = model.decode_head.tag_validation
+    validate = tv.forward
+    calls = []
+
+    def spy(scores, *args, **kwargs):
+        calls.append(tuple(scores.shape))
+        return validate(scores, *args, **kwargs)
+
+    tv.forward = spy
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, 48, 48)
+    images[1, :, 40:] = 0
+    images[1, :, :, 44:] = 0
+    metas = [dict(img_shape=(48, 48), pad_shape=(48, 48),
+                  padding_size=[0, 0, 0, 0], ori_shape=(48, 48)),
+             dict(img_shape=(40, 44), pad_shape=(48, 48),
+                  padding_size=[0, 4, 0, 8], ori_shape=(40, 44))]
+    with torch.no_grad():
+        got = model.inference(images, metas)
+        assert calls == [(1, 8, 48, 48), (1, 8, 40, 44)]
+        model.decode_head.tag_validation = None
+        plain = model.inference(images, metas)
+        text = model.text_inputs()
+        changed = 0
+        for i, (h, w) in enumerate(((48, 48), (40, 44))):
+            view = F.interpolate(images[i:i + 1, :, :h, :w], (32, 32),
+                                 mode='bilinear', align_corners=False)
+            features = model.extract_feat(view).patches
+            region = plain[i:i + 1, :, :h, :w]
+            want = validate(region, features, text.embeddings,
+                            text.class_names).argmax(1)
+            assert torch.equal(got[i:i + 1, :, :h, :w].argmax(1), want)
+            changed += int((want != region.argmax(1)).sum())
+    # the case exercises a relabelling (random weights, top-1)
+    assert changed > 0
+    assert (got[1, :, 40:] == 0).all() and (got[1, :, :, 44:] == 0).all()
+
+
+def test_scores_fill_the_unselected_classes_after_the_resize():
+    """``predict`` takes the sigmoid of the K selected classes and resizes
+    them only; the result equals the sigmoid of all C classes' logits
+    (unselected at ``unselected_logit``) resized (CAT-Seg's whole-image
+    order)."""
+    import torch.nn.functional as F
+    model = build()
+    model.eval()
+    images = torch.randn(1, 3, 64, 64)
+    metas = [dict(img_shape=(64, 64), ori_shape=(64, 64))]
+    with torch.no_grad():
+        head = model.decode_head
+        inputs = model.head_inputs(images)
+        state = head.forward_state(inputs)
+        assert state.selection.width < len(CLASSES)
+        got = head.predict(inputs, metas)
+        want = F.interpolate(state.logits.sigmoid(), (64, 64),
+                             mode='bilinear', align_corners=False)
+    # sigmoid(-100) is a float32 denormal; the selected classes' scores
+    # agree to the rounding of a 4-term bilinear sum
+    torch.testing.assert_close(got, want, rtol=0,
+                               atol=8 * torch.finfo(torch.float32).eps)
+
+
+def test_ensemble_on_the_union_of_the_view_classes_against_a_loop():
+    """DCP-CLIP's ensemble fuses the views on the union of the classes they
+    selected; it equals CAT-Seg's ensemble over all C classes computed
+    directly (a loop over the 2 x 2 windows and the whole image, every
+    class's logits resized to the view, then the sigmoid)."""
+    import torch.nn.functional as F
+    model = build(test_cfg=dict(mode='catseg_ensemble', kernel=32,
+                                overlap=0.5, ensemble_size=(48, 48)))
+    model.eval()
+    torch.manual_seed(5)
+    image = torch.randn(1, 3, 40, 44)
+    padded = F.pad(image, (0, 4, 0, 8))
+    meta = [dict(img_shape=(40, 44), pad_shape=(48, 48),
+                 padding_size=[0, 4, 0, 8], ori_shape=(40, 44))]
+
+    def direct(view):
+        state = model.decode_head.forward_state(model.head_inputs(view))
+        return F.interpolate(state.logits, view.shape[-2:], mode='bilinear',
+                             align_corners=False).sigmoid(), state
+
+    with torch.no_grad():
+        got = model.inference(padded, meta)
+        big = F.interpolate(image, (48, 48), mode='bilinear',
+                            align_corners=False)
+        total = torch.zeros(1, len(CLASSES), 48, 48)
+        count = torch.zeros(1, 1, 48, 48)
+        union = torch.zeros(len(CLASSES), dtype=torch.bool)
+        for top in (0, 16):
+            for left in (0, 16):
+                scores, state = direct(big[:, :, top:top + 32,
+                                           left:left + 32])
+                union |= state.selection.mask[0]
+                total[:, :, top:top + 32, left:left + 32] += scores
+                count[:, :, top:top + 32, left:left + 32] += 1
+        whole, state = direct(F.interpolate(image, (32, 32),
+                                            mode='bilinear',
+                                            align_corners=False))
+        union |= state.selection.mask[0]
+        whole = F.interpolate(whole, (48, 48), mode='bilinear',
+                              align_corners=False)
+        want = F.interpolate((total / count + whole) / 2, (40, 44),
+                             mode='bilinear', align_corners=False)
+    assert not union.all()  # the union path ran on fewer than C classes
+    assert got.shape == (1, len(CLASSES), 48, 48)
+    # bilinear resizes, a fold and 5-view means of scores in [0, 1]
+    tol = 16 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got[:, :, :40, :44], want, atol=tol, rtol=0)
+    assert (got[:, :, 40:] == 0).all() and (got[:, :, :, 44:] == 0).all()
+    assert (got[0, ~union, :40, :44] < 1e-30).all()

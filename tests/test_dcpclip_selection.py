@@ -153,3 +153,32 @@ def test_bad_options_are_named():
         DynamicCategorySelection(threshold=1.5)
     with pytest.raises(OVSSConfigError, match='suppression'):
         DynamicCategorySelection(suppression='mul')
+
+
+def test_fixed_count_keeps_the_rule_first_then_by_image_score():
+    """The analysis option ``fixed_count``: exactly K classes per image,
+    those the rule selects ranked first (by S_g), then the others by S_g;
+    training keeps the rule."""
+    mask = torch.tensor([[True, False, True, False, False],
+                         [False, False, False, False, True]])
+    scores = torch.tensor([[0.10, 0.50, 0.05, 0.30, 0.05],
+                           [0.40, 0.30, 0.20, 0.06, 0.04]])
+    keep = DynamicCategorySelection.keep_count
+    # rule classes {0, 2} by S_g, then 1 (0.5) and 3 (0.3)
+    assert selected(keep(mask, scores, 1)) == [[0], [4]]
+    assert selected(keep(mask, scores, 3)) == [[0, 1, 2], [0, 1, 4]]
+    assert selected(keep(mask, scores, 9)) == [[0, 1, 2, 3, 4]] * 2
+    dcs = DynamicCategorySelection(fixed_count=2).eval()
+    torch.manual_seed(0)
+    text = torch.randn(6, 8)
+    out = dcs(torch.randn(2, 8, 3, 3), torch.randn(2, 8), text,
+              torch.tensor(10.0))
+    assert out.num_selected.tolist() == [2, 2]
+    dcs.train()
+    rule = DynamicCategorySelection().train()
+    patches, cls = torch.randn(2, 8, 3, 3), torch.randn(2, 8)
+    assert torch.equal(dcs(patches, cls, text, torch.tensor(10.0)).mask,
+                       rule(patches, cls, text, torch.tensor(10.0)).mask)
+    for bad in (0, 2.5, True):
+        with pytest.raises(OVSSConfigError, match='fixed_count'):
+            DynamicCategorySelection(fixed_count=bad)

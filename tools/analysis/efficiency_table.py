@@ -30,6 +30,20 @@ Rows of ViT-L/14 configs are compared with the paper's Table II (DCP-CLIP
 the others are printed next to the paper's. ``--also-dataset`` times each
 config again on a second vocabulary (e.g. ADE-847) and prints the time
 ratio to ``--dataset``.
+
+Selected classes. DCP-CLIP's head computes only the K classes Dynamic
+Category Selection keeps for each image (each view, under CAT-Seg's window
+ensemble), so its FLOPs and time are functions of K, and with random (or
+untrained) weights K is arbitrary. Every DCP-CLIP row therefore reports the
+measured mean K per view (``K/view``), and ``--num-selected K [K ...]`` pins
+the selection to exactly K classes per view (the selection's analysis
+option ``fixed_count``: the classes the rule selects first, then the others
+by their image-level score), one row per K. With two or more K the tool
+fits GFLOPs = a + b K by least squares (the head's convolutions, windows
+and projections are linear in K; the class attention of the alignment's SA
+branch adds a small K^2 term, so with three or more K the largest relative
+residual of the fit is printed too) and prints a, b, the K at which DCP-CLIP's GFLOPs reach 0.35 x CAT-Seg's of the same
+run, and for ViT-L/14 the K that the paper's 616.2 GFLOPs imply.
 """
 import argparse
 import json
@@ -96,10 +110,16 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         metavar='KEY=VALUE',
                         help='overrides applied to every config')
+    parser.add_argument('--num-selected', type=int, nargs='+', default=None,
+                        metavar='K', help='DCP-CLIP rows: pin the selection '
+                        'to exactly K classes per view (one row per K; an '
+                        'analysis option, see the module doc)')
     parser.add_argument('--out', help='write the rows as JSON to this file')
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f'--images {args.images}: give at least 1')
+    if args.num_selected and min(args.num_selected) < 1:
+        parser.error(f'--num-selected {args.num_selected}: K must be >= 1')
     return args
 
 
@@ -170,6 +190,9 @@ def inference_flops(model: nn.Module, inputs: torch.Tensor,
     """FLOPs (fvcore convention) of one test-time inference."""
     from mmseg_ovss.engine.complexity import model_complexity
     wrapper = TestTimeInference(model, metas)
+    # model_complexity restores the wrapper's mode on the model afterwards:
+    # the model's own (eval), not a fresh module's (train)
+    wrapper.train(model.training)
     with torch.no_grad():
         # the vocabulary's embeddings are computed once, outside the count
         text = model.text_inputs()
@@ -271,17 +294,42 @@ def synchronize(device: str) -> None:
 
 
 # ---------------------------------------------------------------- measure
+class SelectionCounter:
+    """Counts the classes Dynamic Category Selection keeps per view (a
+    forward hook on the head's ``category_selection``; nothing when the
+    head has none)."""
+
+    def __init__(self, model: nn.Module):
+        self.counts: List[int] = []
+        self.enabled = True
+        module = getattr(model.decode_head, 'category_selection', None)
+        self.handle = None if module is None else \
+            module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self.enabled:
+            self.counts.extend(output.num_selected.tolist())
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.remove()
+
+
 def measure(model, cfg, args, dataset: str, with_flops: bool) -> dict:
-    """Mean seconds and GFLOPs per image on ``dataset``'s vocabulary."""
+    """Mean seconds and GFLOPs per image on ``dataset``'s vocabulary, and
+    the mean number of classes selected per view (DCP-CLIP)."""
     model.set_dataset_classes(dataset_vocabulary(dataset))
     samples, source = eval_images(cfg, args, dataset, args.images + 1)
     seconds, flops = [], []
+    counter = SelectionCounter(model)
     with torch.no_grad():
         for index, sample in enumerate(samples):
             synchronize(args.device)
+            counter.enabled = index > 0
             start = time.perf_counter()
             model.test_step(collate(sample))
             synchronize(args.device)
+            counter.enabled = False
             if index == 0:
                 continue  # warm-up: caches the vocabulary's text embeddings
             seconds.append(time.perf_counter() - start)
@@ -289,7 +337,10 @@ def measure(model, cfg, args, dataset: str, with_flops: bool) -> dict:
                 data = model.data_preprocessor(collate(sample), False)
                 metas = [s.metainfo for s in data['data_samples']]
                 flops.append(inference_flops(model, data['inputs'], metas))
+    counter.close()
+    selected = float(np.mean(counter.counts)) if counter.counts else None
     return dict(dataset=dataset, images=len(seconds), source=source,
+                selected_per_view=selected,
                 seconds=float(np.mean(seconds)),
                 gflops=float(np.mean(flops)) / 1e9 if flops else None,
                 gflops_per_image=[f / 1e9 for f in flops])
@@ -304,13 +355,22 @@ def paper_row(cfg) -> Optional[dict]:
     return None
 
 
-def measure_config(path: str, args) -> dict:
+def has_selection(cfg) -> bool:
+    """Whether the config's head runs Dynamic Category Selection."""
+    return bool(cfg.model.decode_head.get('category_selection'))
+
+
+def measure_config(path: str, args, num_selected: Optional[int] = None
+                   ) -> dict:
     cfg = load_config(path, args)
+    if num_selected is not None:
+        cfg.model.decode_head.category_selection.fixed_count = num_selected
     torch.manual_seed(args.seed)
     model = build_model(cfg, args.device)
     learnable, total = count_parameters(model)
     row = dict(config=path, learnable_m=learnable, total_m=total,
-               device=args.device, paper=paper_row(cfg))
+               device=args.device, paper=paper_row(cfg),
+               num_selected=num_selected, dcs=has_selection(cfg))
     row['main'] = measure(model, cfg, args, args.dataset,
                           with_flops=not args.no_flops)
     if args.also_dataset:
@@ -322,9 +382,50 @@ def measure_config(path: str, args) -> dict:
     return row
 
 
+def measure_all(args) -> List[dict]:
+    """One row per config, and for DCP-CLIP one more per
+    ``--num-selected`` K."""
+    rows = []
+    for path in args.configs:
+        pins = [None]  # the selection rule itself (K measured)
+        if args.num_selected and has_selection(load_config(path, args)):
+            pins += list(args.num_selected)
+        rows += [measure_config(path, args, k) for k in pins]
+    return rows
+
+
+def fit_flops(rows: List[dict]) -> Optional[dict]:
+    """Least-squares GFLOPs = a + b K over the pinned DCP-CLIP rows (two K
+    or more); with a CAT-Seg row of the same run, the K at which DCP-CLIP
+    reaches 0.35 x its GFLOPs; for ViT-L/14, the K of the paper's 616.2."""
+    pinned = [r for r in rows if r['num_selected'] is not None and
+              r['main']['gflops'] is not None]
+    if len({r['num_selected'] for r in pinned}) < 2:
+        return None
+    k = np.array([r['num_selected'] for r in pinned], dtype=float)
+    g = np.array([r['main']['gflops'] for r in pinned])
+    slope, base = np.polyfit(k, g, 1)
+    residual = np.abs(base + slope * k - g) / g
+    out = dict(base_gflops=float(base), gflops_per_class=float(slope),
+               max_relative_residual=float(residual.max()))
+    catseg = [r for r in rows if not r['dcs'] and r['main']['gflops']]
+    if catseg and slope > 0:
+        goal = 0.35 * catseg[0]['main']['gflops']
+        out['catseg_gflops'] = catseg[0]['main']['gflops']
+        out['k_at_goal'] = float((goal - base) / slope)
+    paper = pinned[0]['paper']
+    if paper and slope > 0:
+        out['k_paper'] = float((paper['gflops'] - base) / slope)
+    return out
+
+
 # ------------------------------------------------------------------ print
 def _fmt(value, spec='.1f') -> str:
-    return '-' if value is None else format(value, spec)
+    if value is None:
+        return '-'
+    if spec == '.1f' and 0 < abs(value) < 1:
+        spec = '.3g'  # tiny models
+    return format(value, spec)
 
 
 def _deviation(ours, paper) -> str:
@@ -334,19 +435,23 @@ def _deviation(ours, paper) -> str:
 
 
 def render(rows: List[dict], args) -> str:
-    head = ('| config | learnable (M) | total (M) | GFLOPs / image | '
-            's / image |')
+    head = ('| config | learnable (M) | total (M) | K/view | '
+            'GFLOPs / image | s / image |')
     if args.also_dataset:
         head += f' s / image {args.also_dataset} | ratio |'
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for row in rows:
         main, paper = row['main'], row['paper']
+        label = osp.basename(row['config'])
+        if row.get('num_selected') is not None:
+            label += f' (K pinned to {row["num_selected"]})'
         cells = [
-            osp.basename(row['config']),
+            label,
             _fmt(row['learnable_m']) + _deviation(
                 row['learnable_m'], paper and paper['learnable']),
             _fmt(row['total_m']) + _deviation(
                 row['total_m'], paper and paper['total']),
+            _fmt(main.get('selected_per_view')),
             _fmt(main['gflops']), _fmt(main['seconds'], '.3f')]
         if args.also_dataset:
             cells += [_fmt(row['also']['seconds'], '.3f'),
@@ -354,7 +459,7 @@ def render(rows: List[dict], args) -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
         if paper:
             cells = [f'paper: {paper["method"]} ViT-L/14 (Table II)',
-                     _fmt(paper['learnable']), _fmt(paper['total']),
+                     _fmt(paper['learnable']), _fmt(paper['total']), '',
                      _fmt(paper['gflops']), _fmt(paper['seconds'], '.2f')]
             if args.also_dataset:
                 cells += ['', '']
@@ -376,7 +481,23 @@ def render(rows: List[dict], args) -> str:
                          f', time x'
                          f'{first["paper"]["seconds"] / row["paper"]["seconds"]:.3f})')
             lines.append(text)
+    fit = fit_flops(rows)
+    if fit:
+        lines.append('')
+        text = (f'DCP-CLIP GFLOPs = {fit["base_gflops"]:.2f} + '
+                f'{fit["gflops_per_class"]:.3f} x K (K: classes per view; '
+                f'largest residual {100 * fit["max_relative_residual"]:.2f}'
+                ' %)')
+        if 'k_at_goal' in fit:
+            text += (f'; 0.35 x CAT-Seg ({fit["catseg_gflops"]:.1f}) is '
+                     f'reached at K = {fit["k_at_goal"]:.1f}')
+        if 'k_paper' in fit:
+            text += (f'; the paper\'s 616.2 GFLOPs imply K = '
+                     f'{fit["k_paper"]:.1f}')
+        lines.append(text)
     lines.append('')
+    lines.append('K/view: mean classes the head computed per view (Dynamic '
+                 'Category Selection; random weights select arbitrarily)')
     lines.append(f'images: {rows[0]["main"]["source"]}; device '
                  f'{rows[0]["device"]}; weights: '
                  f'{"random" if args.random_init else "from the configs"}')
@@ -385,11 +506,12 @@ def render(rows: List[dict], args) -> str:
 
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
-    rows = [measure_config(path, args) for path in args.configs]
+    rows = measure_all(args)
     print(render(rows, args))
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as handle:
-            json.dump(rows, handle, indent=1)
+            json.dump(dict(rows=rows, flops_fit=fit_flops(rows)), handle,
+                      indent=1)
     return rows
 
 

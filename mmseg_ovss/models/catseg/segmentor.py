@@ -43,6 +43,8 @@ from mmseg_ovss.clip.attention import cls_block_forward
 from mmseg_ovss.clip.freeze import qkv_parts
 from mmseg_ovss.models.backbones.open_clip_vit import block_indices
 from mmseg_ovss.models.catseg.features import CLIPDenseFeatures
+from mmseg_ovss.models.dcpclip.category_selection import (
+    CategorySelection, scatter_classes)
 from mmseg_ovss.models.segmentors.open_vocab import OpenVocabEncoderDecoder
 from mmseg_ovss.utils.errors import OVSSConfigError
 
@@ -271,13 +273,81 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             return self.ensemble_inference(inputs, batch_img_metas)
         return super().inference(inputs, batch_img_metas)
 
-    def view_scores(self, views: Tensor) -> Tensor:
-        """(V, C, k, k) sigmoid scores of (V, 3, k, k) views: logits
-        resized to the view, then the sigmoid (CAT-Seg's order)."""
-        logits = self.decode_head.forward(self.head_inputs(views))
-        logits = resize(logits, size=views.shape[-2:], mode='bilinear',
-                        align_corners=self.align_corners)
-        return logits.sigmoid()
+    def view_scores(self, views: Tensor) -> Tuple[Tensor, object]:
+        """((V, C, k, k) sigmoid scores, head state) of (V, 3, k, k) views:
+        logits resized to the view, then the sigmoid (CAT-Seg's order).
+        A head with ``view_scores(inputs, size)`` (DCP-CLIP: on the
+        selected classes only) computes them itself."""
+        inputs = self.head_inputs(views)
+        head = self.decode_head
+        if hasattr(head, 'view_scores'):
+            return head.view_scores(inputs, views.shape[-2:])
+        state = head.forward_state(inputs)
+        logits = resize(state.logits, size=views.shape[-2:],
+                        mode='bilinear', align_corners=self.align_corners)
+        return logits.sigmoid(), state
+
+    @staticmethod
+    def union_slots(slot_scores: Tensor, state, batch: int,
+                    num_windows: int):
+        """(V, K, k, k) scores of each view's selected classes -> (V, Ku,
+        k, k) scores of the union of the classes the views of its image
+        selected (``unselected_score`` where a view did not select a union
+        class), and that union as a :class:`CategorySelection`.
+
+        Views are ordered as in :meth:`ensemble_inference`: the windows of
+        image 0, 1, ..., then the whole images. Everything after this runs
+        on Ku <= C classes; only the final fill touches all C."""
+        selection = state.selection
+        views, width = selection.index.shape
+        device = slot_scores.device
+        image_of_view = torch.cat([
+            torch.arange(batch, device=device).repeat_interleave(
+                num_windows), torch.arange(batch, device=device)])
+        union = torch.zeros(batch, selection.mask.shape[1],
+                            dtype=torch.int32, device=device)
+        union.index_add_(0, image_of_view, selection.mask.to(torch.int32))
+        union = CategorySelection.from_mask(union > 0)
+        slots = torch.arange(width, device=device).expand(views, -1)
+        position = torch.full_like(selection.mask, width, dtype=torch.long)
+        position.scatter_(1, selection.index, torch.where(
+            selection.valid, slots, torch.full_like(slots, width)))
+        wanted = position.gather(1, union.index[image_of_view])
+        k = slot_scores.shape[-2:]
+        fill = slot_scores.new_full((views, 1, *k),
+                                    state.unselected_score)
+        padded = torch.cat([slot_scores, fill], dim=1)
+        return padded.gather(1, wanted[:, :, None, None].expand(
+            -1, -1, *k)), union
+
+    def validate_ensemble(self, out: Tensor, state, regions: list,
+                          num_windows: int) -> Tensor:
+        """Tag validation (DCP-CLIP Eq. 17) of the fused ensemble scores,
+        once per image on its final label map (the unpadded region of
+        ``out``), with the dense CLIP features of the whole-image view and,
+        as the classes re-scoring may choose (``candidates='selected'``),
+        the classes any of the image's views selected. A head without
+        ``validate_tags`` (CAT-Seg) or without tag validation: unchanged.
+        """
+        head = self.decode_head
+        if getattr(head, 'tag_validation', None) is None or \
+                not hasattr(head, 'validate_tags'):
+            return out
+        b = len(regions)
+        mask = state.selection.mask
+        candidates = mask[:b * num_windows].view(b, num_windows, -1).any(1) \
+            | mask[b * num_windows:]
+        features = state.visual.patches[b * num_windows:]
+        validated = [head.validate_tags(
+            out[i:i + 1, :, top:bottom, left:right], features[i:i + 1],
+            state.text, candidate_mask=candidates[i:i + 1])
+            for i, (top, bottom, left, right) in enumerate(regions)]
+        if all(v.shape[-2:] == out.shape[-2:] for v in validated):
+            return torch.cat(validated)
+        out = out.clone()
+        for i, (top, bottom, left, right) in enumerate(regions):
+            out[i:i + 1, :, top:bottom, left:right] = validated[i]
+        return out
 
     def ensemble_inference(self, inputs: Tensor,
                            batch_img_metas: List[dict]) -> Tensor:
@@ -303,7 +373,13 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         count = windows.shape[-1]
         windows = windows.transpose(1, 2).reshape(
             b * count, inputs.shape[1], kernel, kernel)
-        scores = self.view_scores(torch.cat([windows, whole]))
+        scores, state = self.view_scores(torch.cat([windows, whole]))
+        union = None
+        if getattr(state, 'unselected_score', None) is not None and \
+                state.class_index is not None:
+            # a head that returns the scores of its selected classes only
+            # (DCP-CLIP): fuse on the union of each image's view classes
+            scores, union = self.union_slots(scores, state, b, count)
         classes = scores.shape[1]
         local = scores[:b * count].reshape(b, count, -1).transpose(1, 2)
         local = F.fold(local, size, kernel, stride=stride)
@@ -313,10 +389,18 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
                           kernel, stride=stride)
         whole = F.interpolate(scores[b * count:], size=size,
                               mode='bilinear', align_corners=False)
-        fused = (local / coverage + whole) / 2  # (B, C, *size)
+        fused = (local / coverage + whole) / 2  # (B, C | Ku, *size)
         out = fused.new_zeros((b, classes, height, width))
         for i, (top, bottom, left, right) in enumerate(regions):
             out[i:i + 1, :, top:bottom, left:right] = F.interpolate(
                 fused[i:i + 1], size=(bottom - top, right - left),
                 mode='bilinear', align_corners=False)
+        if union is not None:
+            inside = out.new_zeros((b, 1, height, width))
+            for i, (top, bottom, left, right) in enumerate(regions):
+                inside[i, :, top:bottom, left:right] = 1
+            out = scatter_classes(out, union, state.num_classes,
+                                  self.decode_head.unselected_score()) * \
+                inside
+        out = self.validate_ensemble(out, state, regions, count)
         return self.calibrate(out)

@@ -166,6 +166,14 @@ class DynamicCategorySelection(nn.Module):
             projected patch features and [CLS] embedding of the segmentor's
             CLIP image encoder (the fine-tuned one when CLIP trains; the
             paper does not say which).
+        fixed_count (int, optional): an ANALYSIS option, not the method:
+            at inference every image keeps exactly this many classes (the
+            classes the rule selects first, ordered by their image-level
+            score S_g, then the other classes by S_g), so that FLOPs and
+            times can be measured as a function of the number of selected
+            classes K (``tools/analysis/efficiency_table.py
+            --num-selected``). None (default): Eqs. 1-5. Training ignores
+            it.
     """
 
     def __init__(self,
@@ -173,8 +181,16 @@ class DynamicCategorySelection(nn.Module):
                  combine: str = 'union',
                  suppression: str = 'complement',
                  training_gt: str = 'force',
-                 features: str = 'clip'):
+                 features: str = 'clip',
+                 fixed_count: Optional[int] = None):
         super().__init__()
+        if fixed_count is not None and (
+                isinstance(fixed_count, bool) or
+                not isinstance(fixed_count, int) or fixed_count < 1):
+            raise OVSSConfigError(
+                f'DynamicCategorySelection fixed_count={fixed_count!r} must '
+                'be a positive int (classes kept per image) or None')
+        self.fixed_count = fixed_count
         for name, value, allowed in (('combine', combine, COMBINES),
                                      ('suppression', suppression,
                                       SUPPRESSIONS),
@@ -235,6 +251,15 @@ class DynamicCategorySelection(nn.Module):
         top = F.one_hot(image_scores.argmax(dim=-1), num_classes).bool()
         return mask | (top & ~mask.any(dim=1, keepdim=True))
 
+    @staticmethod
+    def keep_count(mask: Tensor, image_scores: Tensor, count: int) -> Tensor:
+        """(B, C) mask -> exactly ``min(count, C)`` classes per image: the
+        masked classes first, each group ordered by ``image_scores``."""
+        count = min(int(count), mask.shape[1])
+        priority = mask.to(image_scores.dtype) * 2.0 + image_scores
+        keep = priority.topk(count, dim=1).indices
+        return torch.zeros_like(mask).scatter(1, keep, True)
+
     def forward(self, patch_features: Tensor, cls_features: Tensor,
                 text: Tensor, logit_scale: Tensor,
                 gt_classes: Optional[Tensor] = None) -> CategorySelection:
@@ -261,5 +286,8 @@ class DynamicCategorySelection(nn.Module):
         mask = self.select(patch_scores, image_scores.detach())
         if gt_classes is not None and self.training_gt == 'force':
             mask = mask | gt_classes.to(mask.device, torch.bool)
+        if self.fixed_count is not None and not self.training:
+            mask = self.keep_count(mask, image_scores.detach(),
+                                   self.fixed_count)
         return CategorySelection.from_mask(
             mask, image_logits=image_logits, image_scores=image_scores)

@@ -56,22 +56,40 @@ class DCPState(CostState):
         selection: the :class:`CategorySelection` of the batch.
         aligned: (B, K, d, h, w) cost feature after text-guided alignment.
         slot_logits: (B, K, H', W') decoder logits of the packed classes.
+        unselected_score: the score of an unselected class, set when the
+            head returns slot scores (:meth:`DCPCLIPHead.view_scores`).
     """
     selection: Optional[CategorySelection] = None
     aligned: Optional[Tensor] = None
     slot_logits: Optional[Tensor] = None
+    unselected_score: Optional[float] = None
+
+
+LOSS_NORMALIZATIONS = ('image', 'batch')
 
 
 def selected_pixel_bce(logits: Tensor, labels: Tensor, valid: Tensor,
                        ignore_index: int,
-                       ignore_mode: str = 'negative') -> Tensor:
+                       ignore_mode: str = 'negative',
+                       normalization: str = 'batch') -> Tensor:
     """Mean per-pixel BCE of (B, K, H, W) slot logits against (B, H, W)
     slot labels, over the valid slots (B, K) only.
 
     ``'negative'``: ignored pixels are negatives of every valid slot, the
     mean runs over valid slots x pixels (CAT-Seg's convention restricted to
     the selected classes); ``'exclude'``: over valid slots x valid pixels.
+
+    ``normalization``: ``'batch'`` divides the batch's sum by the batch's
+    count of terms; ``'image'`` averages each image's mean over the batch.
+    The two differ when images select different numbers of classes;
+    ``'image'`` is what the authors' setting computes (one image per GPU,
+    gradients averaged over the GPUs) and it does not depend on how a total
+    batch is split over processes.
     """
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise OVSSConfigError(
+            f'loss normalization={normalization!r} is not one of '
+            f'{LOSS_NORMALIZATIONS}')
     logits = logits.float()
     pixel_valid = labels != ignore_index
     index = torch.where(pixel_valid, labels, torch.zeros_like(labels))
@@ -80,12 +98,15 @@ def selected_pixel_bce(logits: Tensor, labels: Tensor, valid: Tensor,
     softplus = (F.softplus(logits) * slot).sum(dim=1)  # (B, H, W)
     pixels = labels.shape[-2] * labels.shape[-1]
     if ignore_mode == 'negative':
-        total = softplus.sum() - (positive * pixel_valid).sum()
-        count = valid.sum() * pixels
+        total = softplus.flatten(1).sum(1) - \
+            (positive * pixel_valid).flatten(1).sum(1)
+        count = valid.sum(1) * pixels
     else:
-        total = ((softplus - positive) * pixel_valid).sum()
-        count = (pixel_valid.flatten(1).sum(1) * valid.sum(1)).sum()
-    return total / count.clamp(min=1)
+        total = ((softplus - positive) * pixel_valid).flatten(1).sum(1)
+        count = pixel_valid.flatten(1).sum(1) * valid.sum(1)
+    if normalization == 'batch':
+        return total.sum() / count.sum().clamp(min=1)
+    return (total / count.clamp(min=1)).mean()
 
 
 @MODELS.register_module()
@@ -117,6 +138,11 @@ class DCPCLIPHead(CATSegHead):
             does not fuse attention (``fuse_attention=False`` or
             ``swin=False``, or CAT-Seg's decoder).
         grid_size (tuple): the patch grid for 'affinity' (24, 24).
+        loss_normalization (str): ``'image'`` (default: the mean over the
+            batch of each image's BCE mean, as the authors' one image per
+            GPU; the same for any split of a total batch over processes) or
+            ``'batch'`` (the batch's BCE sum over its count of terms); see
+            :func:`selected_pixel_bce`.
         aggregator (dict): CAT-Seg's aggregator; ``dict(num_layers=0)``
             (default) leaves it out.
         pad_len (int): CAT-Seg's class truncation, used only without
@@ -139,6 +165,7 @@ class DCPCLIPHead(CATSegHead):
                  attention_maps: str = 'cls',
                  num_attention_layers: int = 2,
                  grid_size: Sequence[int] = (24, 24),
+                 loss_normalization: str = 'image',
                  aggregator: Optional[dict] = None,
                  pad_len: int = 0,
                  appearance_guidance_channels: int = 0,
@@ -148,6 +175,10 @@ class DCPCLIPHead(CATSegHead):
             raise OVSSConfigError(
                 f'DCPCLIPHead attention_maps={attention_maps!r} is not one '
                 f'of {ATTENTION_MAPS}')
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise OVSSConfigError(
+                f'DCPCLIPHead loss_normalization={loss_normalization!r} is '
+                f'not one of {LOSS_NORMALIZATIONS}')
         channels = kwargs.get('channels', 128)
         in_channels = kwargs.get('in_channels', 512)
         num_templates = kwargs.get('num_templates', 80)
@@ -185,6 +216,7 @@ class DCPCLIPHead(CATSegHead):
             self.appearance_projection = None
             self.text_projection = None
         self.attention_maps = attention_maps
+        self.loss_normalization = loss_normalization
         self.attention_channels = attention_channels
         self.category_selection = MODELS.build(category_selection) \
             if category_selection else None
@@ -370,7 +402,8 @@ class DCPCLIPHead(CATSegHead):
                 selected_pixel_bce(
                     logits, slot_labels, state.selection.valid,
                     self.ignore_index,
-                    getattr(loss_decode, 'ignore_mode', 'negative'))
+                    getattr(loss_decode, 'ignore_mode', 'negative'),
+                    self.loss_normalization)
             name = loss_decode.loss_name
             losses[name] = losses[name] + value if name in losses else value
         return losses
@@ -404,13 +437,55 @@ class DCPCLIPHead(CATSegHead):
         return torch.where(valid, mapped,
                            torch.full_like(labels, self.ignore_index))
 
-    def predict(self, inputs: OpenVocabInputs, batch_img_metas: List[dict],
-                test_cfg=None) -> Tensor:
-        """(B, C, H, W) sigmoid scores at the input size, tag-validated."""
-        state = self.forward_state(inputs)
-        scores = self.predict_by_feat(state.logits.sigmoid(), batch_img_metas)
+    def unselected_score(self) -> float:
+        """The sigmoid score of an unselected class."""
+        return float(torch.tensor(float(self.unselected_logit)).sigmoid())
+
+    def selected_scores(self, slot_scores: Tensor, state: DCPState) -> Tensor:
+        """(B, K, H, W) slot scores -> (B, C, H, W) class scores, the
+        unselected classes at :meth:`unselected_score`.
+
+        The resizes and the sigmoid run on the K selected classes before
+        this (a constant map stays constant under bilinear resizing), so
+        only this fill touches all C classes."""
+        if state.class_index is None:
+            return slot_scores
+        return scatter_classes(slot_scores, state.selection,
+                               state.num_classes, self.unselected_score())
+
+    def validate_tags(self, scores: Tensor, features: Tensor, text,
+                      candidate_mask: Optional[Tensor] = None) -> Tensor:
+        """Tag validation (Eq. 17) of (B, C, H, W) scores with (B, D, h, w)
+        dense CLIP features and the ``ClassEmbeddings`` ``text`` (no-op
+        when ``tag_validation`` is None). ``candidate_mask`` (B, C): the
+        classes re-scoring may choose with ``candidates='selected'``."""
         if self.tag_validation is None:
             return scores
-        return self.tag_validation(
-            scores, state.visual.patches, state.text.embeddings,
-            state.text.class_names, candidate_mask=state.selection.mask)
+        return self.tag_validation(scores, features, text.embeddings,
+                                   text.class_names,
+                                   candidate_mask=candidate_mask)
+
+    def view_scores(self, inputs: OpenVocabInputs, size) -> tuple:
+        """(scores, state) of a batch of views for CAT-Seg's ensemble:
+        logits resized to ``size``, then the sigmoid (CAT-Seg's order), on
+        the selected classes only: (V, K, *size) slot scores when the head
+        selects classes (the segmentor fuses them on the union of each
+        image's view classes, filling ``state.unselected_score``), else
+        (V, C, *size). No tag validation: the segmentor validates the fused
+        label map once."""
+        state = self.forward_state(inputs)
+        state.unselected_score = self.unselected_score()
+        slots = resize(state.slot_logits, size=size, mode='bilinear',
+                       align_corners=self.align_corners).sigmoid()
+        return slots, state
+
+    def predict(self, inputs: OpenVocabInputs, batch_img_metas: List[dict],
+                test_cfg=None) -> Tensor:
+        """(B, C, H, W) sigmoid scores at the input size, tag-validated
+        (the sigmoid and the resize run on the selected classes)."""
+        state = self.forward_state(inputs)
+        slots = self.predict_by_feat(state.slot_logits.sigmoid(),
+                                     batch_img_metas)
+        return self.validate_tags(self.selected_scores(slots, state),
+                                  state.visual.patches, state.text,
+                                  state.selection.mask)
