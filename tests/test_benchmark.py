@@ -229,3 +229,31 @@ def test_benchmark_reports_flops_and_matmul_fraction(repo_root):
                         result['gflops_per_image'] /
                         result['latency_s_mean'] / rate)
     assert 'multiply-add = 1' in result['flop_convention']
+
+
+def test_authors_code_driver_exports_the_seeded_random_clip(repo_root,
+                                                          tmp_path):
+    """tools/dev/authors_code/side_by_side.py's weight export: the
+    exported OpenAI-layout state dict is the package's seeded
+    random CLIP: it loads strictly into a fresh build of the architecture
+    and equals the model built with the same seed, tensor for tensor."""
+    import importlib.util
+
+    import torch
+    from mmseg_ovss.clip.loading import build_clip_model
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    path = repo_root / 'tools' / 'dev' / 'authors_code' / 'side_by_side.py'
+    spec = importlib.util.spec_from_file_location('side_by_side', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tool.export_openai_weights('ovss-tiny-ViT-16', 5,
+                                     str(tmp_path / 'clip.pt'))
+    state = torch.load(out, weights_only=True)
+    reference = build_clip_model('ovss-tiny-ViT-16', random_init=True,
+                                 seed=5)
+    fresh = build_clip_model('ovss-tiny-ViT-16', random_init=True, seed=6)
+    fresh.load_state_dict(state, strict=True)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert 'visual.proj' in state and 'text_projection' in state
