@@ -242,7 +242,11 @@ def apply_precision(model_cfg, args) -> None:
 
 def run_dtype(model, args) -> torch.dtype:
     """The dtype whose matmul rate the run is compared with: the model's
-    resolved ``precision`` where it has one, else float32."""
+    resolved ``precision`` (its ``compute_dtype(device)`` where it has
+    one), else float32."""
+    if not getattr(args, 'precision_note', None) and \
+            callable(getattr(model, 'compute_dtype', None)):
+        return model.compute_dtype(torch.device(args.device))
     if getattr(args, 'precision_note', None) or args.precision is None:
         value = getattr(model, 'precision', None)
     else:
