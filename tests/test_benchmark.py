@@ -147,3 +147,113 @@ def test_train_mode_on_trainable_configs_with_ratios(tmp_path):
     ratio = other['ratio_to_first']
     assert ratio['of_means'] == other['step_s_mean'] / result['step_s_mean']
     assert len(ratio['per_step']) == 2
+
+
+def test_stage_flops_are_charged_to_the_running_stage():
+    """StageFlopCounter charges each product to the profiler's outermost
+    stage (nested stages go to it, as their seconds do) and the rest to
+    '(outside stages)'; the counts are the hand counts of the shapes (one
+    multiply-add = 1), including the CPU attention kernel."""
+    import torch
+    import torch.nn.functional as F
+    from mmseg_ovss.engine.complexity import UNSTAGED, StageFlopCounter
+    from mmseg_ovss.utils.profiler import StageProfiler, profile_stage
+    x, w = torch.rand(5, 7), torch.rand(3, 7)
+    q, k, v = torch.rand(2, 4, 9, 8), torch.rand(2, 4, 6, 8), \
+        torch.rand(2, 4, 6, 5)
+    profiler = StageProfiler()
+    with torch.no_grad(), profiler, StageFlopCounter(profiler) as flops:
+        with profile_stage('backbone'):
+            F.linear(x, w)
+            with profile_stage('inner'):
+                torch.einsum('ij,kj->ik', x, w)
+        with profile_stage('head'):
+            F.scaled_dot_product_attention(q, k, v)
+        torch.mm(x, w.t())
+    linear = 5 * 7 * 3
+    attention = 2 * 4 * 9 * 6 * (8 + 5)  # batch x heads x L x S x (E + Ev)
+    assert flops.stages == {'backbone': 2 * linear, 'head': attention,
+                            UNSTAGED: linear}
+    assert flops.total == 3 * linear + attention
+
+
+def test_matmul_rate_is_measured():
+    """The rate of F.linear at a given shape: positive, the fastest of the
+    timings (not slower than their median), and consistent with the time
+    of one product in the multiply-add convention."""
+    import math
+
+    import torch
+    from mmseg_ovss.engine.complexity import measure_matmul_rate
+    for dtype in (torch.float32, torch.bfloat16):
+        rate = measure_matmul_rate(dtype, (48, 32, 64), repeats=3,
+                                   min_seconds=0.005)
+        assert rate['dtype'] == str(dtype).split('.')[-1]
+        assert rate['shape'] == [48, 32, 64]
+        assert rate['threads'] == torch.get_num_threads()
+        assert math.isfinite(rate['gflop_per_s']) and rate['gflop_per_s'] > 0
+        assert rate['gflop_per_s'] >= rate['gflop_per_s_median']
+        assert math.isclose(rate['gflop_per_s'] * 1e9 *
+                            rate['seconds_per_product'], 48 * 32 * 64,
+                            rel_tol=1e-9)
+    import pytest
+    with pytest.raises(ValueError, match='repeats'):
+        measure_matmul_rate(torch.float32, (4, 4, 4), repeats=0)
+
+
+def test_benchmark_reports_flops_and_matmul_fraction(repo_root):
+    """GFLOPs per stage add up to the image's; GFLOP/s and the fraction of
+    the measured matmul rate follow from the reported numbers."""
+    import math
+    config = repo_root / 'configs' / 'baselines' / 'maskclip_ade.py'
+    result = run_tool('benchmark', [
+        config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+        '--num-images', '1', '--warmup', '0', '--size', '32x32',
+        '--num-classes', '5', '--templates', 'single', '--device', 'cpu',
+        '--precision', 'fp32', '--matmul-shape', '32', '32', '32',
+        '--matmul-repeats', '2'])
+    stages = result['stages_gflops_per_image']
+    assert math.isclose(sum(stages.values()), result['gflops_per_image'],
+                        rel_tol=1e-12)
+    assert stages['backbone'] > 0 and result['flops_counted_images'] == 1
+    rate = result['matmul_rate']['float32']['gflop_per_s']
+    assert result['run_dtype'] == 'float32'
+    assert result['matmul_rate_gflop_per_s'] == rate
+    assert set(result['matmul_rate']) >= {'float32', 'bfloat16'}
+    seconds = result['stages_s_per_image']
+    for name, per_s in result['stages_gflop_per_s'].items():
+        assert math.isclose(per_s, stages[name] / seconds[name])
+        assert math.isclose(result['stages_matmul_fraction'][name],
+                            per_s / rate)
+    assert math.isclose(result['matmul_fraction'],
+                        result['gflops_per_image'] /
+                        result['latency_s_mean'] / rate)
+    assert 'multiply-add = 1' in result['flop_convention']
+
+
+def test_authors_code_driver_exports_the_seeded_random_clip(repo_root,
+                                                          tmp_path):
+    """tools/dev/authors_code/side_by_side.py's weight export: the
+    exported OpenAI-layout state dict is the package's seeded
+    random CLIP: it loads strictly into a fresh build of the architecture
+    and equals the model built with the same seed, tensor for tensor."""
+    import importlib.util
+
+    import torch
+    from mmseg_ovss.clip.loading import build_clip_model
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    path = repo_root / 'tools' / 'dev' / 'authors_code' / 'side_by_side.py'
+    spec = importlib.util.spec_from_file_location('side_by_side', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tool.export_openai_weights('ovss-tiny-ViT-16', 5,
+                                     str(tmp_path / 'clip.pt'))
+    state = torch.load(out, weights_only=True)
+    reference = build_clip_model('ovss-tiny-ViT-16', random_init=True,
+                                 seed=5)
+    fresh = build_clip_model('ovss-tiny-ViT-16', random_init=True, seed=6)
+    fresh.load_state_dict(state, strict=True)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert 'visual.proj' in state and 'text_projection' in state

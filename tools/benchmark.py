@@ -114,6 +114,21 @@ def parse_args(argv=None):
                         'time ratio CONFIG / BASELINE (peak memory then '
                         'covers both models)')
     parser.add_argument('--json', help='write the results to this file')
+    parser.add_argument('--flops', choices=('each', 'first', 'none'),
+                        default='each', help='count FLOPs per stage (one '
+                        'multiply-add = 1) in an untimed pass over each '
+                        'timed image (each), the first one (first: exact '
+                        'only for models whose work does not depend on '
+                        'the image), or not at all')
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'auto'),
+                        default=None, help="the dense path's precision "
+                        "(the segmentor's 'precision' option; the matmul "
+                        "fraction is taken against the rate of that dtype)")
+    parser.add_argument('--matmul-shape', type=int, nargs=3,
+                        default=(1024, 768, 3072), metavar=('M', 'K', 'N'),
+                        help='shape of the measured matrix product: (M, K) '
+                        'tokens times a (K, N) weight')
+    parser.add_argument('--matmul-repeats', type=int, default=5)
     train = parser.add_argument_group(
         'training mode (--train)', 'time training steps instead of '
         'inference: the whole model for a trainable segmentor (generated '
@@ -189,8 +204,64 @@ def build_model(args, config: Optional[str] = None):
         strategy.seed = args.seed
     if args.train:
         apply_train_overrides(model_cfg, args)
+    apply_precision(model_cfg, args)
     model = MODELS.build(model_cfg).to(args.device)
     return cfg, model.train(args.train)
+
+
+def accepts_precision(model_cfg) -> bool:
+    """Whether the config's segmentor class takes a ``precision`` option."""
+    import inspect
+
+    from mmseg.registry import MODELS
+    cls = MODELS.get(model_cfg.get('type'))
+    if cls is None:
+        return False
+    params = inspect.signature(cls.__init__).parameters
+    return 'precision' in params
+
+
+def apply_precision(model_cfg, args) -> None:
+    """``--precision``: set ``model.precision`` where the segmentor has the
+    option; without it the model runs as built (fp32) and the result says
+    so (``precision_note``)."""
+    args.precision_note = None
+    if args.precision is None:
+        return
+    if accepts_precision(model_cfg):
+        model_cfg.precision = args.precision
+        return
+    args.precision_note = (
+        f'--precision {args.precision}: {model_cfg.get("type")} has no '
+        "'precision' option in this checkout (it comes with the "
+        'precision switch of the dense path); the model runs in float32 '
+        'and the matmul fraction is taken against the float32 rate')
+    if args.precision != 'fp32':
+        print('warning: ' + args.precision_note, file=sys.stderr)
+
+
+def run_dtype(model, args) -> torch.dtype:
+    """The dtype whose matmul rate the run is compared with: the model's
+    resolved ``precision`` (its ``compute_dtype(device)`` where it has
+    one), else float32."""
+    if not getattr(args, 'precision_note', None) and \
+            callable(getattr(model, 'compute_dtype', None)):
+        return model.compute_dtype(torch.device(args.device))
+    if getattr(args, 'precision_note', None) or args.precision is None:
+        value = getattr(model, 'precision', None)
+    else:
+        value = getattr(model, 'precision', args.precision)
+    if isinstance(value, torch.dtype):
+        return value
+    if value in ('bf16', 'bfloat16'):
+        return torch.bfloat16
+    if value in ('fp16', 'float16'):
+        return torch.float16
+    if value == 'auto':  # unresolved by the model: its weights tell
+        params = [p.dtype for p in model.parameters()]
+        return max(set(params), key=params.count) if params else \
+            torch.float32
+    return torch.float32
 
 
 def apply_train_overrides(model_cfg, args) -> None:
@@ -274,6 +345,9 @@ class Subject:
         self.profiler = StageProfiler()
         self.latencies: List[float] = []
         self.text_seconds = 0.0
+        self.stage_flops: List[Dict[str, int]] = []
+        self.dtype = run_dtype(self.model, args)
+        self.precision_note = args.precision_note
 
     def _sync(self):
         if self.device.startswith('cuda'):
@@ -295,7 +369,43 @@ class Subject:
             if timed:
                 self.latencies.append(time.perf_counter() - start)
 
-    def result(self, args, image_size) -> Dict:
+    def count_flops(self, image, meta):
+        """FLOPs per stage of one untimed ``predict`` on ``image`` (the
+        forward that is timed, counted at torch's dispatcher)."""
+        from mmseg_ovss.engine.complexity import StageFlopCounter
+        profiler = StageProfiler(cuda_sync=False)
+        with profiler, StageFlopCounter(profiler) as counter:
+            run_one(self.model, image, meta)
+        self.stage_flops.append(dict(counter.stages))
+
+    def flop_result(self, stages_s: Dict[str, float], latency: float,
+                    rates: Dict[str, Dict]) -> Dict:
+        """GFLOPs per image and stage (mean over the counted images),
+        GFLOP/s per stage (its mean GFLOPs over its mean seconds) and the
+        fraction of the measured matmul rate of the run's dtype."""
+        if not self.stage_flops:
+            return {}
+        count = len(self.stage_flops)
+        names = sorted({n for flops in self.stage_flops for n in flops} |
+                       set(stages_s))
+        gflops = {n: sum(f.get(n, 0) for f in self.stage_flops) / count /
+                  1e9 for n in names}
+        total = sum(sum(f.values()) for f in self.stage_flops) / count / 1e9
+        dtype = str(self.dtype).replace('torch.', '')
+        rate = rates.get(dtype, {}).get('gflop_per_s')
+        per_s = {n: gflops[n] / stages_s[n] for n in names
+                 if stages_s.get(n)}
+        out = dict(gflops_per_image=total, stages_gflops_per_image=gflops,
+                   flops_counted_images=count, gflop_per_s=total / latency,
+                   stages_gflop_per_s=per_s, run_dtype=dtype,
+                   matmul_rate_gflop_per_s=rate)
+        if rate:
+            out['matmul_fraction'] = total / latency / rate
+            out['stages_matmul_fraction'] = {n: v / rate
+                                             for n, v in per_s.items()}
+        return out
+
+    def result(self, args, image_size, rates=None) -> Dict:
         num = len(self.latencies)
         total = sum(self.latencies)
         stages = {name: seconds / num
@@ -316,7 +426,9 @@ class Subject:
             latency_s_min=min(self.latencies),
             latencies_s=self.latencies,
             images_per_s=num / total,
-            stages_s_per_image=stages)
+            stages_s_per_image=stages,
+            precision=args.precision, precision_note=self.precision_note,
+            **self.flop_result(stages, total / num, rates or {}))
 
 
 class TrainSubject:
@@ -569,13 +681,23 @@ def main(argv=None) -> Dict:
         for image in images[:args.warmup]:
             subject.run(image, meta, timed=False)
         subject.profiler.reset()
+    rates = matmul_rates(args) if args.flops != 'none' else {}
     for index, image in enumerate(images[args.warmup:]):
         # alternate the order so that neither config always runs first
         for subject in (subjects if index % 2 == 0 else subjects[::-1]):
             subject.run(image, meta)
-    result = subjects[0].result(args, (height, width))
+    counted = {'each': images[args.warmup:],
+               'first': images[args.warmup:args.warmup + 1],
+               'none': []}[args.flops]
+    for image in counted:  # untimed: counting slows the forward
+        for subject in subjects:
+            subject.count_flops(image, meta)
+    result = subjects[0].result(args, (height, width), rates)
+    if rates:
+        result['matmul_rate'] = rates
+        result['flop_convention'] = FLOP_CONVENTION
     if args.baseline:
-        base = subjects[1].result(args, (height, width))
+        base = subjects[1].result(args, (height, width), rates)
         result['baseline'] = base
         result['ratio'] = dict(
             of_means=result['latency_s_mean'] / base['latency_s_mean'],
@@ -584,6 +706,34 @@ def main(argv=None) -> Dict:
                                              subjects[1].latencies)])
     result.update(peak_memory_mb(args.device))
     return report(result, args)
+
+
+FLOP_CONVENTION = (
+    'one multiply-add = 1 FLOP (fvcore / mmengine convention, as '
+    'mmseg_ovss.engine.complexity); counted at torch\'s dispatcher on '
+    'the timed predict forward: matrix products, convolutions and '
+    'attention (not normalisations, element-wise ops or resizing); the '
+    'matmul rate is in the same unit')
+
+
+def matmul_rates(args) -> Dict[str, Dict]:
+    """The machine's matrix-product rate (``measure_matmul_rate``) per
+    dtype at ``--matmul-shape``, with the run's thread count: float32 and
+    bfloat16 (and float16 on CUDA)."""
+    from mmseg_ovss.engine.complexity import measure_matmul_rate
+    dtypes = [torch.float32, torch.bfloat16]
+    if args.device.startswith('cuda'):
+        dtypes.append(torch.float16)
+    rates = {}
+    for dtype in dtypes:
+        rate = measure_matmul_rate(dtype, tuple(args.matmul_shape),
+                                   repeats=args.matmul_repeats,
+                                   device=args.device)
+        rates[rate['dtype']] = rate
+        print(f'matmul rate {rate["dtype"]} {rate["shape"]}: '
+              f'{rate["gflop_per_s"]:.1f} GFLOP/s (multiply-adds) with '
+              f'{rate["threads"]} threads', file=sys.stderr)
+    return rates
 
 
 def report(result: Dict, args) -> Dict:

@@ -26,14 +26,17 @@ the text tower as part of the forward.
 """
 import contextlib
 from collections import Counter, OrderedDict
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
+import torch.nn.functional as F
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import (bmm_flop_jit,
                                            elementwise_flop_counter,
                                            get_shape)
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 from mmseg_ovss.engine.parameters import OWN, count_parameters
 
@@ -190,29 +193,211 @@ def tensor_forward(model: nn.Module,
                 delattr(model, name)
 
 
+def _sdpa_cpu_flop(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """``_scaled_dot_product_flash_attention_for_cpu`` (the CPU kernel of
+    ``F.scaled_dot_product_attention``, which torch's own table misses):
+    L*S*(E + Ev) multiply-adds per batch element and head (q @ k^T and
+    weights @ v), returned in torch's unit (2 per multiply-add)."""
+    batch = _prod(query[:-2])
+    return 2 * batch * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+def _native_mha_flop(query, key, value, *args, out_val=None,
+                     **kwargs) -> int:
+    """``_native_multi_head_attention`` (``nn.MultiheadAttention``'s
+    inference fast path): q, k, v and output projections, q @ k^T and
+    weights @ v; torch's unit (2 per multiply-add)."""
+    batch, dim = _prod(query[:-2]), query[-1]
+    length, source = query[-2], key[-2]
+    return 2 * (batch * (2 * length + 2 * source) * dim * dim +
+                2 * batch * length * source * dim)
+
+
+def dispatch_flop_formulas() -> Dict[Any, Any]:
+    """torch's dispatcher FLOP table (``torch.utils.flop_counter``: matrix
+    products, convolutions, fused attention on GPU) plus the CPU attention
+    kernels it lacks; every formula returns 2 per multiply-add."""
+    from torch.utils.flop_counter import flop_registry
+    aten = torch.ops.aten
+    formulas = dict(flop_registry)
+    formulas[aten._scaled_dot_product_flash_attention_for_cpu] = \
+        _sdpa_cpu_flop
+    formulas[aten._native_multi_head_attention] = _native_mha_flop
+    return formulas
+
+
+class DispatchFlopCounter(TorchDispatchMode):
+    """Count FLOPs (fvcore convention: one multiply-add = 1) of every
+    operator that runs while active (``with``), at torch's dispatcher: no
+    tracing, so shapes stay Python ints and the forward runs as it always
+    does (data-dependent branches included). Composite operators are
+    decomposed until an operator with a formula (or none left) is reached,
+    as ``torch.utils.flop_counter.FlopCounterMode`` does, without its
+    module tracker.
+
+    Args:
+        charge (callable, optional): ``charge(op_name, flops)`` called for
+            every counted operator (e.g. to charge the running stage).
+
+    Attributes:
+        total (int): FLOPs counted so far; ``by_operator``: per operator.
+    """
+
+    def __init__(self, charge: Optional[Callable[[str, int], None]] = None):
+        super().__init__()
+        self.formulas = dispatch_flop_formulas()
+        self.charge = charge
+        self.total = 0
+        self.by_operator: Dict[str, int] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        formula = self.formulas.get(packet)
+        if formula is None and func is not torch.ops.prim.device.default:
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if formula is not None:
+            flops = int(formula(*tree_map(_shape, args),
+                                out_val=tree_map(_shape, out),
+                                **tree_map(_shape, kwargs))) // 2
+            self.total += flops
+            name = str(packet).split('.')[-1]
+            self.by_operator[name] += flops
+            if self.charge is not None:
+                self.charge(name, flops)
+        return out
+
+
+def _shape(value):
+    return value.shape if torch.is_tensor(value) else value
+
+
+#: where :class:`StageFlopCounter` puts FLOPs counted outside every stage
+UNSTAGED = '(outside stages)'
+
+
+class StageFlopCounter:
+    """FLOPs per stage of a :class:`~mmseg_ovss.utils.profiler.
+    StageProfiler`: while both are active, every FLOP counted by
+    :class:`DispatchFlopCounter` is charged to the profiler's outermost
+    running stage (the one its seconds go to; nested stages are charged to
+    the outermost, as the profiler times them), or to :data:`UNSTAGED`.
+    The stages therefore add up to ``total`` exactly.
+
+    Use it in an untimed pass (counting at the dispatcher slows the
+    forward)::
+
+        with profiler, StageFlopCounter(profiler) as flops:
+            model.predict(...)
+        flops.stages  # {'backbone': ..., 'head': ..., ...}
+    """
+
+    def __init__(self, profiler):
+        self.profiler = profiler
+        self.stages: Dict[str, int] = Counter()
+        self._mode: Optional[DispatchFlopCounter] = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.stages.values())
+
+    def _charge(self, op: str, flops: int) -> None:
+        self.stages[self.profiler.current or UNSTAGED] += flops
+
+    def reset(self) -> None:
+        self.stages.clear()
+
+    def __enter__(self) -> 'StageFlopCounter':
+        self._mode = DispatchFlopCounter(self._charge)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._mode.__exit__(*exc)
+        self._mode = None
+        return False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_rate(dtype: torch.dtype = torch.float32,
+                        shape=(1024, 768, 3072), repeats: int = 5,
+                        min_seconds: float = 0.05,
+                        device='cpu') -> Dict:
+    """The machine's achieved matrix-product rate at a transformer shape:
+    ``F.linear`` of (M, K) tokens with a (N, K) weight and bias (a ViT-B
+    MLP's first layer for M tokens when (K, N) = (768, 3072)), at the
+    current ``torch.get_num_threads()``.
+
+    After one untimed call, each of ``repeats`` timings runs the product
+    enough times to last ``min_seconds``; the rate is in the package's FLOP
+    convention (one multiply-add = 1, so M*K*N per product; a vendor's
+    peak in 2-FLOP-per-multiply-add units is twice this figure).
+
+    Returns:
+        dict: ``gflop_per_s`` (of the fastest timing: what the machine
+        reaches), ``gflop_per_s_median``, ``dtype``, ``shape``,
+        ``threads``, ``device``, ``seconds_per_product`` (fastest).
+    """
+    if repeats < 1 or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f'measure_matmul_rate: repeats={repeats} must be '
+                         f'>= 1 and shape={shape} three positive sizes '
+                         '(M, K, N)')
+    device = torch.device(device)
+    m, k, n = (int(v) for v in shape)
+    generator = torch.Generator(device='cpu').manual_seed(0)
+    x = torch.randn(m, k, generator=generator).to(device, dtype)
+    weight = (torch.randn(n, k, generator=generator) / k**0.5).to(
+        device, dtype)
+    bias = torch.zeros(n).to(device, dtype)
+    import time
+    with torch.no_grad():
+        F.linear(x, weight, bias)  # warm-up: kernel choice, page faults
+        _sync(device)
+        start = time.perf_counter()
+        F.linear(x, weight, bias)
+        _sync(device)
+        once = max(time.perf_counter() - start, 1e-9)
+        calls = max(1, int(min_seconds / once))
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                F.linear(x, weight, bias)
+            _sync(device)
+            timings.append((time.perf_counter() - start) / calls)
+    best = min(timings)
+    median = sorted(timings)[len(timings) // 2]
+    macs = m * k * n
+    return dict(gflop_per_s=macs / best / 1e9,
+                gflop_per_s_median=macs / median / 1e9,
+                dtype=str(dtype).replace('torch.', ''), shape=[m, k, n],
+                threads=torch.get_num_threads(), device=str(device),
+                seconds_per_product=best, calls_per_timing=calls,
+                repeats=repeats)
+
+
 def dispatch_flops(model: nn.Module, inputs: torch.Tensor):
-    """FLOPs by torch's dispatcher-level counter (no tracing: shapes stay
-    Python ints, so code that validates them runs unchanged). torch counts
-    2 per multiply-add; halved here to the fvcore convention. It counts
+    """FLOPs by :class:`DispatchFlopCounter` (no tracing: shapes stay
+    Python ints, so code that validates them runs unchanged). It counts
     matrix products, convolutions and attention, not normalisations or
     resizing. A FLOP is charged to every top-level child that is running
     (it or any submodule, called in any way). Returns (total, {top-level
     child: flops}, {op: flops})."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     depth: Dict[str, int] = Counter()
     by_module: Dict[str, int] = Counter()
 
-    class _Counter(FlopCounterMode):
-
-        def _count_flops(self, func_packet, out, args, kwargs):
-            if func_packet in self.flop_registry:
-                flops = self.flop_registry[func_packet](
-                    *args, **kwargs, out_val=out)
-                for name, level in depth.items():
-                    if level:
-                        by_module[name] += flops
-            return super()._count_flops(func_packet, out, args, kwargs)
+    def charge(op, flops):
+        for name, level in depth.items():
+            if level:
+                by_module[name] += flops
 
     def enter(name):
         def hook(module, args):
@@ -230,25 +415,14 @@ def dispatch_flops(model: nn.Module, inputs: torch.Tensor):
             handles.append(module.register_forward_pre_hook(enter(name)))
             handles.append(module.register_forward_hook(
                 leave(name), always_call=True))
-    # its module tracker hooks the gradients of inputs that require them;
-    # parameters passed as module inputs would trip it
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    counter = DispatchFlopCounter(charge)
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with _Counter(display=False) as counter:
+        with counter:
             model(inputs)
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
         for handle in handles:
             handle.remove()
-    by_operator = Counter()
-    for op, flops in counter.get_flop_counts().get('Global', {}).items():
-        by_operator[str(op).split('.')[-1]] += flops // 2
-    return (counter.get_total_flops() // 2,
-            {name: flops // 2 for name, flops in by_module.items()},
-            dict(by_operator))
+    return counter.total, dict(by_module), dict(counter.by_operator)
 
 
 def model_complexity(model: nn.Module, inputs: torch.Tensor,

@@ -4,6 +4,9 @@ Modules wrap their stages in ``with profile_stage('backbone'):``; this is a
 no-op unless a :class:`StageProfiler` is active (``with profiler:``), so it
 costs nothing in normal runs. Stage names used by the package: ``text``,
 ``backbone``, ``head``, ``postprocess`` (any other name is recorded too).
+``current`` names the outermost stage running, which
+``mmseg_ovss.engine.complexity.StageFlopCounter`` reads to charge FLOPs to
+the same stages the profiler times.
 """
 import contextlib
 import time
@@ -31,6 +34,8 @@ class StageProfiler:
         self.calls: Dict[str, int] = defaultdict(int)
         self._token = None
         self._depth = 0
+        #: the outermost stage running now (None outside every stage)
+        self.current: Optional[str] = None
 
     def reset(self):
         self.seconds.clear()
@@ -61,6 +66,7 @@ class StageProfiler:
                 self._depth -= 1
             return
         self._depth = 1
+        self.current = name
         start = self._now()
         try:
             yield
@@ -68,6 +74,7 @@ class StageProfiler:
             self.seconds[name] += self._now() - start
             self.calls[name] += 1
             self._depth = 0
+            self.current = None
 
 
 @contextlib.contextmanager
