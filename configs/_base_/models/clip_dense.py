@@ -36,6 +36,10 @@ model = dict(
     text_encoder=dict(type='OpenCLIPTextEncoder', templates='openai',
                       freeze='all'),
     decode_head=dict(type='CosineSimilarityHead', logit_scale=40.0),
+    # compute dtype of the dense path (backbone, strategy, crops) on a cast
+    # copy of the weights: 'fp32' (exact), 'bf16', 'fp16' (GPU) or 'auto'
+    # (docs/clip_backbone.md); clip.precision is the dtype weights load in
+    precision='fp32',
     text=dict(
         # None: the dataset's metainfo classes (DatasetVocabularyHook)
         class_names=None,
