@@ -5,8 +5,9 @@ Figs. 2, 4 and 5).
 with its head's :class:`~mmseg_ovss.freecp.pipeline.FreeCPWindowPipeline`
 replaced, for that call only, by :class:`RecordingFreeCPPipeline`: the same
 options, whose :meth:`~RecordingFreeCPPipeline.purify` runs the pipeline's
-own Eqs. 5-8 and keeps what each step decided (through its ``observer``). Everything else (windows, Eqs. 1-3, stitching, the
-background rule, labels) is the segmentor's own code, so the final label
+own Eqs. 5-8 and keeps what each step decided (through its ``observer``).
+Everything else (windows, Eqs. 1-3, stitching, the background rule,
+labels) is the segmentor's own code, so the final label
 map is the segmentor's prediction (``tests/test_freecp_visualize.py``
 checks it equals the plain ``predict``).
 
