@@ -7,6 +7,7 @@ pixels into purified refined class maps: :meth:`refine` (Eqs. 1-3) then
 stitched maps. Text handling (templates or descriptions) lives in the head.
 Reference code: ``chenqi1126/FreeCP`` (freecp_segmentor.py).
 """
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -16,7 +17,8 @@ from mmseg_ovss.utils.errors import OVSSConfigError
 from .affinity import attention_affinity, transition_matrix
 from .cam import minmax_normalize, queries_to_classes
 from .consistency import SC_METRICS
-from .purification import (ELIMINATION_MODES, ambiguity_groups,
+from .purification import (COMPONENT_BACKENDS, ELIMINATION_MODES,
+                           AmbiguityGroups, CropVotes, ambiguity_groups,
                            classify_group_crops, eliminate_ambiguity,
                            redundancy_purification)
 from .refinement import class_box_masks, refine_activations
@@ -30,6 +32,29 @@ PURIFICATION_ORDERS = {
     'rp_ap': ('rp', 'ap'),
 }
 CAM_NORMALIZATIONS = ('global', 'per_class', 'none')
+
+
+@dataclass
+class PurificationEvent:
+    """What one purification step decided (given to ``purify``'s
+    ``observer``).
+
+    Attributes:
+        step: ``'start'`` (before any step), ``'rp'`` (Eq. 5), ``'groups'``
+            (Eqs. 6-7), ``'crops'`` (Eq. 8), ``'ap'`` (after the
+            elimination) or ``'end'``.
+        keep: (B, K') candidates after the step.
+        rp_scores: (B, K') SC(M_c, refined_c) of Eq. 5 (``'rp'`` only).
+        groups: the ambiguity groups (``'groups'``, ``'crops'``).
+        votes: the crop votes (``'crops'``).
+        maps: ``'end'``: the purified (B, K', h, w) maps.
+    """
+    step: str
+    keep: Tensor
+    rp_scores: Optional[Tensor] = None
+    groups: Optional[AmbiguityGroups] = None
+    votes: Optional[CropVotes] = None
+    maps: Optional[Tensor] = None
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -68,6 +93,19 @@ class FreeCPWindowPipeline:
         crop_holes: also classify the boxes of hole contours (CLIP-ES's
             ``RETR_TREE``, authors and paper); False classifies the outer
             contours' boxes only (fewer crops, a speed option).
+        crop_deduplicate: encode each distinct crop of a round once
+            (identical pixels, e.g. one box in two groups or one image
+            region in two aligned windows); the embeddings are those of
+            encoding every crop (exact), only the encoder's batch shrinks.
+        components: connected components of the ambiguity graph (Eq. 7)
+            with ``'scipy'``, ``'torch'`` (device ops, no host round trip)
+            or ``'auto'`` (torch on accelerators, scipy on the CPU); the
+            same groups either way. Also picks the box labelling of
+            :func:`mmseg_ovss.utils.boxes.score_map_boxes`.
+
+    ``purify`` takes an optional ``observer``: a callable that receives a
+    :class:`PurificationEvent` after each step (what the step decided); it
+    costs nothing when None.
     """
 
     def __init__(self,
@@ -86,12 +124,15 @@ class FreeCPWindowPipeline:
                  ap_metric: str = 'soft_iou',
                  ap_elimination: str = 'window',
                  crop_size: int = 112,
-                 crop_holes: bool = True):
+                 crop_holes: bool = True,
+                 crop_deduplicate: bool = True,
+                 components: str = 'auto'):
         _choice('purification', purification, PURIFICATION_ORDERS)
         _choice('cam_normalization', cam_normalization, CAM_NORMALIZATIONS)
         _choice('rp_metric', rp_metric, SC_METRICS)
         _choice('ap_metric', ap_metric, SC_METRICS)
         _choice('ap_elimination', ap_elimination, ELIMINATION_MODES)
+        _choice('components', components, COMPONENT_BACKENDS)
         if affinity_power < 1 or affinity_normalize_rounds < 0:
             raise OVSSConfigError(
                 'affinity_power must be >= 1 and affinity_normalize_rounds '
@@ -112,6 +153,8 @@ class FreeCPWindowPipeline:
         self.ap_elimination = ap_elimination
         self.crop_size = crop_size
         self.crop_holes = crop_holes
+        self.crop_deduplicate = bool(crop_deduplicate)
+        self.components = components
 
     @property
     def uses_crops(self) -> bool:
@@ -167,7 +210,9 @@ class FreeCPWindowPipeline:
                images: Optional[Tensor] = None,
                patch_size: int = 16,
                encode_image: Optional[Callable[[Tensor], Tensor]] = None,
-               class_embeddings: Optional[Tensor] = None) -> Tensor:
+               class_embeddings: Optional[Tensor] = None,
+               observer: Optional[Callable[[PurificationEvent], None]] = None
+               ) -> Tensor:
         """Eqs. 5-8 in the configured order on B windows (or images).
 
         Args:
@@ -176,6 +221,9 @@ class FreeCPWindowPipeline:
             classes: the vocabulary index of each of the K' channels.
             images: (B, 3, h * patch_size, w * patch_size) the pixels the
                 maps cover (crops of ambiguity purification).
+            observer: called with a :class:`PurificationEvent` at the
+                start, after each step and at the end (e.g. the stage
+                recorder of ``mmseg_ovss.visualization.freecp_stages``).
         Returns:
             (B, K', h, w) purified maps; removed classes are zero.
         """
@@ -185,22 +233,31 @@ class FreeCPWindowPipeline:
             return refined
         keep = torch.ones(refined.shape[:2], dtype=torch.bool,
                           device=refined.device)
+        if observer is not None:
+            observer(PurificationEvent('start', keep))
         suppress = None
         current = refined
         for step in self.steps:
             if step == 'rp':
-                keep = redundancy_purification(cams, current, keep,
-                                               self.rp_threshold,
-                                               self.rp_metric)
+                keep, scores = redundancy_purification(
+                    cams, current, keep, self.rp_threshold, self.rp_metric,
+                    return_scores=True)
+                if observer is not None:
+                    observer(PurificationEvent('rp', keep, rp_scores=scores))
             else:
                 keep, local = self._ambiguity(current, keep, images,
                                               patch_size, encode_image,
-                                              class_embeddings, classes)
+                                              class_embeddings, classes,
+                                              observer)
                 if local is not None:
                     suppress = local if suppress is None else suppress | local
+                if observer is not None:
+                    observer(PurificationEvent('ap', keep))
             current = refined * keep[:, :, None, None]
             if suppress is not None:
                 current = current.masked_fill(suppress, 0)
+        if observer is not None:
+            observer(PurificationEvent('end', keep, maps=current))
         return current
 
     def __call__(self,
@@ -234,9 +291,11 @@ class FreeCPWindowPipeline:
                            encode_image, class_embeddings)
 
     def _ambiguity(self, maps, keep, images, patch_size, encode_image,
-                   class_embeddings, classes):
+                   class_embeddings, classes, observer=None):
         groups = ambiguity_groups(maps, keep, self.ap_threshold,
-                                  self.ap_metric)
+                                  self.ap_metric, self.components)
+        if observer is not None:
+            observer(PurificationEvent('groups', keep, groups=groups))
         if len(groups) == 0:
             return keep, None
         if images is None or encode_image is None or class_embeddings is None:
@@ -250,6 +309,11 @@ class FreeCPWindowPipeline:
                                      self.crop_size, self.box_threshold,
                                      self.clip_box_border, self.crop_holes,
                                      winner_sets_only=(
-                                         self.ap_elimination == 'window'))
+                                         self.ap_elimination == 'window'),
+                                     deduplicate=self.crop_deduplicate,
+                                     components=self.components)
+        if observer is not None:
+            observer(PurificationEvent('crops', keep, groups=groups,
+                                       votes=votes))
         return eliminate_ambiguity(groups, votes, keep, maps.shape[-2:],
                                    self.ap_elimination)

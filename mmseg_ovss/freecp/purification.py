@@ -22,7 +22,8 @@ ELIMINATION_MODES = ('window', 'local')
 
 def redundancy_purification(cams: Tensor, refined: Tensor, keep: Tensor,
                             threshold: float,
-                            metric: str = 'half_dice') -> Tensor:
+                            metric: str = 'half_dice',
+                            return_scores: bool = False):
     """Eq. 5: keep class c where SC(M_c, refined_c) > ``threshold``.
 
     Args:
@@ -30,11 +31,13 @@ def redundancy_purification(cams: Tensor, refined: Tensor, keep: Tensor,
             maps of Eq. 1 here, before normalisation).
         refined: (B, K, h, w) refined maps.
         keep: (B, K) current candidates.
+        return_scores: also return the (B, K) scores.
     Returns:
-        (B, K) updated candidates.
+        (B, K) updated candidates (and the scores).
     """
     scores = spatial_consistency(cams.float(), refined.float(), metric)
-    return keep & (scores > threshold)
+    keep = keep & (scores > threshold)
+    return (keep, scores) if return_scores else keep
 
 
 @dataclass
@@ -53,11 +56,15 @@ class AmbiguityGroups:
 
 
 def ambiguity_groups(refined: Tensor, keep: Tensor, threshold: float,
-                     metric: str = 'soft_iou') -> AmbiguityGroups:
+                     metric: str = 'soft_iou',
+                     components: str = 'auto') -> AmbiguityGroups:
     """Eqs. 6-7: pairwise consistency among candidates, thresholded
     (``P >= threshold`` as the authors' code), and the connected components
     of that graph with more than one class (``scipy.sparse.csgraph``; all
-    windows of the batch form one block-diagonal graph, one call).
+    windows of the batch form one block-diagonal graph, one call). On an
+    accelerator (``components='auto'``) the components are found with torch
+    ops instead (:func:`_groups_by_reachability`, same groups in the same
+    order), so that the graph does not travel to the host.
     """
     b, k = keep.shape
     device = refined.device
@@ -78,6 +85,31 @@ def ambiguity_groups(refined: Tensor, keep: Tensor, threshold: float,
     edges = pairwise_consistency(maps, metric) >= threshold
     edges &= valid[:, :, None] & valid[:, None, :]
     edges &= ~torch.eye(width, dtype=torch.bool, device=device)
+    if _use_device_path(device, components):
+        return _groups_by_reachability(edges, valid, slots, k)
+    return _groups_by_scipy(edges, valid, slots, k)
+
+
+COMPONENT_BACKENDS = ('auto', 'scipy', 'torch')
+
+
+def _use_device_path(device: torch.device, backend: str) -> bool:
+    """``'auto'``: torch ops on accelerators (no host round trip), scipy on
+    the CPU; ``'scipy'`` / ``'torch'`` force one."""
+    if backend not in COMPONENT_BACKENDS:
+        raise ValueError(f'components={backend!r} is not one of '
+                         f'{COMPONENT_BACKENDS}')
+    if backend == 'auto':
+        return torch.device(device).type != 'cpu'
+    return backend == 'torch'
+
+
+def _groups_by_scipy(edges: Tensor, valid: Tensor, slots: Tensor,
+                     k: int) -> AmbiguityGroups:
+    """Components of the (B, W, W) candidate graphs with
+    ``scipy.sparse.csgraph`` (all windows as one block-diagonal graph)."""
+    b, width = valid.shape
+    device = edges.device
     win, src, dst = (t.cpu().numpy()
                      for t in torch.nonzero(edges, as_tuple=True))
     num_nodes = b * width
@@ -99,6 +131,36 @@ def ambiguity_groups(refined: Tensor, keep: Tensor, threshold: float,
     window = torch.zeros(num_groups, dtype=torch.long, device=device)
     window[group_t] = node_win
     return AmbiguityGroups(window, members)
+
+
+def _groups_by_reachability(edges: Tensor, valid: Tensor, slots: Tensor,
+                            k: int) -> AmbiguityGroups:
+    """The same components with torch ops on the graphs' device: the
+    reachability matrix by ceil(log2 W) squarings of (A + I), each node's
+    component named by its lowest reachable slot. Groups come out in the
+    order of the scipy path (by window, then by lowest member slot); the
+    only device-to-host step is the size of the result."""
+    b, width = valid.shape
+    device = edges.device
+    eye = torch.eye(width, dtype=torch.bool, device=device)
+    reach = (edges | eye).float()
+    for _ in range(max(int(width - 1).bit_length(), 1)):
+        reach = (torch.bmm(reach, reach) > 0).float()
+    # first reachable slot (argmax returns the first maximum)
+    root = reach.argmax(dim=2)
+    node_ok = valid & (reach.sum(dim=2) > 1)
+    slot_ids = torch.arange(width, device=device)
+    is_root = node_ok & (root == slot_ids[None])
+    flat_root = is_root.reshape(-1)
+    group_of_slot = torch.cumsum(flat_root.long(), 0) - 1
+    num_groups = int(flat_root.sum())  # the result's size
+    group = group_of_slot.view(b, width).gather(1, root)
+    group = torch.where(node_ok, group, torch.full_like(group, num_groups))
+    members = torch.zeros(num_groups + 1, k, dtype=torch.bool, device=device)
+    members[group.reshape(-1), slots.reshape(-1)] = True
+    window = torch.arange(b, device=device).repeat_interleave(width)
+    window = window[flat_root]
+    return AmbiguityGroups(window, members[:num_groups])
 
 
 @dataclass
@@ -136,7 +198,9 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
                          clip_last: bool = True,
                          include_holes: bool = True,
                          winner_sets_only: bool = False,
-                         first_round: int = 8) -> CropVotes:
+                         first_round: int = 8,
+                         deduplicate: bool = True,
+                         components: str = 'auto') -> CropVotes:
     """Eq. 8 for the boxes of every group, crops batched across groups.
 
     Each group's refined maps are averaged, boxed like CLIP-ES (at
@@ -155,6 +219,11 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     those of classifying every box (up to batch-size effects of the
     encoder's floating point on near ties); the crops saved are the hole
     boxes of noisy maps (hundreds per window with random weights).
+
+    ``deduplicate`` encodes each distinct crop of a round once
+    (:func:`encode_unique_crops`): the same box of one window in two
+    groups, or the same image region seen by two overlapping windows whose
+    grids align, gives the same pixels, hence the same embedding.
     """
     device = refined.device
     fused = torch.einsum('gk,gkhw->ghw', groups.members.float(),
@@ -162,7 +231,8 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     fused = fused / groups.members.sum(dim=1).clamp(min=1)[:, None, None]
     boxes, box_group = score_map_boxes(fused, box_threshold,
                                        include_holes=include_holes,
-                                       clip_last=clip_last)
+                                       clip_last=clip_last,
+                                       labelling=components)
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     winner = torch.full((len(boxes), ), -1, dtype=torch.long, device=device)
     votes = CropVotes(box_group, boxes, degenerate, winner)
@@ -172,8 +242,9 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     def classify(index: Tensor) -> None:
         crops = crop_and_resize(images, groups.window[box_group[index]],
                                 boxes[index] * patch_size, crop_size)
-        feats = F.normalize(encode_image(crops.to(images.dtype)).float(),
-                            dim=-1)
+        feats = F.normalize(
+            encode_unique_crops(crops.to(images.dtype), encode_image,
+                                deduplicate).float(), dim=-1)
         scores = (feats @ text.t()).masked_fill(
             ~groups.members[box_group[index]], float('-inf'))
         winner[index] = scores.argmax(dim=1)
@@ -199,6 +270,29 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
         classify(index)
         won[box_group[index], winner[index]] = True
         start, size = start + size, 2 * size
+
+
+def encode_unique_crops(crops: Tensor, encode_image: Callable[[Tensor],
+                                                                Tensor],
+                        deduplicate: bool = True) -> Tensor:
+    """``encode_image(crops)`` with each distinct crop encoded once.
+
+    Crops are compared pixel for pixel (``torch.unique`` over the flattened
+    rows), so a repeated crop gets exactly the embedding of its first copy;
+    only the batch the encoder sees shrinks.
+
+    Args:
+        crops: (n, C, S, S).
+    Returns:
+        (n, D) embeddings.
+    """
+    if not deduplicate or len(crops) < 2:
+        return encode_image(crops)
+    distinct, inverse = torch.unique(crops.flatten(1), dim=0,
+                                     return_inverse=True)
+    if len(distinct) == len(crops):
+        return encode_image(crops)
+    return encode_image(distinct.view(-1, *crops.shape[1:]))[inverse]
 
 
 def eliminate_ambiguity(groups: AmbiguityGroups, votes: CropVotes,

@@ -4,13 +4,12 @@ Figs. 2, 4 and 5).
 :func:`freecp_stages` runs the segmentor's own ``predict`` on one image
 with its head's :class:`~mmseg_ovss.freecp.pipeline.FreeCPWindowPipeline`
 replaced, for that call only, by :class:`RecordingFreeCPPipeline`: the same
-options, whose :meth:`~RecordingFreeCPPipeline.purify` composes Eqs. 5-8 from
-the public functions of :mod:`mmseg_ovss.freecp.purification` and keeps
-what each step decided. Everything else (windows, Eqs. 1-3, stitching, the
-background rule, labels) is the segmentor's own code, so the final label
-map is the segmentor's prediction built from the composed purification
-(``tests/test_freecp_visualize.py`` checks it equals the plain
-``predict``).
+options, whose :meth:`~RecordingFreeCPPipeline.purify` runs the pipeline's
+own Eqs. 5-8 and keeps what each step decided (through its ``observer``).
+Everything else (windows, Eqs. 1-3, stitching, the background rule,
+labels) is the segmentor's own code, so the final label
+map is the segmentor's prediction (``tests/test_freecp_visualize.py``
+checks it equals the plain ``predict``).
 
 A record is one call of ``purify``: a batch of sliding windows
 (``purification_scope='window'``, the authors') or the whole image's patch
@@ -22,13 +21,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from mmseg_ovss.freecp.consistency import spatial_consistency
-from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
-from mmseg_ovss.freecp.purification import (AmbiguityGroups, CropVotes,
-                                            ambiguity_groups,
-                                            classify_group_crops,
-                                            eliminate_ambiguity,
-                                            redundancy_purification)
+from mmseg_ovss.freecp.pipeline import (FreeCPWindowPipeline,
+                                        PurificationEvent)
+from mmseg_ovss.freecp.purification import AmbiguityGroups, CropVotes
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 
@@ -93,62 +88,36 @@ class RecordingFreeCPPipeline(FreeCPWindowPipeline):
 
     def purify(self, cams: Tensor, refined: Tensor, classes,
                images: Optional[Tensor] = None, patch_size: int = 16,
-               encode_image=None, class_embeddings: Optional[Tensor] = None
-               ) -> Tensor:
-        """Eqs. 5-8 in the configured order (the contract of
-        :meth:`FreeCPWindowPipeline.purify`), recorded."""
-        classes = torch.as_tensor(classes, dtype=torch.long,
-                                  device=refined.device)
-        record = PurificationRecord(classes, cams.detach(), refined.detach(),
-                                    images, patch_size)
+               encode_image=None, class_embeddings: Optional[Tensor] = None,
+               observer=None) -> Tensor:
+        """:meth:`FreeCPWindowPipeline.purify`, its decisions recorded
+        through its ``observer``."""
+        record = PurificationRecord(
+            torch.as_tensor(classes, dtype=torch.long,
+                            device=refined.device),
+            cams.detach(), refined.detach(), images, patch_size)
         self.records.append(record)
-        if classes.numel() == 0:
-            record.purified = refined
-            return refined
-        keep = torch.ones(refined.shape[:2], dtype=torch.bool,
-                          device=refined.device)
-        suppress = None
-        current = refined
-        for step in self.steps:
-            if step == 'rp':  # Eq. 5
-                record.rp_scores = spatial_consistency(
-                    cams.float(), current.float(), self.rp_metric)
-                keep = redundancy_purification(cams, current, keep,
-                                               self.rp_threshold,
-                                               self.rp_metric)
-            else:  # Eqs. 6-8
-                keep, local = self._recorded_ambiguity(
-                    record, current, keep, images, patch_size, encode_image,
-                    class_embeddings, classes)
-                if local is not None:
-                    suppress = local if suppress is None else suppress | local
-            record.steps.append((step, keep.clone()))
-            current = refined * keep[:, :, None, None]
-            if suppress is not None:
-                current = current.masked_fill(suppress, 0)
-        record.purified = current.detach()
-        return current
 
-    def _recorded_ambiguity(self, record, maps, keep, images, patch_size,
-                            encode_image, class_embeddings, classes):
-        groups = ambiguity_groups(maps, keep, self.ap_threshold,
-                                  self.ap_metric)
-        record.groups = groups
-        if len(groups) == 0:
-            return keep, None
-        if images is None or encode_image is None or class_embeddings is None:
-            raise OVSSConfigError(
-                'ambiguity purification needs the window images, the '
-                'unmodified CLIP image encoder and class embeddings; use a '
-                'backbone that fills DenseCLIPFeatures.encode_image')
-        votes = classify_group_crops(
-            groups, maps, images, patch_size, encode_image,
-            class_embeddings[classes], self.crop_size, self.box_threshold,
-            self.clip_box_border, self.crop_holes,
-            winner_sets_only=self.ap_elimination == 'window')
-        record.votes = votes
-        return eliminate_ambiguity(groups, votes, keep, maps.shape[-2:],
-                                   self.ap_elimination)
+        def observe(event: PurificationEvent) -> None:
+            if event.step == 'rp':
+                record.rp_scores = event.rp_scores
+            elif event.step == 'groups':
+                record.groups = event.groups
+            elif event.step == 'crops':
+                record.votes = event.votes
+            elif event.step == 'end':
+                record.purified = event.maps.detach()
+            if event.step in ('rp', 'ap'):
+                record.steps.append((event.step, event.keep.clone()))
+            if observer is not None:
+                observer(event)
+
+        purified = super().purify(cams, refined, classes, images, patch_size,
+                                  encode_image, class_embeddings,
+                                  observer=observe)
+        if record.purified is None:  # no class to purify
+            record.purified = purified.detach()
+        return purified
 
 
 @dataclass
