@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmseg_ovss.clip.precision import cpu_has_amx
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 # FreeCPHead(crop_precision=...): 'model' (default) keeps the CLIP model's
@@ -21,11 +22,9 @@ CROP_PRECISIONS = {
 }
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in tiles (AMX), the only
-    case where bf16 crops were faster than fp32 on the CPU."""
-    cpu = getattr(torch._C, '_cpu', None)
-    return bool(getattr(cpu, '_is_amx_tile_supported', lambda: False)())
+# bf16 crops were faster than fp32 on the CPU only with AMX tiles: the
+# dense path's kernel check (mmseg_ovss.clip.precision) decides.
+cpu_has_native_bf16 = cpu_has_amx
 
 
 def crop_dtype(precision: str,
