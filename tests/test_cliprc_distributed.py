@@ -26,7 +26,8 @@ import torch
 import mmseg_ovss.testing.hooks  # noqa: F401  (CrashAfterIterHook)
 from mmseg_ovss.testing.cliprc import make_tiny_voc_aug
 from mmseg_ovss.testing.tiny_datasets import exported_data_root
-from mmseg_ovss.testing.training import (assert_same_weights, dist_train,
+from mmseg_ovss.testing.training import (assert_same_weights, crash_and_resume,
+                                         dist_train,
                                          final_state_dict, train_in_process,
                                          weight_tolerance)
 
@@ -172,19 +173,9 @@ def test_resume_after_crash_matches_uninterrupted_run(voc_root, tmp_path):
     config = _config(tmp_path, 4, ADAMW)
     reference = tmp_path / 'uninterrupted'
     train_in_process(config, reference)
-    crashing = tmp_path / 'crashing.py'
-    crashing.write_text(
-        f"_base_ = ['{config.as_posix()}']\n"
-        "custom_hooks = [dict(type='DatasetVocabularyHook'),\n"
-        "                dict(type='CrashAfterIterHook', after_iter=2)]\n")
     crashed = tmp_path / 'crashed'
-    with pytest.raises(RuntimeError, match='simulated crash'):
-        train_in_process(crashing, crashed)
-    assert (crashed / 'last_checkpoint').read_text().endswith('iter_2.pth')
-    before = set(crashed.glob('*/*.log'))
-    train_in_process(config, crashed, extra_args=['--resume'])
-    (log, ) = set(crashed.glob('*/*.log')) - before
-    text = log.read_text()
+    _, text = crash_and_resume(
+        config, crashed, custom_hooks=[dict(type='DatasetVocabularyHook')])
     assert 'resumed epoch: 0, iter: 2' in text
     assert 'Iter(train) [3/4]' in text and 'Iter(train) [1/4]' not in text
     # same process, same operations: equal up to one rounding

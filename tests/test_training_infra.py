@@ -33,7 +33,8 @@ from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
 from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
                                               make_tiny_dataset)
 from mmseg_ovss.testing.tools import load_tool
-from mmseg_ovss.testing.training import (assert_same_weights, dist_train,
+from mmseg_ovss.testing.training import (assert_same_weights, crash_and_resume,
+                                         dist_train,
                                          final_state_dict, train_in_process,
                                          weight_tolerance)
 from mmseg_ovss.utils.errors import OVSSConfigError
@@ -183,19 +184,9 @@ def test_resume_after_crash_matches_uninterrupted_run(data_root, tmp_path):
     config = _config(tmp_path, iters=4, interval=1, extra='amp = True\n')
     reference = tmp_path / 'uninterrupted'
     train_in_process(config, reference)
-    crashing = tmp_path / 'crashing.py'
-    crashing.write_text(
-        f"_base_ = ['{config.as_posix()}']\n"
-        "custom_hooks = [dict(type='CrashAfterIterHook', after_iter=2)]\n")
     crashed = tmp_path / 'crashed'
-    with pytest.raises(RuntimeError, match='simulated crash'):
-        train_in_process(crashing, crashed)
-    assert (crashed / 'last_checkpoint').read_text().endswith('iter_2.pth')
-    before = set(crashed.glob('*/*.log'))
-    runner = train_in_process(config, crashed, extra_args=['--resume'])
+    runner, text = crash_and_resume(config, crashed)
     assert isinstance(runner.optim_wrapper, OVSSAmpOptimWrapper)
-    (log, ) = set(crashed.glob('*/*.log')) - before
-    text = log.read_text()
     assert 'resumed epoch: 0, iter: 2' in text
     assert 'Iter(train) [3/4]' in text and 'Iter(train) [1/4]' not in text
     assert_same_weights(final_state_dict(reference),

@@ -63,6 +63,37 @@ def train_in_process(config_path: PathLike, work_dir: PathLike,
                               *_options(cfg_options), *extra_args])
 
 
+def crash_and_resume(config_path: PathLike, work_dir: PathLike,
+                     after_iter: int = 2, custom_hooks: Sequence = ()):
+    """Train ``config_path`` in ``work_dir`` until a simulated crash after
+    iteration ``after_iter`` (``CrashAfterIterHook``, added after
+    ``custom_hooks``, which the crashing run's config replaces), then
+    ``tools/train.py --resume`` in the same work dir.
+
+    Returns the runner of the resumed run and the text of its log.
+    """
+    work_dir = Path(work_dir)
+    crashing = work_dir.parent / f'{work_dir.name}_crashing.py'
+    hooks = ''.join(f'{dict(hook)!r}, ' for hook in custom_hooks)
+    crashing.write_text(
+        f"_base_ = ['{Path(config_path).as_posix()}']\n"
+        f"custom_hooks = [{hooks}"
+        f"dict(type='CrashAfterIterHook', after_iter={after_iter})]\n")
+    try:
+        train_in_process(crashing, work_dir)
+    except RuntimeError as error:
+        if 'simulated crash' not in str(error):
+            raise
+    else:
+        raise AssertionError(f'{crashing} did not crash')
+    last = (work_dir / 'last_checkpoint').read_text()
+    assert last.endswith(f'iter_{after_iter}.pth'), last
+    before = set(work_dir.glob('*/*.log'))
+    runner = train_in_process(config_path, work_dir, extra_args=['--resume'])
+    (log, ) = set(work_dir.glob('*/*.log')) - before
+    return runner, log.read_text()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for torchrun's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -61,6 +61,26 @@ def binarize_score_maps(score_maps: Tensor,
     return maps > threshold * peak
 
 
+def _group_reduce(ids: Tensor, num: int, values: Tensor, how: str,
+                  init: int) -> Tensor:
+    """Per group reduction (``'amin'``/``'amax'``) of ``values`` over the
+    groups ``ids`` in [0, num]; id ``num`` is a discarded spare slot."""
+    out = torch.full((num + 1, ), init, dtype=torch.long, device=ids.device)
+    return out.scatter_reduce(0, ids, values, how, include_self=False)[:num]
+
+
+def _group_boxes(ids: Tensor, num: int, xs: Tensor, ys: Tensor, h: int,
+                 w: int) -> Tensor:
+    """(num, 4) boxes (x0, y0, x1, y1 exclusive) of the pixels (xs, ys)
+    of each group."""
+    return torch.stack([
+        _group_reduce(ids, num, xs, 'amin', w),
+        _group_reduce(ids, num, ys, 'amin', h),
+        _group_reduce(ids, num, xs, 'amax', -1) + 1,
+        _group_reduce(ids, num, ys, 'amax', -1) + 1
+    ], dim=1)
+
+
 def _component_boxes(labels: np.ndarray, num: int) -> Tuple[Tensor, Tensor]:
     """Bounding boxes (x0, y0, x1, y1 exclusive) and map index per label."""
     flat = torch.from_numpy(labels.reshape(-1))
@@ -70,17 +90,8 @@ def _component_boxes(labels: np.ndarray, num: int) -> Tuple[Tensor, Tensor]:
     map_idx, rem = pos // (h * w), pos % (h * w)
     ys, xs = rem // w, rem % w
 
-    def reduce(values: Tensor, how: str, init: int) -> Tensor:
-        out = torch.full((num, ), init, dtype=torch.long)
-        return out.scatter_reduce(0, lab, values, how, include_self=False)
-
-    boxes = torch.stack([
-        reduce(xs, 'amin', w),
-        reduce(ys, 'amin', h),
-        reduce(xs, 'amax', -1) + 1,
-        reduce(ys, 'amax', -1) + 1
-    ], dim=1)
-    return boxes, reduce(map_idx, 'amin', 0)
+    return (_group_boxes(lab, num, xs, ys, h, w),
+            _group_reduce(lab, num, map_idx, 'amin', 0))
 
 
 LABELLINGS = ('auto', 'scipy', 'torch')
@@ -142,19 +153,7 @@ def _torch_component_boxes(labels: Tensor) -> Tuple[Tensor, Tensor]:
     map_idx, rem = pos // (h * w), pos % (h * w)
     ys, xs = rem // w, rem % w
 
-    def reduce(values: Tensor, how: str, init: int) -> Tensor:
-        out = torch.full((num + 1, ), init, dtype=torch.long,
-                         device=flat.device)
-        return out.scatter_reduce(0, ids, values, how,
-                                  include_self=False)[:num]
-
-    boxes = torch.stack([
-        reduce(xs, 'amin', w),
-        reduce(ys, 'amin', h),
-        reduce(xs, 'amax', -1) + 1,
-        reduce(ys, 'amax', -1) + 1
-    ], dim=1)
-    return boxes, roots // (h * w)
+    return _group_boxes(ids, num, xs, ys, h, w), roots // (h * w)
 
 
 def _torch_boxes(fg: Tensor, include_holes: bool) -> Tuple[Tensor, Tensor]:
