@@ -25,7 +25,6 @@ measures the matmul rate per dtype at a transformer shape, which ``'auto'``
 uses on CPUs without AMX.
 """
 import functools
-import time
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Union
 
@@ -140,27 +139,14 @@ def matmul_rates(dtypes: Sequence[torch.dtype] = (torch.float32,
                  shape=(512, 768, 3072), repeats: int = 3
                  ) -> Dict[torch.dtype, float]:
     """Measured GFLOP/s of ``F.linear`` at a ViT-B MLP shape (tokens, in,
-    out) per dtype: the best of ``repeats`` runs, dtypes interleaved."""
-    device = torch.device(device)
-    tokens, fan_in, fan_out = shape
-    generator = torch.Generator().manual_seed(0)
-    base = (torch.randn(tokens, fan_in, generator=generator),
-            torch.randn(fan_out, fan_in, generator=generator))
-    operands = {dtype: [t.to(device, dtype) for t in base]
-                for dtype in dtypes}
-    best = {dtype: float('inf') for dtype in dtypes}
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first round warms up
-            for dtype, (x, w) in operands.items():
-                if device.type == 'cuda':
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                torch.nn.functional.linear(x, w)
-                if device.type == 'cuda':
-                    torch.cuda.synchronize(device)
-                best[dtype] = min(best[dtype], time.perf_counter() - start)
-    flops = 2.0 * tokens * fan_in * fan_out
-    return {dtype: flops / seconds / 1e9 for dtype, seconds in best.items()}
+    out) per dtype, by :func:`mmseg_ovss.engine.complexity.
+    measure_matmul_rate` (its convention: one multiply-add = 1 FLOP)."""
+    from mmseg_ovss.engine.complexity import measure_matmul_rate
+    return {
+        dtype: measure_matmul_rate(dtype, shape, repeats,
+                                   device=device)['gflop_per_s']
+        for dtype in dtypes
+    }
 
 
 @functools.lru_cache(maxsize=None)
