@@ -91,6 +91,11 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=image_size, default=None,
                         metavar='WxH', help='size of the generated images, '
                         'e.g. 2048x1024 (overrides --short-side/--aspect)')
+    parser.add_argument('--images', nargs='+', default=None, metavar='PATH',
+                        help='real images instead of generated ones, each '
+                        'resized to --short-side (aspect kept); '
+                        '--num-images is then how many of them are timed '
+                        '(after --warmup of them), cycling through the list')
     parser.add_argument('--num-classes', type=int, default=None)
     parser.add_argument('--class-file', default=None)
     parser.add_argument('--background', action='store_true',
@@ -111,8 +116,9 @@ def parse_args(argv=None):
                         'that two configs are timed on the same model')
     parser.add_argument('--baseline', help='a second config timed on the '
                         'same images, alternating with CONFIG; adds the '
-                        'time ratio CONFIG / BASELINE (peak memory then '
-                        'covers both models)')
+                        'time ratio CONFIG / BASELINE and the fraction of '
+                        'pixels where both predict the same label (peak '
+                        'memory then covers both models)')
     parser.add_argument('--json', help='write the results to this file')
     parser.add_argument('--flops', choices=('each', 'first', 'none'),
                         default='each', help='count FLOPs per stage (one '
@@ -163,6 +169,9 @@ def parse_args(argv=None):
     if args.configs and not args.train:
         parser.error('--configs is for --train; use CONFIG --baseline OTHER '
                      'for inference')
+    if args.images and args.train:
+        parser.error('--images is for inference; --train uses generated '
+                     'images and labels')
     if args.config is None:
         args.config = args.configs[0]
     if args.crop_size:
@@ -312,6 +321,57 @@ def make_images(count: int, height: int, width: int) -> List[torch.Tensor]:
     return images
 
 
+def read_image(path: str, short_side: int) -> torch.Tensor:
+    """A photo as a uint8 BGR (C, H, W) tensor, resized so that its shorter
+    side is ``short_side`` (aspect kept), as the configs' test pipelines
+    resize."""
+    import cv2
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise OVSSConfigError(
+            f'--images: {path!r} is not a readable image file (cv2 could '
+            'not decode it); pass JPEG/PNG paths, e.g. data/samples/cat.jpg')
+    height, width = image.shape[:2]
+    scale = short_side / min(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous()
+
+
+def inference_inputs(args) -> List[tuple]:
+    """(image, metainfo) pairs: ``--warmup`` untimed ones, then
+    ``--num-images`` timed ones; generated images, or ``--images``
+    cycled."""
+    count = args.warmup + args.num_images
+    if args.images:
+        photos = [read_image(path, args.short_side) for path in args.images]
+        images = [photos[i % len(photos)] for i in range(count)]
+    else:
+        if args.size:
+            height, width = args.size
+        else:
+            height = args.short_side
+            width = max(height, round(height * args.aspect))
+        images = make_images(count, height, width)
+    inputs = []
+    for image in images:
+        shape = tuple(image.shape[-2:])
+        inputs.append((image, dict(ori_shape=shape, img_shape=shape,
+                                   pad_shape=shape,
+                                   padding_size=[0, 0, 0, 0])))
+    return inputs
+
+
+def label_agreement(labels: List[torch.Tensor],
+                    others: List[torch.Tensor]) -> Dict:
+    """Fraction of pixels with the same predicted label, per image, their
+    mean and their minimum (two configs on the same images)."""
+    per_image = [float((a == b).float().mean()) for a, b in
+                 zip(labels, others)]
+    return dict(per_image=per_image,
+                mean=sum(per_image) / len(per_image), min=min(per_image))
+
+
 def peak_memory_mb(device: str) -> Dict[str, float]:
     out = {'cpu_peak_rss_mb':
            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -326,7 +386,8 @@ def run_one(model, image, metainfo):
     data = model.data_preprocessor(dict(inputs=[image],
                                         data_samples=[sample]), False)
     with torch.no_grad():
-        model.predict(data['inputs'], data['data_samples'])
+        samples = model.predict(data['inputs'], data['data_samples'])
+    return samples[0].pred_sem_seg.data[0]
 
 
 class Subject:
@@ -344,6 +405,7 @@ class Subject:
                 self.names, background_class=0 if args.background else None)
         self.profiler = StageProfiler()
         self.latencies: List[float] = []
+        self.labels: List[torch.Tensor] = []  # of the timed images
         self.text_seconds = 0.0
         self.stage_flops: List[Dict[str, int]] = []
         self.dtype = run_dtype(self.model, args)
@@ -364,10 +426,11 @@ class Subject:
     def run(self, image, meta, timed: bool = True):
         with self.profiler:
             start = time.perf_counter()
-            run_one(self.model, image, meta)
+            labels = run_one(self.model, image, meta)
             self._sync()
             if timed:
                 self.latencies.append(time.perf_counter() - start)
+                self.labels.append(labels.cpu())
 
     def count_flops(self, image, meta):
         """FLOPs per stage of one untimed ``predict`` on ``image`` (the
@@ -666,33 +729,31 @@ def main(argv=None) -> Dict:
     subjects = [Subject(args.config, args)]
     if args.baseline:
         subjects.append(Subject(args.baseline, args))
-    if args.size:
-        height, width = args.size
-    else:
-        height = args.short_side
-        width = max(height, round(height * args.aspect))
-    meta = dict(ori_shape=(height, width), img_shape=(height, width),
-                pad_shape=(height, width), padding_size=[0, 0, 0, 0])
-    images = make_images(args.warmup + args.num_images, height, width)
+    inputs = inference_inputs(args)
+    height, width = inputs[0][0].shape[-2:]
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
     for subject in subjects:
         subject.encode_vocabulary()
-        for image in images[:args.warmup]:
+        for image, meta in inputs[:args.warmup]:
             subject.run(image, meta, timed=False)
         subject.profiler.reset()
     rates = matmul_rates(args) if args.flops != 'none' else {}
-    for index, image in enumerate(images[args.warmup:]):
+    for index, (image, meta) in enumerate(inputs[args.warmup:]):
         # alternate the order so that neither config always runs first
         for subject in (subjects if index % 2 == 0 else subjects[::-1]):
             subject.run(image, meta)
-    counted = {'each': images[args.warmup:],
-               'first': images[args.warmup:args.warmup + 1],
+    counted = {'each': inputs[args.warmup:],
+               'first': inputs[args.warmup:args.warmup + 1],
                'none': []}[args.flops]
-    for image in counted:  # untimed: counting slows the forward
+    for image, meta in counted:  # untimed: counting slows the forward
         for subject in subjects:
             subject.count_flops(image, meta)
     result = subjects[0].result(args, (height, width), rates)
+    if args.images:
+        result['image_files'] = list(args.images)
+        result['image_sizes'] = [list(image.shape[-2:])
+                                 for image, _ in inputs[args.warmup:]]
     if rates:
         result['matmul_rate'] = rates
         result['flop_convention'] = FLOP_CONVENTION
@@ -704,6 +765,8 @@ def main(argv=None) -> Dict:
             of_medians=result['latency_s_median'] / base['latency_s_median'],
             per_image=[a / b for a, b in zip(subjects[0].latencies,
                                              subjects[1].latencies)])
+        result['label_agreement'] = label_agreement(subjects[0].labels,
+                                                    subjects[1].labels)
     result.update(peak_memory_mb(args.device))
     return report(result, args)
 
