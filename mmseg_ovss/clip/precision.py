@@ -6,18 +6,19 @@ default), ``'bf16'``, ``'fp16'`` (CUDA only) or ``'auto'``. A low precision
 runs on a cast copy of the tower's weights
 (:meth:`~mmseg_ovss.models.backbones.OpenCLIPViT.cast_copy`), not under
 ``torch.autocast``: on the CPU, autocast re-casts the weights at every
-matmul (about 3x slower than fp32 in issue 13's measurement), while a copy
-casts them once. The outputs of the tower are cast back to fp32, so the
-heads and the text embeddings stay fp32.
+matmul (a ViT-B/16 forward ran about 3x slower than fp32 that way on an
+AMD EPYC), while a copy casts them once. The outputs of the tower are cast
+back to fp32, so the heads and the text embeddings stay fp32.
 
 Whether a low precision is faster depends on the matmul kernels:
 
 - CPUs with Intel AMX tiles (``amx_bf16``): bf16 matmuls run on tiles,
   several times the fp32 rate;
 - CPUs with AVX512-BF16 but no AMX: oneDNN's ``avx512_core_bf16`` kernels.
-  On AMD EPYC (issue 13) a bf16 ViT-B/16 forward was 1.75x faster than the
-  fp32 one; on an Intel Xeon of the same flags (no AMX) the bf16 matmul ran
-  at 0.6x the fp32 (MKL) rate, so bf16 there is slower;
+  On AMD EPYC the bf16 matmul runs at 2.5-3x the fp32 (MKL) rate and the
+  bf16 ViT-B/16 forward is about 1.9x faster than fp32; on an Intel Xeon of
+  the same flags (no AMX) the bf16 matmul ran at 0.6x the fp32 rate, so
+  bf16 there is slower;
 - CUDA GPUs: fp16 / bf16 tensor cores.
 
 :func:`kernel_report` says what this machine has; :func:`matmul_rates`

@@ -1,8 +1,8 @@
 """Outputs of a config's model on fixed random weights and fixed images.
 
 They pin what the training-free segmentors predict across a refactor
-(issue 9: the segmentors are rebased on new CLIP modules and must give the
-same outputs): ``tools/dev/record_reference_outputs.py`` records them with
+(e.g. rebasing the segmentors on new CLIP modules must give the same
+outputs): ``tools/dev/record_reference_outputs.py`` records them with
 the code before the change, ``tests/test_reference_outputs.py`` recomputes
 them with the code after it. Only public, stable entry points are used
 (``Config.fromfile``, ``MODELS.build``, ``set_dataset_classes``, the
