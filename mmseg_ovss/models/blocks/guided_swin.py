@@ -106,7 +106,7 @@ class GuidedWindowMSA(WindowMSA):
     """mmseg ``WindowMSA`` with q, k from [x ; guidance] and v from x
     (CAT-Seg ``WindowAttention``; DCP-CLIP Eqs. 13-14).
 
-    The parameters keep the shapes of both authors' code: ``q``/``k``:
+    The parameters keep the shapes of CAT-Seg's code: ``q``/``k``:
     Linear(C + G, C), ``v``, ``proj``: Linear(C, C).
 
     Args:
