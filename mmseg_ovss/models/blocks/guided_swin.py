@@ -153,6 +153,7 @@ class GuidedWindowMSA(WindowMSA):
         self.v = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
 
     def init_weights(self):
+        """mmseg's init of the bias table (truncated normal, std 0.02)."""
         if self.use_position_bias:
             trunc_normal_(self.relative_position_bias_table, std=.02)
 
@@ -165,13 +166,15 @@ class GuidedWindowMSA(WindowMSA):
             if self.guidance_dims:
                 raise OVSSConfigError(
                     f'this attention was built for {self.guidance_dims} '
-                    'guidance channels but got no guidance')
+                    'guidance channels but got no guidance: pass the (B, '
+                    'L, G) guidance, or build it with guidance_dims=0')
             return self.q(x), self.k(x), self.v(x)
         n, length, c = x.shape
         if guidance.shape[-1] != self.guidance_dims:
             raise OVSSConfigError(
                 f'guidance has {guidance.shape[-1]} channels, the attention '
-                f'was built for {self.guidance_dims}')
+                f'was built for {self.guidance_dims}: set guidance_dims='
+                f'{guidance.shape[-1]}')
         b = guidance.shape[0]
         if guidance.shape[1] != length or n % b:
             raise OVSSConfigError(
