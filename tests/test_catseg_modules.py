@@ -19,9 +19,10 @@ from mmseg_ovss.models.catseg.cost_volume import (CostEmbedding,
                                                   cosine_cost_volume)
 from mmseg_ovss.models.catseg.decoder import UpsamplingDecoder
 from mmseg_ovss.models.catseg.loss import PixelBCELoss, pixel_bce_with_logits
-from mmseg_ovss.models.catseg.spatial_aggregation import (
-    SHIFT_MASK_VALUE, GuidedWindowAttention, SpatialAggregation,
-    shifted_window_mask)
+from mmseg_ovss.models.blocks.guided_swin import (MASK_VALUE,
+                                                  GuidedShiftWindowMSA,
+                                                  window_region_mask)
+from mmseg_ovss.models.catseg.spatial_aggregation import SpatialAggregation
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 EPS = torch.finfo(torch.float32).eps
@@ -170,7 +171,7 @@ def test_class_aggregation_handles_any_class_count():
 def test_shift_mask_separates_the_regions_of_a_rolled_window():
     h = w = 4
     window, shift = 2, 1
-    mask = shifted_window_mask(h, w, window, shift)
+    mask = window_region_mask(h, w, window, shift)
     assert mask.shape == (4, 4, 4)
     # regions of the rolled map, by hand: rows/cols [0, h-window),
     # [h-window, h-shift), [h-shift, h)
@@ -183,32 +184,47 @@ def test_shift_mask_separates_the_regions_of_a_rolled_window():
             for n, (rj, cj) in enumerate(cells):
                 same = (band(ri), band(ci)) == (band(rj), band(cj))
                 assert float(mask[wi, m, n]) == (0.0 if same
-                                                 else SHIFT_MASK_VALUE)
+                                                 else MASK_VALUE)
+
+
+def catseg_attention(c, g, heads, window, shift):
+    """The guided window attention in CAT-Seg's setting."""
+    return GuidedShiftWindowMSA(c, g, heads, window, shift_size=shift,
+                                position_bias=False, clamp_window=True,
+                                mask_padding=False).eval()
 
 
 def _direct_window_attention(attn, x, hw, guidance, k):
-    """GuidedWindowAttention written out: concat guidance, roll, attend
-    inside each window with the region mask, per window by loops."""
+    """CAT-Seg's guided window attention written out: concat guidance,
+    zero-pad q, k, v to whole windows, roll, attend inside each window with
+    the region mask, per window by loops."""
     n, length, c = x.shape
     h, w = hw
     window, shift = attn.effective_window(h, w)
-    heads, dh = attn.num_heads, c // attn.num_heads
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    msa = attn.w_msa
+    heads, dh = msa.num_heads, c // msa.num_heads
     g = guidance.repeat_interleave(k, dim=0)
     cat = torch.cat([x, g], -1)
-    q = cat @ attn.q.weight.T + attn.q.bias
-    kk = cat @ attn.k.weight.T + attn.k.bias
-    v = x @ attn.v.weight.T + attn.v.bias
-    grid = lambda t: torch.roll(t.view(n, h, w, c), (-shift, -shift),  # noqa
-                                (1, 2))
+    q = cat @ msa.q.weight.T + msa.q.bias
+    kk = cat @ msa.k.weight.T + msa.k.bias
+    v = x @ msa.v.weight.T + msa.v.bias
+
+    def grid(t):
+        padded = torch.zeros(n, hp, wp, c)
+        padded[:, :h, :w] = t.view(n, h, w, c)
+        return torch.roll(padded, (-shift, -shift), (1, 2))
+
     q, kk, v = grid(q), grid(kk), grid(v)
+
     def band(i, size):
         if not shift:
             return 0
         return 0 if i < size - window else (1 if i < size - shift else 2)
-    out = torch.zeros(n, h, w, c)
+    out = torch.zeros(n, hp, wp, c)
     for a in range(n):
-        for r0 in range(0, h, window):
-            for c0 in range(0, w, window):
+        for r0 in range(0, hp, window):
+            for c0 in range(0, wp, window):
                 cells = [(r0 + i, c0 + j) for i in range(window)
                          for j in range(window)]
                 for head in range(heads):
@@ -219,21 +235,25 @@ def _direct_window_attention(attn, x, hw, guidance, k):
                     logits = qs @ ks.T / math.sqrt(dh)
                     for m, (ri, ci) in enumerate(cells):
                         for o, (rj, cj) in enumerate(cells):
-                            if (band(ri, h), band(ci, w)) != \
-                                    (band(rj, h), band(cj, w)):
-                                logits[m, o] += SHIFT_MASK_VALUE
+                            if (band(ri, hp), band(ci, wp)) != \
+                                    (band(rj, hp), band(cj, wp)):
+                                logits[m, o] += MASK_VALUE
                     res = logits.softmax(-1) @ vs
                     for m, (i, j) in enumerate(cells):
                         out[a, i, j, sl] = res[m]
-    out = torch.roll(out, (shift, shift), (1, 2)).reshape(n, length, c)
-    return out @ attn.proj.weight.T + attn.proj.bias
+    out = torch.roll(out, (shift, shift), (1, 2))[:, :h, :w]
+    return out.reshape(n, length, c) @ msa.proj.weight.T + msa.proj.bias
 
 
 @pytest.mark.parametrize('shift', [0, 1])
-def test_guided_window_attention_matches_the_concatenated_computation(shift):
-    b, k, h, w, c, g = 2, 3, 4, 4, 8, 4
-    attn = GuidedWindowAttention(c, g, num_heads=2, window_size=2,
-                                 shift_size=shift).eval()
+@pytest.mark.parametrize('hw', [(4, 4), (5, 3), (2, 5)])
+def test_guided_window_attention_matches_the_concatenated_computation(
+        shift, hw):
+    """(4, 4): whole windows; (5, 3): padded to (6, 4), the zero tokens
+    attended; (2, 5): no larger than the window, one unshifted window."""
+    b, k, c, g = 2, 3, 8, 4
+    h, w = hw
+    attn = catseg_attention(c, g, 2, 2, shift)
     x = torch.randn(b * k, h * w, c)
     guidance = torch.randn(b, h * w, g)
     out = attn(x, (h, w), guidance)
@@ -242,12 +262,38 @@ def test_guided_window_attention_matches_the_concatenated_computation(shift):
 
 
 def test_window_no_larger_than_the_map_is_one_unshifted_window():
-    attn = GuidedWindowAttention(8, 0, num_heads=2, window_size=12,
-                                 shift_size=6)
+    attn = catseg_attention(8, 0, 2, 12, 6)
     assert attn.effective_window(3, 3) == (3, 0)
+    assert attn.effective_window(12, 30) == (12, 0)
     assert attn.effective_window(24, 24) == (12, 6)
     out = attn(torch.randn(2, 9, 8), (3, 3))
     assert out.shape == (2, 9, 8)
+
+
+def test_spatial_aggregation_is_catseg_swin_without_position_bias():
+    spatial = SpatialAggregation(embed_dims=8, guidance_dims=4, num_heads=2,
+                                 window_size=2)
+    for block, shift in zip(spatial.blocks, (0, 1)):
+        attn = block.attn
+        assert (attn.shift_size, attn.clamp_window, attn.mask_padding) == (
+            shift, True, False)
+        assert not hasattr(attn.w_msa, 'relative_position_bias_table')
+    assert not any('relative_position' in key for key in spatial.state_dict())
+
+
+def test_spatial_aggregation_loads_checkpoints_with_flat_attention_keys():
+    """Checkpoints of CAT-Seg's layout (``attn.q``, ``attn.proj``, ...)
+    load into ``attn.w_msa.*`` and give the same output."""
+    spatial = SpatialAggregation(embed_dims=8, guidance_dims=4, num_heads=2,
+                                 window_size=2).eval()
+    flat = {key.replace('.w_msa.', '.'): value
+            for key, value in spatial.state_dict().items()}
+    assert 'blocks.1.attn.q.weight' in flat
+    fresh = SpatialAggregation(embed_dims=8, guidance_dims=4, num_heads=2,
+                               window_size=2).eval()
+    fresh.load_state_dict(flat, strict=True)
+    x, g = torch.randn(2, 3, 4, 4, 8), torch.randn(2, 4, 4, 4)
+    torch.testing.assert_close(fresh(x, g), spatial(x, g), rtol=0, atol=0)
 
 
 def test_spatial_aggregation_shapes_and_guidance_checks():

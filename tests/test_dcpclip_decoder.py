@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mmseg.models.backbones.swin import ShiftWindowMSA
-from mmseg_ovss.models.dcpclip.guided_swin import (GuidedShiftWindowMSA,
-                                                   GuidedWindowMSA,
-                                                   window_region_mask)
+from mmseg_ovss.models.blocks.guided_swin import (GuidedShiftWindowMSA,
+                                                  GuidedWindowMSA,
+                                                  relative_position_index,
+                                                  window_region_mask)
 from mmseg_ovss.models.dcpclip.spatial_enhanced_decoder import \
     SpatialEnhancedDecoder
 from mmseg_ovss.utils.errors import OVSSConfigError
@@ -31,7 +32,8 @@ def test_guided_window_attention_matches_eq_13_14():
     msa = GuidedWindowMSA(dims, guide, heads, (window, window)).to(DTYPE)
     torch.nn.init.normal_(msa.relative_position_bias_table)
     x = torch.randn(3, window * window, dims + guide, dtype=DTYPE)
-    out = msa(x)
+    q, k, v = msa.project(x[..., :dims], x[..., dims:])
+    out = msa(q[None], k[None], v[None])[0]
     d = dims // heads
     for w in range(3):
         feats = x[w, :, :dims]
@@ -77,7 +79,7 @@ def test_without_guidance_it_is_mmseg_swin_attention(shift):
             ref.w_msa.relative_position_bias_table)
     x = torch.randn(2, 8 * 8, dims)
     eps = torch.finfo(torch.float32).eps
-    assert torch.allclose(ours(x, None, (8, 8)), ref(x, (8, 8)),
+    assert torch.allclose(ours(x, (8, 8)), ref(x, (8, 8)),
                           atol=100 * eps * math.sqrt(dims * 16))
 
 
@@ -93,7 +95,7 @@ def test_padding_is_masked_out():
     torch.manual_seed(0)
     msa = GuidedShiftWindowMSA(8, 2, 2, 4)
     x, g = torch.randn(1, 9, 8), torch.randn(1, 9, 2)
-    out = msa(x, g, (3, 3))
+    out = msa(x, (3, 3), g)
     # equals attention among the 9 real tokens (with their position bias)
     w = msa.w_msa
     windowed = torch.zeros(1, 16, 10)
@@ -106,6 +108,37 @@ def test_padding_is_masked_out():
     want = w.proj((attn @ v).transpose(0, 1).reshape(9, 8))
     eps = torch.finfo(torch.float32).eps
     assert torch.allclose(out[0], want, atol=100 * eps * math.sqrt(32))
+
+
+def test_guidance_is_shared_by_the_classes_of_an_image():
+    """(B, L, G) guidance for B * K maps equals it repeated per class."""
+    torch.manual_seed(0)
+    msa = GuidedShiftWindowMSA(8, 3, 2, 4, shift_size=2).to(DTYPE)
+    x = torch.randn(2 * 3, 7 * 6, 8, dtype=DTYPE)
+    g = torch.randn(2, 7 * 6, 3, dtype=DTYPE)
+    repeated = g.repeat_interleave(3, dim=0)
+    assert torch.allclose(msa(x, (7, 6), g), msa(x, (7, 6), repeated),
+                          atol=tol(8 * 16))
+    with pytest.raises(OVSSConfigError, match='does not fit'):
+        msa(x, (7, 6), g[:, :-1])
+    with pytest.raises(OVSSConfigError, match='guidance'):
+        msa(x, (7, 6), None)
+
+
+def test_position_bias_of_a_smaller_window_is_its_part_of_the_table():
+    """A clamped window reads the offsets it has from the full table: the
+    bias among the tokens of a 3 x 3 corner of a 4 x 4 window."""
+    torch.manual_seed(0)
+    msa = GuidedWindowMSA(8, 0, 2, 4)
+    torch.nn.init.normal_(msa.relative_position_bias_table)
+    assert torch.equal(relative_position_index(4, 4),
+                       msa.relative_position_index)
+    corner = [y * 4 + x for y in range(3) for x in range(3)]
+    full = msa.position_bias()
+    assert torch.equal(msa.position_bias(3),
+                       full[:, corner][:, :, corner])
+    assert GuidedWindowMSA(8, 0, 2, 4, position_bias=False).position_bias(
+    ) is None
 
 
 def make_decoder(**kwargs):

@@ -67,12 +67,13 @@ def test_name_map_marks_seen_classes(tmp_path):
     assert mask.tolist() == [True, False, True]
 
 
-def test_connected_components_are_separate_regions():
+@pytest.mark.parametrize('labelling', ['scipy', 'torch'])
+def test_connected_components_are_separate_regions(labelling):
     labels = torch.tensor([[[1, 1, 0, 1],
                             [1, 0, 0, 1],
                             [0, 0, 1, 1],
                             [1, 0, 0, 0]]])
-    ids = connected_regions(labels)
+    ids = connected_regions(labels, labelling)
     # the left blob, the right blob and the lone corner are three regions
     assert ids[0, 0, 0] == ids[0, 1, 0] == ids[0, 0, 1] == 0
     assert ids[0, 0, 3] == ids[0, 2, 2] == 3
@@ -140,23 +141,65 @@ def test_bad_options():
         TagValidation(name_map='no/such/map.json')
 
 
-def test_components_match_scipy_labelling():
-    """The same partition as scipy's 4-connected labelling of each class."""
+def scipy_regions(labels):
+    """Direct reference: ``scipy.ndimage.label`` (default structure: the
+    4-neighbour cross) of each label's mask of each image; every component
+    named by its smallest flat pixel index."""
     ndimage = pytest.importorskip('scipy.ndimage')
+    batch, height, width = labels.shape
+    ids = torch.full(labels.shape, -1, dtype=torch.long)
+    flat = torch.arange(height * width).view(height, width)
+    for b in range(batch):
+        for c in labels[b].unique().tolist():
+            parts, count = ndimage.label((labels[b] == c).numpy())
+            parts = torch.from_numpy(parts).long()
+            for part in range(1, count + 1):
+                inside = parts == part
+                ids[b][inside] = int(flat[inside].min())
+    return ids
+
+
+@pytest.mark.parametrize('labelling', ['scipy', 'torch'])
+def test_components_of_a_hand_made_map_are_scipys(labelling):
+    """A spiral of one label (long propagation paths), same-label pixels
+    touching only diagonally (separate under 4-connectivity) and the same
+    label in two images."""
+    spiral = torch.tensor([[1, 1, 1, 1, 1, 1, 1],
+                           [0, 0, 0, 0, 0, 0, 1],
+                           [1, 1, 1, 1, 1, 0, 1],
+                           [1, 0, 0, 0, 1, 0, 1],
+                           [1, 0, 1, 1, 1, 0, 1],
+                           [1, 0, 0, 0, 0, 0, 1],
+                           [1, 1, 1, 1, 1, 1, 1]])
+    diagonal = torch.tensor([[2, 0, 2, 0, 2, 0, 2],
+                             [0, 2, 0, 2, 0, 2, 0],
+                             [2, 0, 2, 0, 2, 0, 2],
+                             [3, 3, 3, 3, 3, 3, 3],
+                             [1, 1, 3, 1, 1, 3, 1],
+                             [1, 3, 3, 3, 1, 3, 1],
+                             [1, 1, 1, 1, 1, 3, 5]])
+    labels = torch.stack([spiral, diagonal])
+    ids = connected_regions(labels, labelling)
+    want = scipy_regions(labels)
+    assert torch.equal(ids, want)
+    # the spiral's 1s are one region, its 0s another; each of the 21
+    # chequerboard cells is its own region (diagonal contact only)
+    assert ids[0].unique().tolist() == [0, 7]
+    assert len(ids[1, :3].unique()) == 21
+
+
+@pytest.mark.parametrize('labelling', ['scipy', 'torch'])
+def test_components_match_scipy_labelling(labelling):
+    """The same components, named the same, as scipy's 4-connected
+    labelling of each class on a random smooth map."""
     torch.manual_seed(0)
     smooth = torch.nn.functional.interpolate(
         torch.randn(2, 4, 6, 6), size=(48, 40), mode='bilinear')
     labels = smooth.argmax(1)
-    ids = connected_regions(labels)
-    for b in range(2):
-        reference = torch.zeros(48, 40, dtype=torch.long)
-        offset = 0
-        for c in range(4):
-            parts, count = ndimage.label((labels[b] == c).numpy())
-            parts = torch.from_numpy(parts).long()
-            reference[parts > 0] = parts[parts > 0] + offset
-            offset += count
-        # two maps give the same partition when their id pairs biject
-        pairs = torch.stack([ids[b].flatten(), reference.flatten()], 1)
-        unique_pairs = pairs.unique(dim=0)
-        assert len(unique_pairs) == ids[b].unique().numel() == offset
+    assert torch.equal(connected_regions(labels, labelling),
+                       scipy_regions(labels))
+
+
+def test_labelling_is_checked():
+    with pytest.raises(OVSSConfigError, match='labelling'):
+        connected_regions(torch.zeros(1, 2, 2, dtype=torch.long), 'cv2')

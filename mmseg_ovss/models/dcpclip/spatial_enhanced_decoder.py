@@ -3,7 +3,8 @@
 Each decoder level refines the per-class cost feature with spatial-enhance
 layers (Swin W-MSA + SW-MSA blocks whose q/k take the concatenation of the
 cost feature, the shallow encoder features and CLIP's attention weights,
-Eqs. 13-14; :class:`~.guided_swin.GuidedSwinBlock`) and then upsamples it
+Eqs. 13-14; :class:`~mmseg_ovss.models.blocks.guided_swin.GuidedSwinBlock`
+with Swin's relative position bias and masked padding) and then upsamples it
 with a U-Net-like layer (Eqs. 15-16):
 
     F_{l+1} = Conv([ConvT_2x(F_l) ; Up(C_init) ; Up(F_enc) (x) 1_{C'}])
@@ -50,7 +51,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from mmseg_ovss.models.dcpclip.guided_swin import GuidedSwinBlock
+from mmseg_ovss.models.blocks.guided_swin import GuidedSwinBlock
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 COST_SKIPS = ('templates', 'mean')
@@ -80,7 +81,8 @@ class DoubleConv(nn.Sequential):
 
 class SpatialEnhanceStage(nn.Module):
     """Spatial-enhance layers of one level (Eqs. 13-14): ``depth`` guided
-    Swin blocks, alternating W-MSA and SW-MSA."""
+    Swin blocks, alternating W-MSA and SW-MSA, as Swin's (relative position
+    bias; maps padded to whole windows, the padding masked out)."""
 
     def __init__(self, embed_dims: int, guidance_dims: int, num_heads: int,
                  window_size: int, depth: int = 2, mlp_ratio: float = 4.0,
@@ -91,17 +93,20 @@ class SpatialEnhanceStage(nn.Module):
         self.blocks = nn.ModuleList(
             GuidedSwinBlock(embed_dims, guidance_dims, num_heads,
                             int(embed_dims * mlp_ratio), window_size,
-                            shift=bool(i % 2), drop_path_rate=drop_path_rate)
+                            shift=bool(i % 2), drop_path_rate=drop_path_rate,
+                            position_bias=True, clamp_window=False,
+                            mask_padding=True)
             for i in range(depth))
 
     def forward(self, x: Tensor, guidance: Optional[Tensor]) -> Tensor:
-        """x (N, C, H, W), guidance (N, G, H, W) or None -> (N, C, H, W)."""
+        """x (B*K, C, H, W) (classes folded image-major), guidance (B, G,
+        H, W) shared by each image's classes, or None -> (B*K, C, H, W)."""
         batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         if guidance is not None:
             guidance = self.guidance_norm(guidance.flatten(2).transpose(1, 2))
         for block in self.blocks:
-            tokens = block(tokens, guidance, (height, width))
+            tokens = block(tokens, (height, width), guidance)
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
@@ -305,8 +310,7 @@ class SpatialEnhancedDecoder(BaseModule):
             size = x.shape[-2:]
             if str(level) in self.enhance:
                 x = self.enhance[str(level)](
-                    x, self._guidance(encoder[level], attention, size,
-                                      classes))
+                    x, self._guidance(encoder[level], attention, size))
             if stages is not None:
                 stages.append(x.unflatten(0, (batch, classes)))
             if level == self.num_layers:
@@ -333,8 +337,9 @@ class SpatialEnhancedDecoder(BaseModule):
                              align_corners=False)
 
     def _guidance(self, encoder: Optional[Tensor], attention: Optional[Tensor],
-                  size, classes: int) -> Optional[Tensor]:
-        """[F_enc ; A] at a level's size, repeated over the classes."""
+                  size) -> Optional[Tensor]:
+        """[F_enc ; A] at a level's size, (B, G, H, W): the guided Swin
+        blocks share each image's guidance among its classes."""
         parts = []
         if encoder is not None:
             parts.append(self._resized(encoder, size))
@@ -347,4 +352,4 @@ class SpatialEnhancedDecoder(BaseModule):
             parts.append(self._resized(attention, size))
         if not parts:
             return None
-        return _repeat_classes(torch.cat(parts, dim=1), classes)
+        return torch.cat(parts, dim=1)

@@ -32,13 +32,16 @@ class, so the head still returns scores whose argmax is the validated label.
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg_ovss.clip.vocabulary import Vocabulary, name_key, read_name_lists
+from mmseg_ovss.utils.boxes import LABELLINGS, label_components
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 REGIONS = ('class', 'components')
@@ -65,35 +68,58 @@ def read_training_names(classes: Union[str, Sequence]) -> frozenset:
     return frozenset(name_key(n) for names in vocab.synonyms for n in names)
 
 
-def connected_regions(labels: Tensor) -> Tensor:
-    """4-connected components of equal labels: (B, H, W) long -> (B, H, W)
-    component ids (the smallest flat pixel index of each component).
+#: 4-connectivity within each (h, w) slice of a (M, h, w) stack.
+_CONNECT_4 = np.zeros((3, 3, 3), dtype=bool)
+_CONNECT_4[1] = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
-    Min-label propagation between equal neighbours with pointer jumping;
-    a few host syncs check convergence (inference only)."""
+
+def equal_label_grid(labels: Tensor) -> Tensor:
+    """(B, 2H - 1, 2W - 1) bool mask whose 4-connected components are the
+    4-connected components of equal labels of a (B, H, W) label map: pixel
+    (i, j) sits at (2i, 2j), the cell between two 4-neighbours is set when
+    their labels are equal, the cells between diagonal neighbours never."""
     batch, height, width = labels.shape
-    flat = torch.arange(height * width, device=labels.device)
-    ids = flat.view(1, height, width).expand(batch, -1, -1).clone()
-    big = height * width
-    while True:
-        previous = ids
-        for _ in range(4):
-            best = ids
-            for dim, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
-                neighbour = torch.roll(ids, step, dims=dim)
-                same = labels == torch.roll(labels, step, dims=dim)
-                # no wrap-around across the border
-                edge = torch.zeros_like(same)
-                index = 0 if step == 1 else -1
-                edge.select(dim, index).fill_(True)
-                usable = same & ~edge
-                best = torch.minimum(best, torch.where(usable, neighbour,
-                                                       big))
-            ids = best
-            # pointer jumping: adopt the id of the pixel one's id names
-            ids = torch.gather(ids.flatten(1), 1, ids.flatten(1)).view_as(ids)
-        if torch.equal(ids, previous):
-            return ids
+    grid = labels.new_zeros((batch, 2 * height - 1, 2 * width - 1),
+                            dtype=torch.bool)
+    grid[:, ::2, ::2] = True
+    grid[:, ::2, 1::2] = labels[:, :, 1:] == labels[:, :, :-1]
+    grid[:, 1::2, ::2] = labels[:, 1:] == labels[:, :-1]
+    return grid
+
+
+def connected_regions(labels: Tensor, labelling: str = 'auto') -> Tensor:
+    """4-connected components of equal labels: (B, H, W) long -> (B, H, W)
+    component ids (the smallest flat pixel index of each component within
+    its image, whatever the labelling).
+
+    The components of :func:`equal_label_grid` are labelled by
+    ``scipy.ndimage.label`` on the host (``'scipy'``) or by
+    :func:`~mmseg_ovss.utils.boxes.label_components` on the labels' device
+    (``'torch'``); ``'auto'``: torch on accelerators, scipy on the CPU."""
+    if labelling not in LABELLINGS:
+        raise OVSSConfigError(
+            f'connected_regions labelling={labelling!r} is not one of '
+            f'{LABELLINGS}')
+    batch, height, width = labels.shape
+    grid = equal_label_grid(labels)
+    grid_width = 2 * width - 1
+    if labelling == 'torch' or (labelling == 'auto'
+                                and labels.device.type != 'cpu'):
+        # a component is named by its first grid cell in the stack, which
+        # is its first pixel (a set cell between two pixels follows the
+        # first of them in raster order)
+        first = label_components(grid, connectivity=4)[:, ::2, ::2]
+        first = first % grid.flatten(1).shape[1]
+        return first // grid_width // 2 * width + first % grid_width // 2
+    parts, count = ndimage.label(grid.cpu().numpy(), structure=_CONNECT_4)
+    parts = torch.from_numpy(parts[:, ::2, ::2]).to(labels.device,
+                                                    torch.long).flatten()
+    position = torch.arange(parts.numel(), device=labels.device) % (
+        height * width)
+    first = torch.full((count + 1, ), height * width, dtype=torch.long,
+                       device=labels.device)
+    first = first.scatter_reduce(0, parts, position, reduce='amin')
+    return first[parts].view(batch, height, width)
 
 
 @MODELS.register_module()
