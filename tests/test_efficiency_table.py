@@ -89,3 +89,112 @@ def test_pinned_selection_counts_and_flops_fit(tmp_path, capsys):
     assert abs(fit['base_gflops'] + fit['gflops_per_class'] * k -
                0.35 * catseg) <= 1e-6 * catseg
     assert '(K pinned to 3)' in printed and 'reached at K =' in printed
+
+
+def _tiny_configs(tmp_path, methods=('dcpclip', 'catseg')):
+    return [str(write_tiny_config(
+        REPO_ROOT / f'configs/{m}/vit-b16_coco-stuff171_80k_ade150.py',
+        tmp_path / f'{m}.py')) for m in methods]
+
+
+TINY_RUN = ['--generated', '--size', '64', '64', '--device', 'cpu',
+            '--cfg-options', 'model.test_cfg.mode=whole']
+
+
+def test_also_dataset_is_interleaved_image_by_image(tmp_path, capsys):
+    """--also-dataset: both vocabularies timed on the same images, one
+    untimed warm-up on each first, then image 1 on each, image 2 on each,
+    ...; at a pinned K both compute exactly K classes per view."""
+    dcpclip, = _tiny_configs(tmp_path, ('dcpclip', ))
+    out = tmp_path / 'rows.json'
+    _tool().main([dcpclip, '--dataset', 'ade150', '--also-dataset',
+                  'ade847', '--images', '2', '--num-selected', '2',
+                  '--no-flops', '--out', str(out), *TINY_RUN])
+    captured = capsys.readouterr()
+    rows = json.loads(out.read_text())['rows']
+    assert [r['num_selected'] for r in rows] == [None, 2]
+    for row in rows:
+        assert len(row['main']['seconds_per_image']) == 2
+        assert len(row['also']['seconds_per_image']) == 2
+        assert row['time_ratio_also'] == \
+            row['also']['seconds'] / row['main']['seconds']
+        assert row['wall_s']['warmup'] > 0 and row['wall_s']['flops'] == 0
+    assert rows[1]['main']['selected_per_view'] == 2.0
+    assert rows[1]['also']['selected_per_view'] == 2.0
+    # the rule's K is at most each vocabulary's size
+    assert 1 <= rows[0]['also']['selected_per_view'] <= 847
+    order = [line.split(': ', 1)[1].split(':')[0]
+             for line in captured.err.splitlines()
+             if 'dcpclip.py K=2:' in line and ' on ade' in line]
+    assert order == ['warm-up image on ade150', 'warm-up image on ade847',
+                     'image 1/2 on ade150', 'image 1/2 on ade847',
+                     'image 2/2 on ade150', 'image 2/2 on ade847']
+    assert 'ratio |' in captured.out
+
+
+def test_untimed_config_is_counted_not_timed(tmp_path, capsys):
+    """--untimed: no warm-up or timed image, the same FLOPs as a timed run;
+    --flop-images 1 counts one image."""
+    catseg, = _tiny_configs(tmp_path, ('catseg', ))
+    results = {}
+    for name, extra in (('timed', []), ('untimed', ['--untimed',
+                                                    'catseg.py'])):
+        out = tmp_path / f'{name}.json'
+        _tool().main([catseg, '--images', '2', '--flop-images', '1',
+                      '--out', str(out), *extra, *TINY_RUN])
+        results[name], = json.loads(out.read_text())['rows']
+    timed, untimed = results['timed'], results['untimed']
+    assert untimed['timed'] is False and untimed['main']['seconds'] is None
+    assert untimed['wall_s']['warmup'] == 0 == untimed['wall_s']['timed']
+    assert timed['main']['images'] == 2
+    assert len(timed['main']['gflops_per_image']) == 1
+    assert untimed['main']['gflops_per_image'] == \
+        timed['main']['gflops_per_image']
+    assert '(untimed)' in capsys.readouterr().out
+
+
+def test_text_bank_is_filled_once_and_read_back(tmp_path):
+    """--text-bank: the first run encodes every prompt of the vocabulary
+    into the bank, the second finds them all there."""
+    dcpclip, = _tiny_configs(tmp_path, ('dcpclip', ))
+    bank = tmp_path / 'bank'
+    states = []
+    for run in range(2):
+        out = tmp_path / f'run{run}.json'
+        _tool().main([dcpclip, '--images', '1', '--no-flops', '--untimed',
+                      'dcpclip.py', '--text-bank', str(bank), '--out',
+                      str(out), '--quiet', *TINY_RUN])
+        states.append(json.loads(out.read_text())['rows'][0]['main']
+                      ['text_bank'])
+    first, second = states
+    assert first['banked'] == 0 and first['prompts'] > 0
+    assert second == dict(first, banked=first['prompts'])
+    assert Path(first['path']).parent == bank
+
+
+def test_random_text_keeps_the_pinned_flops(tmp_path):
+    """--text random: at a pinned K the FLOPs are those of the encoded
+    class embeddings (the head's cost does not depend on their values)."""
+    dcpclip, catseg = _tiny_configs(tmp_path)
+    flops = {}
+    for text in ('encode', 'random'):
+        out = tmp_path / f'{text}.json'
+        _tool().main([dcpclip, catseg, '--images', '1', '--untimed',
+                      'dcpclip.py', 'catseg.py', '--num-selected', '3',
+                      '--random-init', '--text', text, '--out', str(out),
+                      '--quiet', *TINY_RUN])
+        rows = json.loads(out.read_text())['rows']
+        flops[text] = [r['main']['gflops'] for r in rows[1:]]
+    assert flops['random'] == flops['encode'] and min(flops['random']) > 0
+
+
+def test_bad_options_name_the_value(capsys):
+    import pytest
+    for argv, text in (
+            (['a.py', '--untimed', 'b.py'], "--untimed ['b.py']"),
+            (['a.py', '--text', 'random'], 'needs --random-init'),
+            (['a.py', '--also-dataset', 'ade150'], 'is --dataset'),
+            (['a.py', '--flop-images', '0'], '--flop-images 0')):
+        with pytest.raises(SystemExit):
+            _tool().parse_args(argv)
+        assert text in capsys.readouterr().err

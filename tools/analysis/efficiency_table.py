@@ -43,7 +43,28 @@ fits GFLOPs = a + b K by least squares (the head's convolutions, windows
 and projections are linear in K; the class attention of the alignment's SA
 branch adds a small K^2 term, so with three or more K the largest relative
 residual of the fit is printed too) and prints a, b, the K at which DCP-CLIP's GFLOPs reach 0.35 x CAT-Seg's of the same
-run, and for ViT-L/14 the K that the paper's 616.2 GFLOPs imply.
+run, and for ViT-L/14 the K that the paper's 616.2 GFLOPs imply. A config
+is built once; its rows differ only in the selection's ``fixed_count``.
+
+Vocabularies. ``--also-dataset`` interleaves the two vocabularies image by
+image (the same images; one untimed warm-up image on each first), so that
+the time ratio is taken under the same machine load. The class embeddings
+of a vocabulary go through the text tower once: the text encoder's
+embedding bank on disk (``mmseg_ovss.clip.text_bank``; ``--text-bank DIR``
+or ``$OVSS_TEXT_BANK``) keeps every prompt, so a second run reads them back;
+the tool prints how many of the vocabulary's prompts the bank already
+holds. With ``--random-init`` the embeddings of a random text tower carry
+no meaning and take long on a CPU (ADE-847 x 80 templates: 67,760 prompts),
+so ``--text random`` gives unit vectors of the same shapes instead: FLOPs
+and times at a pinned K do not depend on their values (the rule's own K
+does, and is arbitrary with random weights either way).
+
+Cost of the tool. ``--untimed CONFIG`` counts a config (parameters, FLOPs)
+without the warm-up and timed images (CAT-Seg's ensemble at ViT-L/14 size
+is minutes per image on a CPU); ``--flop-images N`` counts FLOPs on the
+first N measured images only (CAT-Seg's and a pinned K's count does not
+depend on the image). Progress and the wall time of each phase (build,
+text, warm-up, timed images, FLOP count) go to stderr and into the JSON.
 """
 import argparse
 import json
@@ -114,13 +135,73 @@ def parse_args(argv=None):
                         metavar='K', help='DCP-CLIP rows: pin the selection '
                         'to exactly K classes per view (one row per K; an '
                         'analysis option, see the module doc)')
+    parser.add_argument('--untimed', nargs='+', default=[],
+                        metavar='CONFIG', help='count these configs '
+                        '(parameters, FLOPs) without timing them: no '
+                        'warm-up or timed images (a path as given or its '
+                        'file name)')
+    parser.add_argument('--flop-images', type=int, default=None,
+                        metavar='N', help='count FLOPs on the first N '
+                        'measured images only (default: all)')
+    parser.add_argument('--text', default='encode',
+                        choices=('encode', 'random'),
+                        help='class embeddings: encode the prompts with '
+                        'the text tower (default; banked on disk) or, with '
+                        '--random-init, random unit vectors of the same '
+                        'shapes')
+    parser.add_argument('--text-bank', default=None, metavar='DIR',
+                        help='folder of the text-embedding bank (default: '
+                        'the text encoder\'s, $OVSS_TEXT_BANK or '
+                        '~/.cache/mmseg_ovss/text_bank)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress lines on stderr')
     parser.add_argument('--out', help='write the rows as JSON to this file')
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f'--images {args.images}: give at least 1')
     if args.num_selected and min(args.num_selected) < 1:
         parser.error(f'--num-selected {args.num_selected}: K must be >= 1')
+    if args.flop_images is not None and args.flop_images < 1:
+        parser.error(f'--flop-images {args.flop_images}: give at least 1 '
+                     '(or --no-flops)')
+    if args.threads is not None and args.threads < 1:
+        parser.error(f'--threads {args.threads}: give at least 1')
+    if args.text == 'random' and not args.random_init:
+        parser.error('--text random needs --random-init: trained weights '
+                     'give class embeddings that matter (their selection '
+                     'decides K)')
+    if args.also_dataset == args.dataset:
+        parser.error(f'--also-dataset {args.also_dataset} is --dataset; '
+                     'give another benchmark')
+    names = {osp.normpath(c) for c in args.configs} | \
+        {osp.basename(c) for c in args.configs}
+    unknown = [c for c in args.untimed
+               if osp.normpath(c) not in names and c not in names]
+    if unknown:
+        parser.error(f'--untimed {unknown}: not among the configs '
+                     f'{args.configs}; give a config path or its file name')
     return args
+
+
+def is_untimed(path: str, args) -> bool:
+    """Whether ``--untimed`` names the config ``path``."""
+    return any(osp.normpath(u) in (osp.normpath(path), osp.basename(path))
+               for u in args.untimed)
+
+
+class Progress:
+    """Progress lines on stderr, each with the seconds since the start."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f'[efficiency {time.perf_counter() - self.start:7.1f} s] '
+                  f'{message}', file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ model
@@ -137,6 +218,8 @@ def load_config(path: str, args):
             f'{path}: model has no "clip" entry; this tool measures '
             'OpenVocabEncoderDecoder configs (CAT-Seg, DCP-CLIP, ZegCLIP, '
             'CLIP-RC)')
+    if args.text_bank:
+        cfg.merge_from_dict({'model.text_encoder.text_bank': args.text_bank})
     if args.random_init:
         cfg.model.clip.random_init = True
         cfg.model.clip.pretrained = None
@@ -186,13 +269,16 @@ class TestTimeInference(nn.Module):
 
 
 def inference_flops(model: nn.Module, inputs: torch.Tensor,
-                    metas: List[dict]) -> float:
-    """FLOPs (fvcore convention) of one test-time inference."""
+                    metas: List[dict]) -> Tuple[float, str]:
+    """FLOPs (fvcore convention) of one test-time inference, and the
+    counter that produced them ('jit' or 'dispatch',
+    :func:`mmseg_ovss.engine.complexity.model_complexity`)."""
     from mmseg_ovss.engine.complexity import model_complexity
     wrapper = TestTimeInference(model, metas)
     # model_complexity restores the wrapper's mode on the model afterwards:
     # the model's own (eval), not a fresh module's (train)
     wrapper.train(model.training)
+    own = vars(model).get('text_inputs')  # --text random's embeddings
     with torch.no_grad():
         # the vocabulary's embeddings are computed once, outside the count
         text = model.text_inputs()
@@ -201,11 +287,87 @@ def inference_flops(model: nn.Module, inputs: torch.Tensor,
             result = model_complexity(wrapper, inputs)
         finally:
             del model.text_inputs
-    return float(result['flops'])
+            if own is not None:
+                model.text_inputs = own
+    return float(result['flops']), result['counter']
+
+
+# ------------------------------------------------------------------ text
+def vocabulary_prompts(model: nn.Module) -> List[str]:
+    """Every prompt the text tower encodes for the active vocabulary."""
+    templates = model.text_encoder.templates
+    return [template(query) for query in model.vocabulary().queries
+            for template in templates]
+
+
+def bank_status(model: nn.Module) -> Optional[dict]:
+    """Folder of the text encoder's embedding bank, the vocabulary's
+    prompts and how many of them it holds; None without a bank."""
+    bank_of = getattr(model.text_encoder, 'text_bank', None)
+    if bank_of is None:
+        return None
+    with torch.no_grad():
+        bank = bank_of()
+    if bank is None:
+        return None
+    prompts = vocabulary_prompts(model)
+    missing = len(bank.missing(prompts))
+    distinct = len(set(prompts))
+    return dict(path=str(bank.path), prompts=distinct,
+                banked=distinct - missing)
+
+
+class RandomTextInputs:
+    """``model.text_inputs`` for ``--text random``: per vocabulary, unit
+    vectors of the shapes the text tower gives (C, D) and (C, T, D) (the
+    templates' embeddings, each L2-normalised; the class embedding their
+    normalised mean, as in prompt ensembling), float32 on the tower's
+    device, seeded."""
+
+    def __init__(self, model: nn.Module, seed: int):
+        from mmseg_ovss.models.segmentors.open_vocab import ClassEmbeddings
+        self.model = model
+        self.seed = seed
+        self.make = ClassEmbeddings
+        with torch.no_grad():
+            probe = model.text_encoder.encode_text(['a photo of a thing.'])
+        self.dim, self.device = probe.shape[-1], probe.device
+        self.with_templates = bool(getattr(
+            model.decode_head, 'uses_template_embeddings', False))
+        self.cache: Dict[tuple, tuple] = {}
+
+    def __call__(self):
+        classes = self.model.dataset_classes
+        if classes not in self.cache:
+            generator = torch.Generator().manual_seed(self.seed)
+            count = len(self.model.text_encoder.templates)
+            per_template = torch.nn.functional.normalize(torch.randn(
+                len(classes), count, self.dim, generator=generator), dim=-1)
+            embeddings = torch.nn.functional.normalize(
+                per_template.mean(dim=1), dim=-1)
+            self.cache[classes] = (embeddings.to(self.device),
+                                   per_template.to(self.device))
+        embeddings, per_template = self.cache[classes]
+        return self.make(
+            embeddings=embeddings,
+            template_embeddings=per_template if self.with_templates
+            else None,
+            class_names=classes, seen_ids=None, unseen_ids=None,
+            logit_scale=self.model.text_encoder.logit_scale)
 
 
 # ----------------------------------------------------------------- images
 def dataset_vocabulary(dataset: str) -> List[str]:
+    """The benchmark's class names (read once per benchmark)."""
+    if dataset not in _VOCABULARIES:
+        _VOCABULARIES[dataset] = read_vocabulary(dataset)
+    return list(_VOCABULARIES[dataset])
+
+
+_VOCABULARIES: Dict[str, List[str]] = {}
+
+
+def read_vocabulary(dataset: str) -> List[str]:
     from mmengine.config import Config
     from mmseg.registry import DATASETS
     import mmseg_ovss  # noqa: F401
@@ -315,35 +477,113 @@ class SelectionCounter:
             self.handle.remove()
 
 
-def measure(model, cfg, args, dataset: str, with_flops: bool) -> dict:
-    """Mean seconds and GFLOPs per image on ``dataset``'s vocabulary, and
-    the mean number of classes selected per view (DCP-CLIP)."""
+def set_vocabulary(model: nn.Module, dataset: str, args,
+                   progress: Progress) -> dict:
+    """Make ``dataset``'s classes the active vocabulary and compute their
+    embeddings once (untimed; the text encoder caches them). Returns the
+    wall time and, with a bank, what it held before."""
     model.set_dataset_classes(dataset_vocabulary(dataset))
-    samples, source = eval_images(cfg, args, dataset, args.images + 1)
-    seconds, flops = [], []
-    counter = SelectionCounter(model)
+    info = dict(dataset=dataset)
+    if args.text == 'random':
+        progress(f'{dataset}: random class embeddings (--text random)')
+    else:
+        info['bank'] = bank_status(model)
+        bank = info['bank']
+        progress(f'{dataset}: encoding the class prompts' + (
+            f' ({bank["banked"]} of {bank["prompts"]} in the bank '
+            f'{bank["path"]})' if bank else ' (no text bank)'))
+    start = time.perf_counter()
     with torch.no_grad():
-        for index, sample in enumerate(samples):
-            synchronize(args.device)
-            counter.enabled = index > 0
-            start = time.perf_counter()
-            model.test_step(collate(sample))
-            synchronize(args.device)
-            counter.enabled = False
-            if index == 0:
-                continue  # warm-up: caches the vocabulary's text embeddings
-            seconds.append(time.perf_counter() - start)
-            if with_flops:
+        model.text_inputs()
+    info['seconds'] = time.perf_counter() - start
+    return info
+
+
+def timed_step(model, sample: dict, device: str) -> float:
+    """Wall-clock seconds of one ``test_step``."""
+    synchronize(device)
+    start = time.perf_counter()
+    model.test_step(collate(sample))
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(model, cfg, args, datasets: List[str], timed: bool,
+            with_flops: bool, progress: Progress, label: str) -> List[dict]:
+    """One result per dataset of ``datasets``: mean seconds per image (the
+    vocabularies interleaved image by image), GFLOPs per image (the first
+    dataset only) and the mean number of classes selected per view
+    (DCP-CLIP). The wall time of each phase goes to ``result['wall_s']``
+    of the first."""
+    wall = dict(text=0.0, warmup=0.0, timed=0.0, flops=0.0)
+    vocab = {}
+    for dataset in datasets:
+        vocab[dataset] = set_vocabulary(model, dataset, args, progress)
+        wall['text'] += vocab[dataset]['seconds']
+    samples, source = eval_images(cfg, args, datasets[0],
+                                  args.images + (1 if timed else 0))
+    seconds = {d: [] for d in datasets}
+    counts = {d: [] for d in datasets}
+    counter = SelectionCounter(model)
+    counter.enabled = False
+    with torch.no_grad():
+        if timed:
+            for dataset in datasets:  # caches, allocator, lazy inits
+                model.set_dataset_classes(dataset_vocabulary(dataset))
+                took = timed_step(model, samples[0], args.device)
+                wall['warmup'] += took
+                progress(f'{label}: warm-up image on {dataset}: '
+                         f'{took:.1f} s')
+            for index, sample in enumerate(samples[1:], 1):
+                for dataset in datasets:
+                    model.set_dataset_classes(dataset_vocabulary(dataset))
+                    counter.counts = counts[dataset]
+                    counter.enabled = True
+                    took = timed_step(model, sample, args.device)
+                    counter.enabled = False
+                    seconds[dataset].append(took)
+                    wall['timed'] += took
+                    progress(f'{label}: image {index}/{args.images} on '
+                             f'{dataset}: {took:.1f} s')
+        flops, counters = [], set()
+        if with_flops:
+            model.set_dataset_classes(dataset_vocabulary(datasets[0]))
+            measured = samples[1:] if timed else samples
+            measured = measured[:args.flop_images or len(measured)]
+            for index, sample in enumerate(measured, 1):
+                start = time.perf_counter()
                 data = model.data_preprocessor(collate(sample), False)
                 metas = [s.metainfo for s in data['data_samples']]
-                flops.append(inference_flops(model, data['inputs'], metas))
+                if not timed:  # K/view from the counted passes
+                    counter.counts = counts[datasets[0]]
+                    counter.enabled = True
+                count, used = inference_flops(model, data['inputs'], metas)
+                counter.enabled = False
+                flops.append(count)
+                counters.add(used)
+                took = time.perf_counter() - start
+                wall['flops'] += took
+                progress(f'{label}: FLOPs of image {index}/{len(measured)} '
+                         f'on {datasets[0]}: {count / 1e9:.1f} G ({used} '
+                         f'counter, {took:.1f} s)')
     counter.close()
-    selected = float(np.mean(counter.counts)) if counter.counts else None
-    return dict(dataset=dataset, images=len(seconds), source=source,
-                selected_per_view=selected,
-                seconds=float(np.mean(seconds)),
-                gflops=float(np.mean(flops)) / 1e9 if flops else None,
-                gflops_per_image=[f / 1e9 for f in flops])
+    results = []
+    for dataset in datasets:
+        first = dataset == datasets[0]
+        results.append(dict(
+            dataset=dataset, images=len(seconds[dataset]), source=source,
+            selected_per_view=float(np.mean(counts[dataset]))
+            if counts[dataset] else None,
+            seconds=float(np.mean(seconds[dataset]))
+            if seconds[dataset] else None,
+            seconds_per_image=seconds[dataset],
+            gflops=float(np.mean(flops)) / 1e9 if first and flops else None,
+            gflops_per_image=[f / 1e9 for f in flops] if first else [],
+            flop_counter=','.join(sorted(counters)) if first and counters
+            else None,
+            text_bank=vocab[dataset].get('bank')))
+    results[0]['wall_s'] = wall
+    return results
 
 
 def paper_row(cfg) -> Optional[dict]:
@@ -360,37 +600,59 @@ def has_selection(cfg) -> bool:
     return bool(cfg.model.decode_head.get('category_selection'))
 
 
-def measure_config(path: str, args, num_selected: Optional[int] = None
-                   ) -> dict:
+def measure_config(path: str, args, progress: Progress) -> List[dict]:
+    """The rows of one config: the selection rule's, then (DCP-CLIP) one
+    per ``--num-selected`` K, from one built model."""
     cfg = load_config(path, args)
-    if num_selected is not None:
-        cfg.model.decode_head.category_selection.fixed_count = num_selected
+    label = osp.basename(path)
+    start = time.perf_counter()
     torch.manual_seed(args.seed)
     model = build_model(cfg, args.device)
+    build_s = time.perf_counter() - start
+    progress(f'{label}: built in {build_s:.1f} s')
+    if args.text == 'random':
+        model.text_inputs = RandomTextInputs(model, args.seed)
     learnable, total = count_parameters(model)
-    row = dict(config=path, learnable_m=learnable, total_m=total,
-               device=args.device, paper=paper_row(cfg),
-               num_selected=num_selected, dcs=has_selection(cfg))
-    row['main'] = measure(model, cfg, args, args.dataset,
-                          with_flops=not args.no_flops)
-    if args.also_dataset:
-        row['also'] = measure(model, cfg, args, args.also_dataset,
-                              with_flops=False)
-        row['time_ratio_also'] = row['also']['seconds'] / \
-            row['main']['seconds']
+    selection = getattr(model.decode_head, 'category_selection', None)
+    pins = [None]  # the selection rule itself (K measured)
+    if args.num_selected and has_selection(cfg) and selection is not None:
+        pins += list(args.num_selected)
+    timed = not is_untimed(path, args)
+    datasets = [args.dataset] + ([args.also_dataset]
+                                 if args.also_dataset and timed else [])
+    rows = []
+    for k in pins:
+        if selection is not None:
+            # the config's DynamicCategorySelection(fixed_count=K)
+            selection.fixed_count = k
+        row_label = label + ('' if k is None else f' K={k}')
+        row = dict(config=path, learnable_m=learnable, total_m=total,
+                   device=args.device, paper=paper_row(cfg),
+                   num_selected=k, dcs=has_selection(cfg), timed=timed,
+                   threads=torch.get_num_threads())
+        results = measure(model, cfg, args, datasets, timed,
+                          not args.no_flops, progress, row_label)
+        row['main'] = results[0]
+        row['wall_s'] = dict(build=build_s if not rows else 0.0,
+                             **results[0].pop('wall_s'))
+        if len(results) > 1:
+            row['also'] = results[1]
+            row['time_ratio_also'] = results[1]['seconds'] / \
+                results[0]['seconds']
+            progress(f'{row_label}: {args.also_dataset} / {args.dataset} '
+                     f'time x{row["time_ratio_also"]:.2f}')
+        rows.append(row)
     del model
-    return row
+    return rows
 
 
-def measure_all(args) -> List[dict]:
+def measure_all(args, progress: Optional[Progress] = None) -> List[dict]:
     """One row per config, and for DCP-CLIP one more per
     ``--num-selected`` K."""
+    progress = progress or Progress(args.quiet)
     rows = []
     for path in args.configs:
-        pins = [None]  # the selection rule itself (K measured)
-        if args.num_selected and has_selection(load_config(path, args)):
-            pins += list(args.num_selected)
-        rows += [measure_config(path, args, k) for k in pins]
+        rows += measure_config(path, args, progress)
     return rows
 
 
@@ -434,6 +696,27 @@ def _deviation(ours, paper) -> str:
     return f' ({100 * (ours - paper) / paper:+.1f} %)'
 
 
+def _label(row: dict) -> str:
+    label = osp.basename(row['config'])
+    if row.get('num_selected') is not None:
+        label += f' (K pinned to {row["num_selected"]})'
+    if not row.get('timed', True):
+        label += ' (untimed)'
+    return label
+
+
+def render_wall(rows: List[dict]) -> List[str]:
+    """The tool's own wall time per row and phase (where it goes)."""
+    phases = ('build', 'text', 'warmup', 'timed', 'flops')
+    lines = ['| wall time of this run (s) | ' + ' | '.join(phases) + ' |',
+             '|' + '---|' * (len(phases) + 1)]
+    for row in rows:
+        wall = row['wall_s']
+        lines.append('| ' + ' | '.join(
+            [_label(row)] + [f'{wall[p]:.1f}' for p in phases]) + ' |')
+    return lines
+
+
 def render(rows: List[dict], args) -> str:
     head = ('| config | learnable (M) | total (M) | K/view | '
             'GFLOPs / image | s / image |')
@@ -442,11 +725,8 @@ def render(rows: List[dict], args) -> str:
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for row in rows:
         main, paper = row['main'], row['paper']
-        label = osp.basename(row['config'])
-        if row.get('num_selected') is not None:
-            label += f' (K pinned to {row["num_selected"]})'
         cells = [
-            label,
+            _label(row),
             _fmt(row['learnable_m']) + _deviation(
                 row['learnable_m'], paper and paper['learnable']),
             _fmt(row['total_m']) + _deviation(
@@ -454,8 +734,8 @@ def render(rows: List[dict], args) -> str:
             _fmt(main.get('selected_per_view')),
             _fmt(main['gflops']), _fmt(main['seconds'], '.3f')]
         if args.also_dataset:
-            cells += [_fmt(row['also']['seconds'], '.3f'),
-                      _fmt(row['time_ratio_also'], '.2f')]
+            cells += [_fmt(row.get('also', {}).get('seconds'), '.3f'),
+                      _fmt(row.get('time_ratio_also'), '.2f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
         if paper:
             cells = [f'paper: {paper["method"]} ViT-L/14 (Table II)',
@@ -472,9 +752,11 @@ def render(rows: List[dict], args) -> str:
             gf = None
             if first['main']['gflops'] and row['main']['gflops']:
                 gf = first['main']['gflops'] / row['main']['gflops']
-            sec = first['main']['seconds'] / row['main']['seconds']
-            text = (f'- {osp.basename(row["config"])}: GFLOPs x'
-                    f'{_fmt(gf, ".3f")}, time x{sec:.3f}')
+            sec = None
+            if first['main']['seconds'] and row['main']['seconds']:
+                sec = first['main']['seconds'] / row['main']['seconds']
+            text = (f'- {_label(row)}: GFLOPs x'
+                    f'{_fmt(gf, ".3f")}, time x{_fmt(sec, ".3f")}')
             if first['paper'] and row['paper']:
                 text += (f' (paper: GFLOPs x'
                          f'{first["paper"]["gflops"] / row["paper"]["gflops"]:.3f}'
@@ -496,16 +778,22 @@ def render(rows: List[dict], args) -> str:
                      f'{fit["k_paper"]:.1f}')
         lines.append(text)
     lines.append('')
+    lines += render_wall(rows)
+    lines.append('')
     lines.append('K/view: mean classes the head computed per view (Dynamic '
                  'Category Selection; random weights select arbitrarily)')
+    weights = 'random' if args.random_init else 'from the configs'
+    text = 'random unit vectors' if args.text == 'random' else 'encoded'
     lines.append(f'images: {rows[0]["main"]["source"]}; device '
-                 f'{rows[0]["device"]}; weights: '
-                 f'{"random" if args.random_init else "from the configs"}')
+                 f'{rows[0]["device"]}; weights: {weights}; class '
+                 f'embeddings: {text}; {rows[0]["threads"]} torch threads')
     return '\n'.join(lines)
 
 
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = measure_all(args)
     print(render(rows, args))
     if args.out:
