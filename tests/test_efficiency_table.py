@@ -174,7 +174,8 @@ def test_text_bank_is_filled_once_and_read_back(tmp_path):
 
 def test_random_text_keeps_the_pinned_flops(tmp_path):
     """--text random: at a pinned K the FLOPs are those of the encoded
-    class embeddings (the head's cost does not depend on their values)."""
+    class embeddings (the head's cost does not depend on their values);
+    --flop-counter dispatch counts every row with that counter."""
     dcpclip, catseg = _tiny_configs(tmp_path)
     flops = {}
     for text in ('encode', 'random'):
@@ -182,9 +183,10 @@ def test_random_text_keeps_the_pinned_flops(tmp_path):
         _tool().main([dcpclip, catseg, '--images', '1', '--untimed',
                       'dcpclip.py', 'catseg.py', '--num-selected', '3',
                       '--random-init', '--text', text, '--out', str(out),
-                      '--quiet', *TINY_RUN])
+                      '--flop-counter', 'dispatch', '--quiet', *TINY_RUN])
         rows = json.loads(out.read_text())['rows']
         flops[text] = [r['main']['gflops'] for r in rows[1:]]
+        assert {r['main']['flop_counter'] for r in rows} == {'dispatch'}
     assert flops['random'] == flops['encode'] and min(flops['random']) > 0
 
 

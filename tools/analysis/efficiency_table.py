@@ -63,7 +63,12 @@ Cost of the tool. ``--untimed CONFIG`` counts a config (parameters, FLOPs)
 without the warm-up and timed images (CAT-Seg's ensemble at ViT-L/14 size
 is minutes per image on a CPU); ``--flop-images N`` counts FLOPs on the
 first N measured images only (CAT-Seg's and a pinned K's count does not
-depend on the image). Progress and the wall time of each phase (build,
+depend on the image); ``--flop-counter dispatch`` counts every row in one
+pass with the dispatch counter (fvcore's jit tracing cannot follow
+DCP-CLIP's data-dependent K, so 'auto' traces in vain first and counts
+DCP-CLIP by dispatch anyway; dispatch does not count normalisations and
+resizing, so one counter for all rows keeps their ratio in one convention).
+Progress and the wall time of each phase (build,
 text, warm-up, timed images, FLOP count) go to stderr and into the JSON.
 """
 import argparse
@@ -143,6 +148,14 @@ def parse_args(argv=None):
     parser.add_argument('--flop-images', type=int, default=None,
                         metavar='N', help='count FLOPs on the first N '
                         'measured images only (default: all)')
+    parser.add_argument('--flop-counter', default='auto',
+                        choices=('auto', 'jit', 'dispatch'),
+                        help='FLOP counter of every row (mmseg_ovss.engine.'
+                        'complexity.model_complexity): auto (jit tracing, '
+                        'dispatch where tracing fails: DCP-CLIP\'s '
+                        'data-dependent K), or one for all rows (dispatch: '
+                        'one pass, the same convention for CAT-Seg and '
+                        'DCP-CLIP)')
     parser.add_argument('--text', default='encode',
                         choices=('encode', 'random'),
                         help='class embeddings: encode the prompts with '
@@ -269,7 +282,8 @@ class TestTimeInference(nn.Module):
 
 
 def inference_flops(model: nn.Module, inputs: torch.Tensor,
-                    metas: List[dict]) -> Tuple[float, str]:
+                    metas: List[dict], counter: str = 'auto'
+                    ) -> Tuple[float, str]:
     """FLOPs (fvcore convention) of one test-time inference, and the
     counter that produced them ('jit' or 'dispatch',
     :func:`mmseg_ovss.engine.complexity.model_complexity`)."""
@@ -284,7 +298,7 @@ def inference_flops(model: nn.Module, inputs: torch.Tensor,
         text = model.text_inputs()
         model.text_inputs = lambda: text
         try:
-            result = model_complexity(wrapper, inputs)
+            result = model_complexity(wrapper, inputs, counter=counter)
         finally:
             del model.text_inputs
             if own is not None:
@@ -557,7 +571,8 @@ def measure(model, cfg, args, datasets: List[str], timed: bool,
                 if not timed:  # K/view from the counted passes
                     counter.counts = counts[datasets[0]]
                     counter.enabled = True
-                count, used = inference_flops(model, data['inputs'], metas)
+                count, used = inference_flops(model, data['inputs'], metas,
+                                              args.flop_counter)
                 counter.enabled = False
                 flops.append(count)
                 counters.add(used)
