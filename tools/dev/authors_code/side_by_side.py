@@ -284,6 +284,7 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
     times = dict(ours=[], theirs=[])
     crops = dict(ours=[], ours_boxes=[], theirs=[])
     agree = []
+    labels_used = dict(ours=[], theirs=[])
     for index, image in enumerate(timed):
         meta = metas[len(warmup) + index]
         order = ('ours', 'theirs') if index % 2 == 0 else ('theirs', 'ours')
@@ -296,6 +297,8 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
             times[who].append(seconds)
         agree.append(float((labels['ours'] == labels['theirs'])
                            .float().mean()))
+        for who in labels_used:
+            labels_used[who].append(int(labels[who].unique().numel()))
         if freecp:
             crops['ours'].append(our_crops['classified'])
             crops['ours_boxes'].append(our_crops['boxes'])
@@ -307,7 +310,7 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
         ratio_of_medians=statistics.median(times['ours']) /
         statistics.median(times['theirs']),
         ratio_of_minima=min(times['ours']) / min(times['theirs']),
-        label_agreement=agree)
+        label_agreement=agree, labels_used=labels_used)
     if freecp:
         result['crops_classified'] = crops
     return result
