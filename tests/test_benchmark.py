@@ -257,3 +257,171 @@ def test_authors_code_driver_exports_the_seeded_random_clip(repo_root,
     for key, value in reference.state_dict().items():
         assert torch.equal(state[key], value), key
     assert 'visual.proj' in state and 'text_projection' in state
+
+
+def _authors_code_module(repo_root, name):
+    """A module of tools/dev/authors_code (not a package)."""
+    import importlib.util
+    path = repo_root / 'tools' / 'dev' / 'authors_code' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(f'authors_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_authors_code_patches_are_undone(repo_root):
+    """freecp_authors.patched_attributes sets attributes for a block and
+    puts back each one as it was: an own attribute gets its object back,
+    an inherited one is removed again (the class's parent answers), also
+    when the block raises."""
+    import types
+
+    import pytest
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+
+    class Parent:
+        def inherited(self):
+            return 'parent'
+
+    class Child(Parent):
+        def own(self):
+            return 'own'
+
+    own = vars(Child)['own']
+    module = types.ModuleType('probe')
+    module.loader = len
+    with pytest.raises(KeyError):
+        with tool.patched_attributes(Child, own=lambda s: 'patched',
+                                     inherited=lambda s: 'patched'), \
+                tool.patched_attributes(module, loader=max):
+            assert Child().own() == Child().inherited() == 'patched'
+            assert module.loader is max
+            raise KeyError('inside')
+    assert vars(Child)['own'] is own and 'inherited' not in vars(Child)
+    assert Child().inherited() == 'parent' and module.loader is len
+
+
+def test_authors_code_module_swap(repo_root):
+    """freecp_authors.swapped_modules: within the block sys.modules holds
+    the stored modules of the package (none at first), on exit the store
+    keeps those loaded within and the earlier ones are back."""
+    import sys
+    import types
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+    ours = {name: types.ModuleType(name)
+            for name in ('ovss_swap_probe', 'ovss_swap_probe.sub')}
+    other = types.ModuleType('ovss_swap_probe_other')  # not in the package
+    sys.modules.update(ours, ovss_swap_probe_other=other)
+    store = {}
+    try:
+        with tool.swapped_modules(('ovss_swap_probe', ), store):
+            assert 'ovss_swap_probe' not in sys.modules
+            assert 'ovss_swap_probe.sub' not in sys.modules
+            assert sys.modules['ovss_swap_probe_other'] is other
+            theirs = types.ModuleType('ovss_swap_probe')
+            sys.modules['ovss_swap_probe'] = theirs
+        assert store == {'ovss_swap_probe': theirs}
+        assert all(sys.modules[n] is m for n, m in ours.items())
+        with tool.swapped_modules(('ovss_swap_probe', ), store):
+            assert sys.modules['ovss_swap_probe'] is theirs
+            assert 'ovss_swap_probe.sub' not in sys.modules
+        assert sys.modules['ovss_swap_probe'] is ours['ovss_swap_probe']
+    finally:
+        for name in (*ours, 'ovss_swap_probe_other'):
+            sys.modules.pop(name, None)
+
+
+def test_authors_code_gets_our_descriptions(repo_root, tmp_path):
+    """The description table given to the FreeCP authors' get_prompts:
+    per name, the sentences of our description file that our head matches
+    (names compared ignoring case and punctuation; a repeated sentence
+    kept, as their code averages every copy); a name without sentences is
+    refused, since their code would fail on it."""
+    import json
+
+    import pytest
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+    path = tmp_path / 'desc.json'
+    path.write_text(json.dumps({
+        'Chest-of-Drawers': ['A chest.', 'Drawers.', 'A chest.'],
+        'sky': ['The sky is blue.'],
+        'unused': ['Not asked for.']}))
+    table = tool.authors_description_table(str(path),
+                                           ['sky', 'chest of drawers'])
+    assert table == {'sky': ['The sky is blue.'],
+                     'chest of drawers': ['A chest.', 'Drawers.', 'A chest.']}
+    deduplicated = tool.authors_description_table(
+        dict(path=str(path), deduplicate=True), ['chest of drawers'])
+    assert deduplicated == {'chest of drawers': ['A chest.', 'Drawers.']}
+    with pytest.raises(SystemExit, match="'wall'"):
+        tool.authors_description_table(str(path), ['sky', 'wall'])
+
+
+def test_authors_code_label_file_and_thresholds(repo_root, tmp_path):
+    """The FreeCP driver's files: an all-zero label PNG of the image's size
+    where the authors' predict looks for an ADE image's ground truth
+    (images -> annotations, jpg -> png), and a config inheriting ours with
+    the thresholds replaced and everything else kept."""
+    import numpy as np
+    from mmengine.config import Config
+    from PIL import Image
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+    image_path = tool.write_label_png(str(tmp_path), 3, 20, 30)
+    assert image_path == str(tmp_path / 'images' / '3.jpg')
+    label = np.array(Image.open(tmp_path / 'annotations' / '3.png'))
+    assert label.shape == (20, 30) and label.dtype == np.uint8
+    assert not label.any()
+    base = repo_root / 'configs' / 'freecp' / 'gem_ade.py'
+    cfg = Config.fromfile(tool.threshold_config(
+        str(base), str(tmp_path / 'cfg.py'), rp_threshold=-1,
+        ap_threshold=0.8))
+    head = cfg.model.decode_head
+    assert (head.rp_threshold, head.ap_threshold) == (-1.0, 0.8)
+    original = Config.fromfile(str(base))
+    assert head.descriptions == original.model.decode_head.descriptions
+    assert cfg.model.test_cfg == original.model.test_cfg
+    kept = Config.fromfile(tool.threshold_config(
+        str(base), str(tmp_path / 'cfg2.py'), ap_threshold=0.9))
+    assert kept.model.decode_head.rp_threshold == \
+        original.model.decode_head.rp_threshold
+
+
+def test_authors_code_bpe_redirect(repo_root, tmp_path):
+    """freecp_authors.redirected_gzip: opening the missing file opens the
+    present one; other files and an existing file are left alone."""
+    import gzip
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+    present, other = tmp_path / 'present.gz', tmp_path / 'other.gz'
+    for path, text in ((present, b'vocabulary'), (other, b'other')):
+        with gzip.open(path, 'wb') as f:
+            f.write(text)
+    missing = tmp_path / 'clone' / 'vocab.gz'
+    original = gzip.open
+    with tool.redirected_gzip(str(missing), str(present)):
+        assert gzip.open(str(missing)).read() == b'vocabulary'
+        assert gzip.open(other).read() == b'other'
+    assert gzip.open is original
+    with tool.redirected_gzip(str(other), str(present)):
+        assert gzip.open(other).read() == b'other'
+
+
+def test_authors_code_counts_our_crops(repo_root, monkeypatch):
+    """counting_our_crops adds the boxes of each ambiguity purification and
+    those a crop gave a winner (-1: degenerate or not needed)."""
+    import torch
+    import mmseg_ovss.freecp.pipeline as pipeline
+    from mmseg_ovss.freecp.purification import CropVotes
+    tool = _authors_code_module(repo_root, 'freecp_authors')
+    votes = CropVotes(group=torch.tensor([0, 0, 1, 1, 1]),
+                      boxes=torch.zeros(5, 4, dtype=torch.long),
+                      degenerate=torch.tensor([False, True, False, False,
+                                               False]),
+                      winner=torch.tensor([2, -1, 4, -1, 5]))
+    monkeypatch.setattr(pipeline, 'classify_group_crops',
+                        lambda *a, **k: votes)
+    counts = dict(boxes=0, classified=0)
+    with tool.counting_our_crops(counts):
+        assert pipeline.classify_group_crops() is votes
+        pipeline.classify_group_crops()
+    assert counts == dict(boxes=10, classified=6)
+    assert pipeline.classify_group_crops() is votes  # unwrapped again

@@ -1,21 +1,27 @@
-"""Time the package's SCLIP against the SCLIP authors' code, side by side.
+"""Time the package's segmentors against the authors' code, side by side.
 
     python tools/dev/authors_code/side_by_side.py --repo /path/to/SCLIP \
         --config configs/baselines/sclip_ade.py --size 448x336 \
         --num-classes 150 --num-images 4 --threads 2
+    python tools/dev/authors_code/side_by_side.py --method freecp \
+        --repo /path/to/FreeCP --config configs/freecp/gem_ade.py \
+        --size 597x448 --num-classes 150 --num-images 2 --threads 2
 
-``--repo`` is a LOCAL clone of wangf3014/SCLIP (this tool never downloads
-it). Both models get the same random ViT-B/16 weights: the package's seeded
-random CLIP (``--seed``) is written as an OpenAI-format state dict, which
-the authors' ``clip.load(path)`` builds its model from. Both run the same
-generated images, the same vocabulary (one name per class, written to a
-name file for their ``get_cls_idx``) and the same windows (their
-``slide_crop`` / ``slide_stride`` are taken from our config's
-``test_cfg``), alternating per image (ours, theirs; theirs, ours; ...). It
-prints the time ratio (ours / theirs) and the fraction of pixels with the
-same label. A developer tool: not part of the test suite.
+``--repo`` is a LOCAL clone of the authors' repository (wangf3014/SCLIP for
+``--method sclip``, chenqi1126/FreeCP for ``--method freecp``; this tool
+never downloads it). Both models get the same random weights: the package's
+seeded random CLIP (``--seed``) is written as an OpenAI-format state dict,
+which the authors' code builds its model from (SCLIP: ``clip.load(path)``;
+FreeCP: see ``freecp_authors.py``). Both run the same images (generated, or
+``--images`` resized as the config's test pipeline), the same vocabulary
+(one name per class, written to a name file for the authors' code) and the
+same windows (taken from our config's ``test_cfg``), alternating per image
+(ours, theirs; theirs, ours; ...). It prints the time ratio (ours / theirs),
+the fraction of pixels with the same label and, for FreeCP, the crops each
+side classified. A developer tool: not part of the test suite.
 """
 import argparse
+import contextlib
 import importlib
 import json
 import os.path as osp
@@ -27,8 +33,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..', '..')
+HERE = osp.dirname(osp.abspath(__file__))
+ROOT = osp.join(HERE, '..', '..', '..')
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)  # freecp_authors
 
 
 def export_openai_weights(model_name: str, seed: int, path: str,
@@ -51,14 +59,30 @@ def export_openai_weights(model_name: str, seed: int, path: str,
     return path
 
 
+DEFAULT_CONFIGS = dict(sclip='configs/baselines/sclip_ade.py',
+                       freecp='configs/freecp/gem_ade.py')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--method', default='sclip',
+                        choices=sorted(DEFAULT_CONFIGS),
+                        help="whose code --repo holds: 'sclip' "
+                        "(wangf3014/SCLIP) or 'freecp' (chenqi1126/FreeCP)")
     parser.add_argument('--repo', required=True,
-                        help='local clone of wangf3014/SCLIP')
-    parser.add_argument('--config', default='configs/baselines/sclip_ade.py')
+                        help='local clone of the authors\' repository')
+    parser.add_argument('--config', default=None,
+                        help='our config (default: '
+                        f'{DEFAULT_CONFIGS["sclip"]} for sclip, '
+                        f'{DEFAULT_CONFIGS["freecp"]} for freecp)')
     parser.add_argument('--model-name', default='ViT-B-16')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--size', default='448x336', help='WxH of the images')
+    parser.add_argument('--size', default='448x336', help='WxH of the '
+                        'generated images')
+    parser.add_argument('--images', nargs='+', default=None,
+                        metavar='PATH', help='photos to run instead of '
+                        'generated images, resized as the config\'s test '
+                        'pipeline; the first is also the warm-up')
     parser.add_argument('--num-classes', type=int, default=150)
     parser.add_argument('--num-images', type=int, default=4)
     parser.add_argument('--warmup', type=int, default=1)
@@ -67,32 +91,52 @@ def parse_args(argv=None):
                         help="'single' ('a photo of a {}.') for both, or "
                         "the 80 OpenAI templates (their code's own; slow "
                         'to encode on a CPU)')
+    parser.add_argument('--rp', type=float, default=None,
+                        help='freecp: T_rp for both (default: the config\'s)')
+    parser.add_argument('--ap', type=float, default=None,
+                        help='freecp: T_ap for both (default: the config\'s)')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--json', default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.method != 'freecp' and (args.rp is not None or
+                                    args.ap is not None):
+        parser.error('--rp/--ap are FreeCP thresholds: use --method freecp')
+    args.config = args.config or DEFAULT_CONFIGS[args.method]
+    return args
 
 
-def build_theirs(args, weights, names, crop, stride):
-    """The authors' ``CLIPForSegmentation`` from their repository."""
-    repo = osp.abspath(args.repo)
-    if not osp.isfile(osp.join(repo, 'clip_segmentor.py')):
-        raise SystemExit(f'--repo {repo}: no clip_segmentor.py; give a '
-                         'local clone of wangf3014/SCLIP')
-    sys.path.insert(0, repo)
-    module = importlib.import_module('clip_segmentor')
-    if args.templates == 'single':
-        module.openai_imagenet_template = [lambda c: f'a photo of a {c}.']
-    name_file = osp.join(osp.dirname(weights), 'names.txt')
-    Path(name_file).write_text('\n'.join(names) + '\n')
-    return module.CLIPForSegmentation(
-        clip_path=weights, name_path=name_file, device='cpu',
-        slide_crop=crop, slide_stride=stride).eval()
+class SCLIPAuthors:
+    """The SCLIP authors' ``CLIPForSegmentation`` from their repository."""
+    crops = None
+
+    def __init__(self, repo, weights, names, crop, stride, templates,
+                 workdir):
+        repo = osp.abspath(repo)
+        if not osp.isfile(osp.join(repo, 'clip_segmentor.py')):
+            raise SystemExit(f'--repo {repo}: no clip_segmentor.py; give a '
+                             'local clone of wangf3014/SCLIP')
+        sys.path.insert(0, repo)
+        module = importlib.import_module('clip_segmentor')
+        if templates == 'single':
+            module.openai_imagenet_template = [
+                lambda c: f'a photo of a {c}.']
+        name_file = osp.join(workdir, 'names.txt')
+        Path(name_file).write_text('\n'.join(names) + '\n')
+        self.model = module.CLIPForSegmentation(
+            clip_path=weights, name_path=name_file, device='cpu',
+            slide_crop=crop, slide_stride=stride).eval()
+
+    def running(self):
+        return contextlib.nullcontext()
+
+    def image_meta(self, index, height, width):
+        return {}
 
 
-def build_ours(args):
+def build_ours(args, config):
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     import benchmark as bench
-    bargs = bench.parse_args([args.config, '--random-init', '--model-name',
+    bargs = bench.parse_args([config, '--random-init', '--model-name',
                               args.model_name, '--seed', str(args.seed),
                               '--device', 'cpu', '--templates',
                               args.templates, '--num-classes',
@@ -100,8 +144,59 @@ def build_ours(args):
     cfg, model = bench.build_model(bargs)
     # one name per class (the first synonym), the same for both codes
     names = [n.split(',')[0].strip() for n in bench.vocabulary(cfg, bargs)]
-    model.set_vocabulary(names, background_class=None)
+    if args.method == 'freecp':
+        # the config's background rule; the authors' 'ade' branch has none
+        background = cfg.model.get('text', {}).get('background_class',
+                                                   'auto')
+        model.set_vocabulary(names, background_class=background)
+        if model.vocabulary().background_class is not None:
+            raise SystemExit(
+                f'{args.config}: the vocabulary has a background class; '
+                "the authors' code is driven through its ADE branch, which "
+                'has none. Use a vocabulary without background.')
+    else:
+        model.set_vocabulary(names, background_class=None)
     return bench, cfg, model.eval(), names
+
+
+def build_theirs(args, cfg, weights, names, crop, stride, workdir):
+    if args.method == 'sclip':
+        return SCLIPAuthors(args.repo, weights, names, crop, stride,
+                            args.templates, workdir)
+    from freecp_authors import FreeCPAuthors, freecp_settings
+    return FreeCPAuthors(args.repo, weights, names, args.model_name,
+                         crop=crop, stride=stride, templates=args.templates,
+                         workdir=workdir, **freecp_settings(cfg))
+
+
+def windows(cfg):
+    """(crop, stride) sides of our config's sliding windows."""
+    test_cfg = cfg.model.get('test_cfg', {})
+    crop = test_cfg.get('crop_size', (224, 224))
+    stride = test_cfg.get('stride', (112, 112))
+    crop = crop[0] if isinstance(crop, (tuple, list)) else crop
+    stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+    return crop, stride
+
+
+def load_images(paths, cfg):
+    """BGR uint8 (C, H, W) tensors of ``paths``, rescaled as the config's
+    test pipeline ``Resize`` (keep_ratio) does."""
+    import mmcv
+    pipeline = cfg.get('test_pipeline') or \
+        cfg.test_dataloader.dataset.pipeline
+    resize = [step for step in pipeline if step['type'] == 'Resize']
+    if not resize or not resize[0].get('keep_ratio', False):
+        raise SystemExit(f'{cfg.filename}: no keep-ratio Resize in its test '
+                         'pipeline to size --images by')
+    images = []
+    for path in paths:
+        image = mmcv.imread(path)
+        if image is None:
+            raise SystemExit(f'--images {path}: not a readable image file')
+        image = mmcv.imrescale(image, tuple(resize[0]['scale']))
+        images.append(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    return images
 
 
 def predict(model, image, meta):
@@ -115,52 +210,109 @@ def predict(model, image, meta):
     return time.perf_counter() - start, out[0].pred_sem_seg.data
 
 
+def image_meta(theirs, index, image):
+    height, width = image.shape[-2:]
+    meta = dict(ori_shape=(height, width), img_shape=(height, width),
+                pad_shape=(height, width), padding_size=[0, 0, 0, 0])
+    meta.update(theirs.image_meta(index, height, width))
+    return meta
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    width, height = (int(v) for v in args.size.lower().split('x'))
-    bench, cfg, ours, names = build_ours(args)
-    test_cfg = cfg.model.get('test_cfg', {})
-    crop = test_cfg.get('crop_size', (224, 224))
-    stride = test_cfg.get('stride', (112, 112))
-    crop = crop[0] if isinstance(crop, (tuple, list)) else crop
-    stride = stride[0] if isinstance(stride, (tuple, list)) else stride
     with tempfile.TemporaryDirectory() as tmp:
+        config = args.config
+        if args.method == 'freecp' and (args.rp is not None or
+                                        args.ap is not None):
+            from freecp_authors import threshold_config
+            config = threshold_config(config, osp.join(tmp, 'config.py'),
+                                      args.rp, args.ap)
+        bench, cfg, ours, names = build_ours(args, config)
+        crop, stride = windows(cfg)
         weights = export_openai_weights(args.model_name, args.seed,
                                         osp.join(tmp, 'clip.pt'))
-        theirs = build_theirs(args, weights, names, crop, stride)
-    meta = dict(ori_shape=(height, width), img_shape=(height, width),
-                pad_shape=(height, width), padding_size=[0, 0, 0, 0])
-    images = bench.make_images(args.warmup + args.num_images, height, width)
-    for image in images[:args.warmup]:
-        predict(ours, image, meta)
-        predict(theirs, image, meta)
+        theirs = build_theirs(args, cfg, weights, names, crop, stride, tmp)
+        if args.images:
+            images = load_images(args.images, cfg)
+            warmup, timed = images[:1], images
+        else:
+            width, height = (int(v) for v in args.size.lower().split('x'))
+            images = bench.make_images(args.warmup + args.num_images,
+                                       height, width)
+            warmup, timed = images[:args.warmup], images[args.warmup:]
+        metas = [image_meta(theirs, i, image)
+                 for i, image in enumerate(warmup + timed)]
+        result = run_side_by_side(args, ours, theirs, warmup, timed, metas)
+    shape = [list(image.shape[-2:]) for image in timed]
+    result = dict(
+        method=args.method, config=args.config,
+        authors_repo=osp.abspath(args.repo),
+        image_sizes=shape, windows=[crop, stride], num_classes=len(names),
+        templates=args.templates, threads=torch.get_num_threads(),
+        **({} if args.method != 'freecp' else dict(
+            rp_threshold=theirs.model.rp_thres,
+            ap_threshold=theirs.model.ap_thres)),
+        **result)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_side_by_side(args, ours, theirs, warmup, timed, metas):
+    """One untimed warm-up image per model, then the timed images in
+    alternating order; times, ratios, label agreement (and crops)."""
+    freecp = args.method == 'freecp'
+    if freecp:
+        from freecp_authors import counting_our_crops
+    our_crops = dict(boxes=0, classified=0)
+    counting = (lambda: counting_our_crops(our_crops)) if freecp else \
+        contextlib.nullcontext
+
+    def run(who, image, meta):
+        if who == 'ours':
+            with counting():
+                return predict(ours, image, meta)
+        with theirs.running():
+            return predict(theirs.model, image, meta)
+
+    for index, image in enumerate(warmup):
+        run('ours', image, metas[index])
+        run('theirs', image, metas[index])
     times = dict(ours=[], theirs=[])
+    crops = dict(ours=[], ours_boxes=[], theirs=[])
     agree = []
-    for index, image in enumerate(images[args.warmup:]):
+    labels_used = dict(ours=[], theirs=[])
+    for index, image in enumerate(timed):
+        meta = metas[len(warmup) + index]
         order = ('ours', 'theirs') if index % 2 == 0 else ('theirs', 'ours')
         labels = {}
+        our_crops.update(boxes=0, classified=0)
+        if freecp:
+            theirs.take_crops()
         for who in order:
-            seconds, labels[who] = predict(
-                ours if who == 'ours' else theirs, image, meta)
+            seconds, labels[who] = run(who, image, meta)
             times[who].append(seconds)
         agree.append(float((labels['ours'] == labels['theirs'])
                            .float().mean()))
+        for who in labels_used:
+            labels_used[who].append(int(labels[who].unique().numel()))
+        if freecp:
+            crops['ours'].append(our_crops['classified'])
+            crops['ours_boxes'].append(our_crops['boxes'])
+            crops['theirs'].append(theirs.take_crops()['classified'])
     result = dict(
-        config=args.config, authors_repo=osp.abspath(args.repo),
-        image_size=[height, width], windows=[crop, stride],
-        num_classes=len(names), templates=args.templates,
-        threads=torch.get_num_threads(), seconds=times,
+        seconds=times,
         ratio_of_means=statistics.mean(times['ours']) /
         statistics.mean(times['theirs']),
         ratio_of_medians=statistics.median(times['ours']) /
         statistics.median(times['theirs']),
         ratio_of_minima=min(times['ours']) / min(times['theirs']),
-        label_agreement=agree)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        label_agreement=agree, labels_used=labels_used)
+    if freecp:
+        result['crops_classified'] = crops
     return result
 
 
