@@ -17,7 +17,8 @@ from mmseg.registry import MODELS
 
 import mmseg_ovss  # noqa: F401
 import mmseg_ovss.clip.precision as precision
-from mmseg_ovss.clip.attention import (block_forward,
+import mmseg_ovss.clip.attention as attention
+from mmseg_ovss.clip.attention import (attention_values, block_forward,
                                        block_forward_with_attention,
                                        head_reduction, softmax_)
 from mmseg_ovss.clip.strategies import build_dense_strategy
@@ -171,6 +172,69 @@ def test_fused_strategy_attention_equals_its_weights_times_values(name):
     expected = torch.einsum('bhnm,bhmd->bhnd', weights, v)
     fused = strategy.attend(q, k, v, (3, 4), None)
     assert_fp32_close(fused, expected, 2 * (16 + 13))
+
+
+def _spy_sdpa(monkeypatch):
+    calls = []
+    fused = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return fused(*args, **kwargs)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    return calls
+
+
+@pytest.mark.parametrize('mask', [None, 'additive', 'bool'])
+def test_bf16_attention_without_amx_is_explicit_per_window(monkeypatch,
+                                                           mask):
+    """bf16 inference on a CPU without AMX forms the weights a few windows
+    at a time (here one window per block of scores); its error against
+    the float64 formula on the same bf16 inputs: each score is stored in
+    bf16 (off by u |s|, which moves a softmax weight by about 2 u |s|
+    relative), each weight (u) and the output (u) too; the output is a
+    convex combination of v."""
+    calls = _spy_sdpa(monkeypatch)
+    monkeypatch.setattr(attention, 'cpu_has_amx', lambda: False)
+    monkeypatch.setattr(attention, 'CPU_SCORE_ELEMENTS', 4 * 9 * 9)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 16).bfloat16() for _ in range(3))
+    bias = torch.randn(3, 1, 9, 9)
+    masks = {None: None, 'additive': bias.bfloat16(),
+             'bool': torch.rand(3, 1, 9, 9) > 0.3}
+    masks['bool'][..., 0] = True       # every query sees a key
+    given = masks[mask]
+    scores = q.double() @ k.double().transpose(-2, -1) / 4.0
+    if mask == 'additive':
+        scores = scores + given.double()
+    elif mask == 'bool':
+        scores = scores.masked_fill(~given, float('-inf'))
+    expected = scores.softmax(-1) @ v.double()
+    with torch.no_grad():
+        out = attention_values(q, k, v, given)
+    assert calls == [] and out.dtype == torch.bfloat16
+    finite = scores[scores.isfinite()].abs().max().item()
+    bound = U_BF16 * (2 + 2 * finite) * v.double().abs().max().item()
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=bound)
+
+
+def test_attention_values_keeps_sdpa_elsewhere(monkeypatch):
+    """fp32, autograd, or AMX tiles: the fused kernel, same numbers."""
+    calls = _spy_sdpa(monkeypatch)
+    monkeypatch.setattr(attention, 'cpu_has_amx', lambda: False)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    with torch.no_grad():
+        assert torch.equal(attention_values(q, k, v),
+                           F.scaled_dot_product_attention(q, k, v))
+    leaf = q.bfloat16().requires_grad_(True)
+    attention_values(leaf, k.bfloat16(), v.bfloat16()).sum().backward()
+    assert leaf.grad is not None
+    monkeypatch.setattr(attention, 'cpu_has_amx', lambda: True)
+    with torch.no_grad():
+        attention_values(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert calls == [torch.float32, torch.float32, torch.bfloat16,
+                     torch.bfloat16]
 
 
 def test_head_mean_of_bf16_weights_accumulates_in_fp32():

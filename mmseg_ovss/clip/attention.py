@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_ovss.clip.precision import cpu_has_amx
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 
@@ -98,6 +99,45 @@ def _window_mask(mask: Optional[Tensor], window: slice) -> Optional[Tensor]:
     return mask[window]
 
 
+def _explicit_on_this_cpu(*tensors: Tensor) -> bool:
+    """bf16 attention without autograd on a CPU without AMX tiles."""
+    q = tensors[0]
+    if q.device.type != 'cpu' or q.dtype != torch.bfloat16:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not cpu_has_amx()
+
+
+def attention_values(q: Tensor, k: Tensor, v: Tensor,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T / sqrt(d) [+ mask]) v for (B, heads, N, d) tensors.
+
+    ``F.scaled_dot_product_attention``, except for bf16 inference on a CPU
+    without AMX tiles: there PyTorch's fused CPU kernel runs at about a
+    quarter of the bf16 matmul rate (AMD EPYC with AVX512-BF16, ViT-B/16,
+    6 windows x 12 heads x 577 tokens: 51-54 ms against 45-48 ms in fp32),
+    and forming the weights explicitly, a few windows at a time
+    (:func:`score_batch_size`, as the captured blocks do) with bf16
+    matmuls takes 34-37 ms. The weights are then stored in bf16 (the
+    softmax reduces in fp32): about 3 x the rounding error of the fused
+    kernel, which keeps them in fp32 per tile; on ADE-size images the
+    label maps agreed with fp32 as often either way (``docs/
+    clip_backbone.md``). ``attn_mask``: as for SDPA (additive float or
+    bool, broadcastable to (B, heads, N, N)).
+    """
+    if not _explicit_on_this_cpu(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    step = score_batch_size(q)
+    for start in range(0, q.shape[0], step):
+        window = slice(start, start + step)
+        scores = apply_mask(scaled_similarity(q[window], k[window]),
+                            _window_mask(attn_mask, window))
+        torch.matmul(softmax_(scores), v[window], out=out[window])
+    return out
+
+
 def finish_block(block: nn.Module, x: Tensor, attended: Tensor,
                  drop_path: Optional[nn.Module] = None) -> Tensor:
     """The two residual branches of a pre-norm block around the merged
@@ -116,13 +156,13 @@ def block_forward(block: nn.Module, x: Tensor,
     """One block on batch-first tokens (B, N, C), written out from its own
     modules, with ``attn_mask`` (checked, broadcastable to (B, heads, N,
     N), see :mod:`mmseg_ovss.clip.tokens`) added to the attention logits
-    (CLIP-RC Eq. 2) by :func:`F.scaled_dot_product_attention` (the fused
+    (CLIP-RC Eq. 2) by :func:`attention_values` (the fused
     kernel: flash attention on the CPU and on CUDA without a mask; open_clip's
     own ``block(x)`` goes through ``nn.MultiheadAttention``'s fast path,
     which on the CPU forms the (N, N) weights with two ``bmm`` and a
     softmax)."""
     q, k, v = project_qkv(block, block.ln_1(x))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    out = attention_values(q, k, v, attn_mask)
     return finish_block(block, x, project_out(block, out), drop_path)
 
 

@@ -146,7 +146,10 @@ class StitchedMaps:
     overlap their maps are averaged (mmseg's slide inference). The
     (1, C, H, W) result is rendered on demand, a band of rows at a time
     (:meth:`rows`), so that memory per class follows the patch grid; a band
-    equals the same rows of :meth:`render`.
+    equals the same rows of :meth:`render`. Bilinear maps are stitched by
+    :class:`SeparableStitch` (matrix products, no window held at pixel
+    size; see ``docs/benchmarks.md`` for the time), other modes window by
+    window.
 
     Args:
         grids: (n, C, h, w) window maps.
@@ -165,6 +168,7 @@ class StitchedMaps:
         self.image_size = tuple(int(v) for v in image_size)
         self.window_size = tuple(int(v) for v in window_size)
         self.mode = mode
+        self._stitch: Optional[SeparableStitch] = None
         if len(self.boxes) != grids.shape[0]:
             raise OVSSConfigError(
                 f'StitchedMaps got {grids.shape[0]} window maps for '
@@ -206,8 +210,26 @@ class StitchedMaps:
             return grid[..., start:stop, :]  # already at pixel size
         return resize_rows(grid, self.window_size, start, stop, self.mode)
 
+    @property
+    def _separable(self) -> bool:
+        """Bilinear window maps that need a resize are stitched as matrix
+        products (:class:`SeparableStitch`)."""
+        return (self.mode == 'bilinear' and self.channels > 0
+                and tuple(self.grids.shape[-2:]) != self.window_size)
+
     def rows(self, start: int, stop: int) -> Tensor:
         """(1, C, stop - start, W) rows of the stitched maps."""
+        if self._separable:
+            if self._stitch is None:
+                self._stitch = SeparableStitch(
+                    self.grids, self.boxes, self.image_size,
+                    self.window_size)
+            return self._stitch.rows(start, stop)
+        return self._rows_by_windows(start, stop)
+
+    def _rows_by_windows(self, start: int, stop: int) -> Tensor:
+        """:meth:`rows` as mmseg's slide inference writes it: each window's
+        map resized, added where it sits, divided by the count."""
         width = self.image_size[1]
         total = self.grids.new_zeros((1, self.channels, stop - start, width))
         count = self.grids.new_zeros((1, 1, stop - start, width))
@@ -265,6 +287,115 @@ def linear_source(in_size: int, out_size: int, device=None):
     w1 = (src - i0.float()).clamp(0, 1)
     i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
     return i0, i1, 1 - w1, w1
+
+
+def linear_resize_matrix(in_size: int, out_size: int, dtype=None,
+                         device=None) -> Tensor:
+    """(out_size, in_size) matrix ``R`` of a 1-D linear resize: ``R @ x``
+    is ``F.interpolate(x, out_size, mode='linear', align_corners=False)``
+    along that axis (the source indices and weights of
+    :func:`linear_source`; two taps per row, summing to 1)."""
+    i0, i1, w0, w1 = linear_source(in_size, out_size, device)
+    matrix = torch.zeros(out_size, in_size, device=device)
+    rows = torch.arange(out_size, device=device)
+    matrix.index_put_((rows, i0), w0, accumulate=True)
+    matrix.index_put_((rows, i1), w1, accumulate=True)
+    return matrix.to(dtype or torch.float32)
+
+
+class SeparableStitch:
+    """mmseg's slide-inference stitching of bilinear window maps as matrix
+    products.
+
+    A bilinear resize is separable and linear: window ``i``'s map resized
+    to ``(h', w')`` pixels is ``R_y G_i R_x^T`` (:func:`linear_resize_matrix`
+    per axis), and its crop placed at ``(y1, x1)`` keeps rows
+    ``[0, y2 - y1)`` of ``R_y`` and ``[0, x2 - x1)`` of ``R_x``, shifted to
+    the image's rows and columns. The stitched maps are the sum over windows
+    divided by the number of windows covering each pixel. Windows of one row
+    band (the same ``y1, y2``) share their row matrix, so their column
+    products ``G_i R_x^T`` (C, h, W) are summed first; a band of output rows
+    is then one product of the bands' row weights with those sums. Same
+    numbers as resizing and adding window by window, up to float rounding
+    (each output is the same few weighted terms, summed in another order),
+    and a fraction of its memory traffic: no window is ever held at pixel
+    size. The column sums of a row band are computed when a band of output
+    rows first needs them and dropped once the requested rows are below
+    the band, so rendering top to bottom holds those of the few row bands
+    that overlap the current output rows (C x h x W each).
+
+    Args:
+        grids: (n, C, h, w) window maps.
+        boxes: n windows ``(y1, y2, x1, x2)``.
+        image_size: (H, W).
+        window_size: (h', w') pixels each grid is resized to.
+    """
+
+    def __init__(self, grids: Tensor, boxes: Sequence[Window],
+                 image_size: Tuple[int, int], window_size: Tuple[int, int]):
+        self.grids = grids
+        self.image_size = image_size
+        height, width = image_size
+        grid_h, grid_w = grids.shape[-2:]
+        options = dict(dtype=grids.dtype, device=grids.device)
+        row_weights = linear_resize_matrix(grid_h, window_size[0], **options)
+        col_weights = linear_resize_matrix(grid_w, window_size[1], **options)
+        self.bands: List[Tuple[int, int]] = sorted(
+            {(y1, y2) for y1, y2, _, _ in boxes})
+        self.members: List[List[Tuple[int, Tensor]]] = [
+            [] for _ in self.bands]
+        columns = {}
+        for index, (y1, y2, x1, x2) in enumerate(boxes):
+            if (x1, x2) not in columns:
+                placed = grids.new_zeros((grid_w, width))
+                placed[:, x1:x2] = col_weights[:x2 - x1].t()
+                columns[x1, x2] = placed
+            self.members[self.bands.index((y1, y2))].append(
+                (index, columns[x1, x2]))
+        self.row_weights = [row_weights[:y2 - y1] for y1, y2 in self.bands]
+        ys = torch.arange(height, device=grids.device)
+        xs = torch.arange(width, device=grids.device)
+        inside_rows = torch.stack([(ys >= y1) & (ys < y2)
+                                   for y1, y2, _, _ in boxes])
+        inside_cols = torch.stack([(xs >= x1) & (xs < x2)
+                                   for _, _, x1, x2 in boxes])
+        # windows covering each pixel: small integers, exact in any float
+        self.count = inside_rows.t().to(grids.dtype) @ \
+            inside_cols.to(grids.dtype)
+        self._sums = {}
+
+    def _column_sums(self, band: int) -> Tensor:
+        """(C, h, W): sum of ``G_i R_x^T`` over the windows of a row band."""
+        if band not in self._sums:
+            total = None
+            for index, columns in self.members[band]:
+                part = torch.matmul(self.grids[index], columns)
+                total = part if total is None else total.add_(part)
+            self._sums[band] = total
+        return self._sums[band]
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """(1, C, stop - start, W) rows of the stitched maps."""
+        for band in [b for b in self._sums if self.bands[b][1] <= start]:
+            del self._sums[band]
+        grid_h = self.grids.shape[-2]
+        used = [b for b, (y1, y2) in enumerate(self.bands)
+                if y1 < stop and y2 > start]
+        weights = self.grids.new_zeros((stop - start, len(used) * grid_h))
+        for slot, band in enumerate(used):
+            y1, y2 = self.bands[band]
+            top, bottom = max(start, y1), min(stop, y2)
+            weights[top - start:bottom - start,
+                    slot * grid_h:(slot + 1) * grid_h] = \
+                self.row_weights[band][top - y1:bottom - y1]
+        if not used:  # rows no window covers: 0 / 0, as the window sum
+            zeros = self.grids.new_zeros((self.grids.shape[1], stop - start,
+                                          self.image_size[1]))
+            return zeros.div_(self.count[start:stop])[None]
+        sums = [self._column_sums(band) for band in used]
+        sums = sums[0] if len(sums) == 1 else torch.cat(sums, dim=1)
+        out = torch.matmul(weights, sums)           # (C, rows, W)
+        return out.div_(self.count[start:stop])[None]
 
 
 class DenseCLIPHead(BaseModule):

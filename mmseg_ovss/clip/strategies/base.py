@@ -38,8 +38,10 @@ class LastBlockStrategy(DenseStrategy):
     y = A(ln_1(x)) with A = out_proj(W v) and W from :meth:`attention`;
     optionally y = x + y (``residual``) and y = y + FFN(ln_2(y)) (``ffn``).
     :meth:`attend` forms W v; strategies whose W is a softmax of scaled
-    products override it with the fused
-    ``F.scaled_dot_product_attention`` (no (N, N) weights in memory), and
+    products override it with
+    :func:`~mmseg_ovss.clip.attention.attention_values` (the fused
+    ``F.scaled_dot_product_attention``, no (N, N) weights in memory; bf16
+    on CPUs without AMX: explicit, a few windows at a time), and
     :meth:`attention` stays the explicit W (tests, analysis).
     """
 

@@ -1,7 +1,6 @@
 """ClearCLIP (Lan et al., ECCV 2024): q-q attention, no residual, no FFN."""
-import torch.nn.functional as F
 
-from mmseg_ovss.clip.attention import scaled_similarity
+from mmseg_ovss.clip.attention import attention_values, scaled_similarity
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
 
@@ -18,4 +17,4 @@ class ClearCLIPStrategy(LastBlockStrategy):
 
     def attend(self, q, k, v, grid_size, images):
         """W v as one fused attention of queries q over keys q."""
-        return F.scaled_dot_product_attention(q, q, v)
+        return attention_values(q, q, v)

@@ -7,10 +7,9 @@ column (NACLIP Eq. 6-8). No residual, no FFN ("reduced" architecture).
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mmseg_ovss.clip.attention import scaled_similarity
+from mmseg_ovss.clip.attention import attention_values, scaled_similarity
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
@@ -56,5 +55,5 @@ class NACLIPStrategy(LastBlockStrategy):
     def attend(self, q, k, v, grid_size, images):
         """W v as one fused attention of k over k with omega as an
         additive mask."""
-        return F.scaled_dot_product_attention(
+        return attention_values(
             k, k, v, attn_mask=self.bias(grid_size, k.device, k.dtype))

@@ -6,9 +6,9 @@ Official (``wangf3014/SCLIP`` ``clip/model.py``,
 residual, FFN kept (``residual=False``; ``chenqi1126/FreeCP``
 ``open_clip/transformer.py``, ``forward_all``).
 """
-import torch.nn.functional as F
 
-from mmseg_ovss.clip.attention import scaled_similarity, softmax_
+from mmseg_ovss.clip.attention import (attention_values, scaled_similarity,
+                                        softmax_)
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
 
@@ -30,5 +30,4 @@ class SCLIPStrategy(LastBlockStrategy):
     def attend(self, q, k, v, grid_size, images):
         """W v = softmax(q q^T / sqrt(d)) v + softmax(k k^T / sqrt(d)) v as
         two fused attentions (no (N, N) weights are formed)."""
-        return F.scaled_dot_product_attention(q, q, v) + \
-            F.scaled_dot_product_attention(k, k, v)
+        return attention_values(q, q, v) + attention_values(k, k, v)

@@ -1,7 +1,6 @@
 """Vanilla CLIP: the unmodified last block (q-k attention, residual, FFN)."""
-import torch.nn.functional as F
 
-from mmseg_ovss.clip.attention import vanilla_attention
+from mmseg_ovss.clip.attention import attention_values, vanilla_attention
 
 from .base import DENSE_STRATEGIES, LastBlockStrategy
 
@@ -18,4 +17,4 @@ class VanillaStrategy(LastBlockStrategy):
 
     def attend(self, q, k, v, grid_size, images):
         """W v as one fused attention."""
-        return F.scaled_dot_product_attention(q, k, v)
+        return attention_values(q, k, v)

@@ -308,7 +308,10 @@ class CLIPDenseSegmentor(EncoderDecoder):
             nothing) and ``renormalize`` (False; True as NACLIP's code).
         tile_mb (float): MiB of one (classes, rows, width) float32 band of
             output rows scored at a time (256); peak memory is a few such
-            bands plus the window maps on their patch grids.
+            bands plus the window maps on their patch grids and, for
+            bilinear window maps, the column-resized sums of the window
+            rows overlapping a band (:class:`~mmseg_ovss.clip.dense_head.
+            SeparableStitch`: classes x grid rows x width each).
         test_cfg (dict): ``mode`` 'slide' (``crop_size``, ``stride``) or
             'whole'.
         strategy (dict, optional): the old place of
@@ -675,8 +678,11 @@ class CLIPDenseSegmentor(EncoderDecoder):
                       vocab: VocabularyEmbeddings,
                       out_shape: Tuple[int, int]) -> Tensor:
         with profile_stage('postprocess'):
-            maps = F.interpolate(maps, size=tuple(out_shape),
-                                 mode='bilinear', align_corners=False)
+            if tuple(maps.shape[-2:]) != tuple(out_shape):
+                # at the same size the bilinear weights are 1 and 0: skip
+                # the (C, H, W) copy it would make
+                maps = F.interpolate(maps, size=tuple(out_shape),
+                                     mode='bilinear', align_corners=False)
             if self.pamr is not None:
                 maps = self.pamr(image, maps)
         with profile_stage('head'):
