@@ -425,3 +425,27 @@ def test_authors_code_counts_our_crops(repo_root, monkeypatch):
         pipeline.classify_group_crops()
     assert counts == dict(boxes=10, classified=6)
     assert pipeline.classify_group_crops() is votes  # unwrapped again
+
+
+def test_authors_code_driver_reads_photos_as_the_test_pipeline(repo_root,
+                                                               tmp_path):
+    """side_by_side.load_images sizes --images by the config's keep-ratio
+    Resize through benchmark.read_image: a 100x40 photo fits the SCLIP ADE
+    test scale (2048, 448) with factor 448 / 40."""
+    import numpy as np
+    from mmengine.config import Config
+    from PIL import Image
+
+    from mmseg_ovss.testing.tools import load_tool
+    bench = load_tool('benchmark')
+    side_by_side = _authors_code_module(repo_root, 'side_by_side')
+    path = tmp_path / 'wide.jpg'
+    Image.fromarray(np.full((40, 100, 3), 90, np.uint8)).save(path)
+    cfg = Config.fromfile(repo_root / 'configs' / 'baselines' /
+                          'sclip_ade.py')
+    scale = [s for s in cfg.test_pipeline if s['type'] == 'Resize'][0]
+    long_side, short_side = max(scale['scale']), min(scale['scale'])
+    factor = min(long_side / 100, short_side / 40)
+    images = side_by_side.load_images(bench, [str(path)], cfg)
+    assert tuple(images[0].shape) == (3, round(40 * factor),
+                                      round(100 * factor))
