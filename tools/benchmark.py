@@ -403,6 +403,8 @@ def peak_memory_mb(device: str) -> Dict[str, float]:
 
 
 def run_one(model, image, metainfo):
+    """The (H, W) predicted labels of one image (also the step that
+    ``tools/dev/authors_code/side_by_side.py`` times)."""
     from mmseg.structures import SegDataSample
     sample = SegDataSample(metainfo=metainfo)
     data = model.data_preprocessor(dict(inputs=[image],

@@ -192,15 +192,11 @@ def load_images(bench, paths, cfg):
             for path in paths]
 
 
-def predict(model, image, meta):
-    from mmseg.structures import SegDataSample
-    data = model.data_preprocessor(
-        dict(inputs=[image], data_samples=[SegDataSample(metainfo=meta)]),
-        False)
+def predict(bench, model, image, meta):
+    """Seconds of one ``benchmark.run_one`` and its (H, W) labels."""
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.predict(data['inputs'], data['data_samples'])
-    return time.perf_counter() - start, out[0].pred_sem_seg.data
+    labels = bench.run_one(model, image, meta)
+    return time.perf_counter() - start, labels
 
 
 def image_meta(bench, theirs, index, image):
@@ -266,9 +262,9 @@ def run_side_by_side(args, bench, ours, theirs, warmup, timed, metas):
     def run(who, image, meta):
         if who == 'ours':
             with counting():
-                return predict(ours, image, meta)
+                return predict(bench, ours, image, meta)
         with theirs.running():
-            return predict(theirs.model, image, meta)
+            return predict(bench, theirs.model, image, meta)
 
     for index, image in enumerate(warmup):
         run('ours', image, metas[index])
