@@ -425,3 +425,57 @@ def test_authors_code_counts_our_crops(repo_root, monkeypatch):
         pipeline.classify_group_crops()
     assert counts == dict(boxes=10, classified=6)
     assert pipeline.classify_group_crops() is votes  # unwrapped again
+
+
+def test_authors_code_driver_reads_photos_as_the_test_pipeline(repo_root,
+                                                               tmp_path):
+    """side_by_side.load_images sizes --images by the config's keep-ratio
+    Resize through benchmark.read_image: a 100x40 photo fits the SCLIP ADE
+    test scale (2048, 448) with factor 448 / 40."""
+    import numpy as np
+    from mmengine.config import Config
+    from PIL import Image
+
+    from mmseg_ovss.testing.tools import load_tool
+    bench = load_tool('benchmark')
+    side_by_side = _authors_code_module(repo_root, 'side_by_side')
+    path = tmp_path / 'wide.jpg'
+    Image.fromarray(np.full((40, 100, 3), 90, np.uint8)).save(path)
+    cfg = Config.fromfile(repo_root / 'configs' / 'baselines' /
+                          'sclip_ade.py')
+    scale = [s for s in cfg.test_pipeline if s['type'] == 'Resize'][0]
+    long_side, short_side = max(scale['scale']), min(scale['scale'])
+    factor = min(long_side / 100, short_side / 40)
+    images = side_by_side.load_images(bench, [str(path)], cfg)
+    assert tuple(images[0].shape) == (3, round(40 * factor),
+                                      round(100 * factor))
+
+
+def test_authors_code_driver_agrees_with_itself(repo_root):
+    """side_by_side.run_side_by_side on one model in both roles: the
+    labels of benchmark.run_one agree on every pixel (benchmark's
+    label_agreement) and each side is timed once per image."""
+    import argparse
+    import contextlib
+
+    from mmseg_ovss.testing.tools import load_tool
+    bench = load_tool('benchmark')
+    side_by_side = _authors_code_module(repo_root, 'side_by_side')
+    config = str(repo_root / 'configs' / 'baselines' / 'sclip_ade.py')
+    bargs = bench.parse_args([config, '--random-init', '--model-name',
+                              'ovss-tiny-ViT-16', '--device', 'cpu',
+                              '--templates', 'single', '--num-classes', '4'])
+    _, model = bench.build_model(bargs)
+    model.eval()
+    theirs = argparse.Namespace(model=model, running=contextlib.nullcontext,
+                                image_meta=lambda index, h, w: {})
+    images = bench.make_images(3, 32, 48)
+    metas = [side_by_side.image_meta(bench, theirs, i, image)
+             for i, image in enumerate(images)]
+    result = side_by_side.run_side_by_side(
+        argparse.Namespace(method='sclip'), bench, model, theirs,
+        images[:1], images[1:], metas)
+    assert result['label_agreement'] == [1.0, 1.0]
+    assert len(result['seconds']['ours']) == 2
+    assert len(result['seconds']['theirs']) == 2
+    assert result['labels_used']['ours'] == result['labels_used']['theirs']

@@ -46,3 +46,42 @@ def test_unreadable_image_is_named(tmp_path):
         tool.read_image(str(bad), 32)
     with pytest.raises(SystemExit):
         tool.parse_args(['c.py', '--train', '--images', str(bad)])
+
+
+def test_read_image_keep_ratio_scale_is_the_test_pipeline_resize(tmp_path):
+    """The keep-ratio mode (side_by_side.py's --images) fits the image into
+    the (long, short) scale as mmcv's keep-ratio Resize does; pixels come
+    back in BGR order, as the data preprocessors expect."""
+    import numpy as np
+    from PIL import Image
+    tool = load_tool('benchmark')
+    rgb = np.zeros((40, 100, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red in RGB
+    path = tmp_path / 'wide.png'
+    Image.fromarray(rgb).save(path)
+    # 100x40 into (2048, 20): the short side bounds it, factor 0.5
+    image = tool.read_image(str(path), keep_ratio_scale=(2048, 20))
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 20, 50)
+    assert image[2].eq(200).all() and image[:2].eq(0).all()
+    # into (60, 50): the long side bounds it, factor 0.6 (< 50 / 40)
+    image = tool.read_image(str(path), keep_ratio_scale=(60, 50))
+    assert tuple(image.shape) == (3, 24, 60)
+    image = tool.read_image(str(path), short_side=10)
+    assert tuple(image.shape) == (3, 10, 25)
+    with pytest.raises(ValueError, match='exactly one'):
+        tool.read_image(str(path), 10, keep_ratio_scale=(60, 50))
+
+
+def test_image_metainfo_is_the_unpadded_shape():
+    tool = load_tool('benchmark')
+    meta = tool.image_metainfo(torch.zeros(3, 7, 9, dtype=torch.uint8))
+    assert meta == dict(ori_shape=(7, 9), img_shape=(7, 9),
+                        pad_shape=(7, 9), padding_size=[0, 0, 0, 0])
+
+
+def test_label_agreement_rejects_mismatched_maps():
+    tool = load_tool('benchmark')
+    with pytest.raises(ValueError, match='shapes'):
+        tool.label_agreement([torch.zeros(2, 2)], [torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match='same, non-zero number'):
+        tool.label_agreement([torch.zeros(2, 2)], [])

@@ -321,21 +321,39 @@ def make_images(count: int, height: int, width: int) -> List[torch.Tensor]:
     return images
 
 
-def read_image(path: str, short_side: int) -> torch.Tensor:
-    """A photo as a uint8 BGR (C, H, W) tensor, resized so that its shorter
-    side is ``short_side`` (aspect kept), as the configs' test pipelines
-    resize."""
+def read_image(path: str, short_side: Optional[int] = None,
+               keep_ratio_scale: Optional[tuple] = None,
+               option: str = '--images') -> torch.Tensor:
+    """A photo as a uint8 BGR (C, H, W) tensor, aspect kept: resized so that
+    its shorter side is ``short_side``, or rescaled to fit
+    ``keep_ratio_scale`` as a test pipeline's keep-ratio ``Resize`` does
+    (``mmcv.imrescale``). Used by this tool and by
+    ``tools/dev/authors_code/side_by_side.py``."""
     import cv2
+    if (short_side is None) == (keep_ratio_scale is None):
+        raise ValueError('read_image: pass exactly one of short_side and '
+                         'keep_ratio_scale')
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise OVSSConfigError(
-            f'--images: {path!r} is not a readable image file (cv2 could '
+            f'{option}: {path!r} is not a readable image file (cv2 could '
             'not decode it); pass JPEG/PNG paths, e.g. data/samples/cat.jpg')
-    height, width = image.shape[:2]
-    scale = short_side / min(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    if keep_ratio_scale is not None:
+        import mmcv
+        image = mmcv.imrescale(image, tuple(keep_ratio_scale))
+    else:
+        height, width = image.shape[:2]
+        scale = short_side / min(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy(image).permute(2, 0, 1).contiguous()
+
+
+def image_metainfo(image: torch.Tensor) -> Dict:
+    """The metainfo of an unpadded (C, H, W) test image."""
+    shape = tuple(image.shape[-2:])
+    return dict(ori_shape=shape, img_shape=shape, pad_shape=shape,
+                padding_size=[0, 0, 0, 0])
 
 
 def inference_inputs(args) -> List[tuple]:
@@ -353,19 +371,23 @@ def inference_inputs(args) -> List[tuple]:
             height = args.short_side
             width = max(height, round(height * args.aspect))
         images = make_images(count, height, width)
-    inputs = []
-    for image in images:
-        shape = tuple(image.shape[-2:])
-        inputs.append((image, dict(ori_shape=shape, img_shape=shape,
-                                   pad_shape=shape,
-                                   padding_size=[0, 0, 0, 0])))
-    return inputs
+    return [(image, image_metainfo(image)) for image in images]
 
 
 def label_agreement(labels: List[torch.Tensor],
                     others: List[torch.Tensor]) -> Dict:
     """Fraction of pixels with the same predicted label, per image, their
-    mean and their minimum (two configs on the same images)."""
+    mean and their minimum (two models on the same images; used by this
+    tool and by ``tools/dev/authors_code/side_by_side.py``)."""
+    if len(labels) != len(others) or not labels:
+        raise ValueError(
+            f'label_agreement: {len(labels)} and {len(others)} label maps; '
+            'pass the same, non-zero number of maps for both models')
+    for a, b in zip(labels, others):
+        if a.shape != b.shape:
+            raise ValueError(
+                f'label_agreement: label maps of shapes {tuple(a.shape)} '
+                f'and {tuple(b.shape)}; compare maps of the same image')
     per_image = [float((a == b).float().mean()) for a, b in
                  zip(labels, others)]
     return dict(per_image=per_image,
@@ -381,6 +403,8 @@ def peak_memory_mb(device: str) -> Dict[str, float]:
 
 
 def run_one(model, image, metainfo):
+    """The (H, W) predicted labels of one image (also the step that
+    ``tools/dev/authors_code/side_by_side.py`` times)."""
     from mmseg.structures import SegDataSample
     sample = SegDataSample(metainfo=metainfo)
     data = model.data_preprocessor(dict(inputs=[image],

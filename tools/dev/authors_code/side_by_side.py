@@ -179,42 +179,29 @@ def windows(cfg):
     return crop, stride
 
 
-def load_images(paths, cfg):
+def load_images(bench, paths, cfg):
     """BGR uint8 (C, H, W) tensors of ``paths``, rescaled as the config's
     test pipeline ``Resize`` (keep_ratio) does."""
-    import mmcv
     pipeline = cfg.get('test_pipeline') or \
         cfg.test_dataloader.dataset.pipeline
     resize = [step for step in pipeline if step['type'] == 'Resize']
     if not resize or not resize[0].get('keep_ratio', False):
         raise SystemExit(f'{cfg.filename}: no keep-ratio Resize in its test '
                          'pipeline to size --images by')
-    images = []
-    for path in paths:
-        image = mmcv.imread(path)
-        if image is None:
-            raise SystemExit(f'--images {path}: not a readable image file')
-        image = mmcv.imrescale(image, tuple(resize[0]['scale']))
-        images.append(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-    return images
+    return [bench.read_image(path, keep_ratio_scale=resize[0]['scale'])
+            for path in paths]
 
 
-def predict(model, image, meta):
-    from mmseg.structures import SegDataSample
-    data = model.data_preprocessor(
-        dict(inputs=[image], data_samples=[SegDataSample(metainfo=meta)]),
-        False)
+def predict(bench, model, image, meta):
+    """Seconds of one ``benchmark.run_one`` and its (H, W) labels."""
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.predict(data['inputs'], data['data_samples'])
-    return time.perf_counter() - start, out[0].pred_sem_seg.data
+    labels = bench.run_one(model, image, meta)
+    return time.perf_counter() - start, labels
 
 
-def image_meta(theirs, index, image):
-    height, width = image.shape[-2:]
-    meta = dict(ori_shape=(height, width), img_shape=(height, width),
-                pad_shape=(height, width), padding_size=[0, 0, 0, 0])
-    meta.update(theirs.image_meta(index, height, width))
+def image_meta(bench, theirs, index, image):
+    meta = bench.image_metainfo(image)
+    meta.update(theirs.image_meta(index, *image.shape[-2:]))
     return meta
 
 
@@ -235,16 +222,17 @@ def main(argv=None):
                                         osp.join(tmp, 'clip.pt'))
         theirs = build_theirs(args, cfg, weights, names, crop, stride, tmp)
         if args.images:
-            images = load_images(args.images, cfg)
+            images = load_images(bench, args.images, cfg)
             warmup, timed = images[:1], images
         else:
             width, height = (int(v) for v in args.size.lower().split('x'))
             images = bench.make_images(args.warmup + args.num_images,
                                        height, width)
             warmup, timed = images[:args.warmup], images[args.warmup:]
-        metas = [image_meta(theirs, i, image)
+        metas = [image_meta(bench, theirs, i, image)
                  for i, image in enumerate(warmup + timed)]
-        result = run_side_by_side(args, ours, theirs, warmup, timed, metas)
+        result = run_side_by_side(args, bench, ours, theirs, warmup, timed,
+                                  metas)
     shape = [list(image.shape[-2:]) for image in timed]
     result = dict(
         method=args.method, config=args.config,
@@ -261,7 +249,7 @@ def main(argv=None):
     return result
 
 
-def run_side_by_side(args, ours, theirs, warmup, timed, metas):
+def run_side_by_side(args, bench, ours, theirs, warmup, timed, metas):
     """One untimed warm-up image per model, then the timed images in
     alternating order; times, ratios, label agreement (and crops)."""
     freecp = args.method == 'freecp'
@@ -274,16 +262,16 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
     def run(who, image, meta):
         if who == 'ours':
             with counting():
-                return predict(ours, image, meta)
+                return predict(bench, ours, image, meta)
         with theirs.running():
-            return predict(theirs.model, image, meta)
+            return predict(bench, theirs.model, image, meta)
 
     for index, image in enumerate(warmup):
         run('ours', image, metas[index])
         run('theirs', image, metas[index])
     times = dict(ours=[], theirs=[])
     crops = dict(ours=[], ours_boxes=[], theirs=[])
-    agree = []
+    labels_of = dict(ours=[], theirs=[])
     labels_used = dict(ours=[], theirs=[])
     for index, image in enumerate(timed):
         meta = metas[len(warmup) + index]
@@ -295,8 +283,8 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
         for who in order:
             seconds, labels[who] = run(who, image, meta)
             times[who].append(seconds)
-        agree.append(float((labels['ours'] == labels['theirs'])
-                           .float().mean()))
+        for who in labels_of:
+            labels_of[who].append(labels[who])
         for who in labels_used:
             labels_used[who].append(int(labels[who].unique().numel()))
         if freecp:
@@ -310,7 +298,9 @@ def run_side_by_side(args, ours, theirs, warmup, timed, metas):
         ratio_of_medians=statistics.median(times['ours']) /
         statistics.median(times['theirs']),
         ratio_of_minima=min(times['ours']) / min(times['theirs']),
-        label_agreement=agree, labels_used=labels_used)
+        label_agreement=bench.label_agreement(
+            labels_of['ours'], labels_of['theirs'])['per_image'],
+        labels_used=labels_used)
     if freecp:
         result['crops_classified'] = crops
     return result
