@@ -148,7 +148,7 @@ class StitchedMaps:
     (:meth:`rows`), so that memory per class follows the patch grid; a band
     equals the same rows of :meth:`render`. Bilinear maps are stitched by
     :class:`SeparableStitch` (matrix products, no window held at pixel
-    size; see ``docs/benchmarks.md`` for the time), other modes window by
+    size; see ``docs/clip_backbone.md`` for the time), other modes window by
     window.
 
     Args:

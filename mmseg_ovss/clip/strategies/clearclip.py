@@ -16,5 +16,6 @@ class ClearCLIPStrategy(LastBlockStrategy):
         return scaled_similarity(q, q).softmax(dim=-1)
 
     def attend(self, q, k, v, grid_size, images):
-        """W v as one fused attention of queries q over keys q."""
+        """W v as one attention (:func:`attention_values`) of queries q
+        over keys q."""
         return attention_values(q, q, v)

@@ -53,7 +53,7 @@ class NACLIPStrategy(LastBlockStrategy):
         return (logits + self.bias(grid_size, k.device, k.dtype)).softmax(-1)
 
     def attend(self, q, k, v, grid_size, images):
-        """W v as one fused attention of k over k with omega as an
-        additive mask."""
+        """W v as one attention (:func:`attention_values`) of k over k
+        with omega as an additive mask."""
         return attention_values(
             k, k, v, attn_mask=self.bias(grid_size, k.device, k.dtype))

@@ -29,5 +29,6 @@ class SCLIPStrategy(LastBlockStrategy):
 
     def attend(self, q, k, v, grid_size, images):
         """W v = softmax(q q^T / sqrt(d)) v + softmax(k k^T / sqrt(d)) v as
-        two fused attentions (no (N, N) weights are formed)."""
+        two attentions of :func:`attention_values` (fused: no (N, N)
+        weights are formed)."""
         return attention_values(q, q, v) + attention_values(k, k, v)

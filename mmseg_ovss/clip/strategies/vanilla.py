@@ -16,5 +16,5 @@ class VanillaStrategy(LastBlockStrategy):
         return vanilla_attention(q, k)
 
     def attend(self, q, k, v, grid_size, images):
-        """W v as one fused attention."""
+        """W v as one attention (:func:`attention_values`)."""
         return attention_values(q, k, v)
