@@ -120,6 +120,10 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             ViT-L/14); None keeps the input size.
         train_qv_bias (bool): with ``freeze='attn_qv'``, also train the q/v
             biases. CAT-Seg's code trains the q/v weights only (False).
+        seg_logits (dict, optional): what ``seg_logits`` holds when the
+            labels come from the selected classes (:meth:`predict`):
+            ``max_mb`` (512; None: no limit; 0: nothing), the convention of
+            ``CLIPDenseSegmentor`` (:class:`SegLogitsStore`).
         test_cfg (dict): ``mode`` 'whole', 'slide' (mmseg's ``crop_size``,
             ``stride``) or 'catseg_ensemble' (``kernel=384``,
             ``overlap=0.333``, ``ensemble_size=(640, 640)``).
@@ -440,10 +444,12 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
                            ) -> Optional[Tuple[Tensor, object]]:
         """((B, 1 + Ku, H, W) scores: channel 0 the score map of every
         unselected class, then the selected (union) slots; their
-        :class:`CategorySelection`), or None where the full (B, C, H, W)
-        scores are needed: a head scoring all classes, tag validation
-        (it swaps scores with any class), calibration with a seen-score
-        offset, ``mode='slide'`` or a one-class vocabulary."""
+        :class:`CategorySelection`); (the (B, C, H, W) scores, None) where
+        the head scored all classes in ``mode='whole'``; None where the
+        full scores are needed (:meth:`inference`): a head without
+        ``predict_slots`` (CAT-Seg), tag validation (it swaps scores with
+        any class), calibration with a seen-score offset, ``mode='slide'``,
+        a one-class vocabulary, an ensemble of all-class views."""
         head = self.decode_head
         mode = self.test_cfg.get('mode', 'whole')
         calibrates = bool(self.seen_score_offset) and \
@@ -463,8 +469,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             return torch.cat([fill_map, out], dim=1), union
         slots, state = head.predict_slots(self.head_inputs(inputs),
                                           batch_img_metas)
-        if state.class_index is None:
-            return None
+        if state.class_index is None:  # the slots are all C classes
+            return slots, None
         return torch.cat([slots.new_full((slots.shape[0], 1,
                                           *slots.shape[-2:]), fill),
                           slots], dim=1), state.selection
@@ -489,6 +495,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             return self.postprocess_result(self.inference(inputs, metas),
                                            data_samples)
         scores, selection = selected
+        if selection is None:
+            return self.postprocess_result(scores, data_samples)
         if data_samples is None:
             data_samples = [SegDataSample() for _ in range(len(metas))]
         height, width = scores.shape[-2:]
