@@ -375,3 +375,44 @@ def test_train_load_from_a_trusted_checkpoint(voc21_root, tmp_path):
     _train(cfg, tmp_path / 'w2', '--trust-checkpoint', '--cfg-options',
            f'load_from={ckpt}')
     assert (tmp_path / 'w2' / 'iter_1.pth').is_file()
+
+
+def _old_catseg_layout(state):
+    """CAT-Seg's key layout: the window attention's q/k/v/proj directly
+    under ``attn.`` (``attn.w_msa.q.weight`` -> ``attn.q.weight``)."""
+    old = {}
+    for key, value in state.items():
+        head, _, tail = key.partition('.w_msa.')
+        if tail.split('.')[0] in ('q', 'k', 'v', 'proj'):
+            key = f'{head}.{tail}'
+        old[key] = value
+    return old
+
+
+def test_key_report_follows_legacy_key_renames():
+    """The key report agrees with what loads: old CAT-Seg attention keys,
+    which the guided Swin attention renames when it loads, are neither
+    missing nor unexpected; a key really absent is still missing."""
+    from mmseg_ovss.engine.checkpoint import KeyMatch
+    from mmseg_ovss.models.blocks.guided_swin import GuidedSwinBlock
+    torch.manual_seed(0)
+    model = nn.Sequential(GuidedSwinBlock(8, 4, 2, 16, window_size=2),
+                          nn.Linear(8, 2))
+    reference = nn.Sequential(GuidedSwinBlock(8, 4, 2, 16, window_size=2),
+                              nn.Linear(8, 2))
+    old = _old_catseg_layout(reference.state_dict())
+    assert '0.attn.q.weight' in old and '0.attn.w_msa.q.weight' not in old
+    match = KeyMatch(model, {'state_dict': old})
+    assert match.missing == [] and match.unexpected == []
+    assert match.shape_mismatch == [] and match.fraction == 1
+    result = model.load_state_dict(dict(old), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(model[0].attn.w_msa.q.weight,
+                       reference[0].attn.w_msa.q.weight)
+    # a key neither layout provides is still reported
+    partial = {k: v for k, v in old.items() if k != '0.attn.k.bias'}
+    match = KeyMatch(model, {'state_dict': partial})
+    assert match.missing == ['0.attn.w_msa.k.bias']
+    assert match.unexpected == [] and match.fraction < 1
+    loaded = model.load_state_dict(dict(partial), strict=False)
+    assert loaded.missing_keys == match.missing

@@ -328,6 +328,28 @@ def _state_dict_of(checkpoint) -> Dict[str, object]:
     return out
 
 
+def apply_legacy_keys(model: torch.nn.Module,
+                      state: Dict[str, object]) -> Dict[str, object]:
+    """``state`` with the old keys that ``model``'s modules rename when they
+    load renamed the same way.
+
+    A module whose ``_load_from_state_dict`` accepts an older key layout
+    declares it as ``legacy_state_keys`` (old key -> new key, relative to
+    the module, e.g. ``GuidedShiftWindowMSA``: ``q.weight`` ->
+    ``w_msa.q.weight``); an old key is renamed when the new one is absent,
+    as the module's own hook does."""
+    out = dict(state)
+    for prefix, module in model.named_modules():
+        aliases = getattr(module, 'legacy_state_keys', None)
+        if not aliases:
+            continue
+        prefix = f'{prefix}.' if prefix else ''
+        for old, new in aliases.items():
+            if prefix + old in out and prefix + new not in out:
+                out[prefix + new] = out.pop(prefix + old)
+    return out
+
+
 def expected_keys(model: torch.nn.Module) -> List[str]:
     """State-dict keys a checkpoint of ``model`` must provide.
 
@@ -359,7 +381,7 @@ class KeyMatch:
     """How the keys of a checkpoint fit a model (what mmengine would load)."""
 
     def __init__(self, model: torch.nn.Module, checkpoint):
-        self.state = _state_dict_of(checkpoint)
+        self.state = apply_legacy_keys(model, _state_dict_of(checkpoint))
         self.top_level = (list(checkpoint) if isinstance(checkpoint, dict)
                           else [])
         model_state = {k: v for k, v in model.state_dict().items()
@@ -609,7 +631,7 @@ def resolve_resume(work_dir: str, resume: str) -> str:
 
 
 __all__ = ['CheckpointKeysHook', 'KeyMatch', 'TRUST_CHECKPOINT_KEY',
-           'UnresolvedObject', 'add_checkpoint_check', 'add_trust_argument',
+           'UnresolvedObject', 'apply_legacy_keys', 'add_checkpoint_check', 'add_trust_argument',
            'check_checkpoint_file', 'checkpoint_file_problem',
            'expected_keys', 'is_trusted_checkpoint', 'load_from_local',
            'load_trusted', 'previous_checkpoints', 'refused_global',

@@ -333,18 +333,21 @@ class GuidedShiftWindowMSA(ShiftWindowMSA):
         out = out[:, :height, :width].reshape(n, length, c)
         return self.drop(out)
 
+    #: CAT-Seg's attention had q, k, v, proj directly under ``attn.`` (the
+    #: authors' ``WindowAttention`` in ``cat_seg/modeling/transformer/
+    #: model.py`` and this package's earlier CAT-Seg module); they now live
+    #: in ``attn.w_msa.``. Old key (relative to this module) -> new key;
+    #: ``mmseg_ovss.engine.checkpoint.KeyMatch`` reads the same map.
+    legacy_state_keys = {f'{name}.{param}': f'w_msa.{name}.{param}'
+                         for name in ('q', 'k', 'v', 'proj')
+                         for param in ('weight', 'bias')}
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # CAT-Seg's attention had q, k, v, proj directly under ``attn.``
-        # (the authors' ``WindowAttention`` and this package's earlier
-        # CAT-Seg module); they now live in ``attn.w_msa.``
-        for name in ('q', 'k', 'v', 'proj'):
-            for param in ('weight', 'bias'):
-                old = f'{prefix}{name}.{param}'
-                new = f'{prefix}w_msa.{name}.{param}'
-                if old in state_dict and new not in state_dict:
-                    state_dict[new] = state_dict.pop(old)
+        for old, new in self.legacy_state_keys.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -35,16 +35,21 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from mmengine.config import ConfigDict
+from mmengine.structures import PixelData
 from mmseg.models.utils import resize
+from mmseg.structures import SegDataSample
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.attention import cls_block_forward
 from mmseg_ovss.clip.freeze import qkv_parts
 from mmseg_ovss.models.backbones.open_clip_vit import block_indices
+from mmseg_ovss.models.catseg.compact_labels import compact_argmax
 from mmseg_ovss.models.catseg.features import CLIPDenseFeatures
 from mmseg_ovss.models.dcpclip.category_selection import (
     CategorySelection, scatter_classes)
+from mmseg_ovss.models.segmentors.clip_segmentor import (SegLogitsStore,
+                                                         _budget_mb)
 from mmseg_ovss.models.segmentors.open_vocab import OpenVocabEncoderDecoder
 from mmseg_ovss.utils.errors import OVSSConfigError
 
@@ -115,6 +120,10 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             ViT-L/14); None keeps the input size.
         train_qv_bias (bool): with ``freeze='attn_qv'``, also train the q/v
             biases. CAT-Seg's code trains the q/v weights only (False).
+        seg_logits (dict, optional): what ``seg_logits`` holds when the
+            labels come from the selected classes (:meth:`predict`):
+            ``max_mb`` (512; None: no limit; 0: nothing), the convention of
+            ``CLIPDenseSegmentor`` (:class:`SegLogitsStore`).
         test_cfg (dict): ``mode`` 'whole', 'slide' (mmseg's ``crop_size``,
             ``stride``) or 'catseg_ensemble' (``kernel=384``,
             ``overlap=0.333``, ``ensemble_size=(640, 640)``).
@@ -136,6 +145,7 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
                  attention_form: str = 'cls',
                  clip_resolution: Union[None, int, Sequence[int]] = None,
                  train_qv_bias: bool = False,
+                 seg_logits: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -176,6 +186,15 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         self.attention_form = attention_form
         self.clip_resolution = _size_pair(clip_resolution, 'clip_resolution')
         self.train_qv_bias = bool(train_qv_bias)
+        logits_cfg = dict(max_mb=512.0)
+        unknown = set(seg_logits or {}) - set(logits_cfg)
+        if unknown:
+            raise OVSSConfigError(
+                f'unknown seg_logits option(s) {sorted(unknown)}; use '
+                f'{sorted(logits_cfg)}')
+        logits_cfg.update(seg_logits or {})
+        self.seg_logits_max_mb = _budget_mb(logits_cfg['max_mb'],
+                                            'seg_logits.max_mb')
         if not self.train_qv_bias:
             self._freeze_qv_biases()
         self.test_cfg = ConfigDict(self.test_cfg)
@@ -354,6 +373,29 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         """CAT-Seg's window + whole-image ensemble (module docstring) of
         each image's unpadded region, calibrated; (B, C, H, W) scores at
         the (padded) input size, zero on the padding."""
+        out, union, state, regions, count = self.ensemble_fused(
+            inputs, batch_img_metas)
+        if union is not None:
+            out = scatter_classes(out, union, state.num_classes,
+                                  self.decode_head.unselected_score()) * \
+                self.inside_regions(out, regions)
+        out = self.validate_ensemble(out, state, regions, count)
+        return self.calibrate(out)
+
+    @staticmethod
+    def inside_regions(out: Tensor, regions: list) -> Tensor:
+        """(B, 1, H, W): 1 on each image's unpadded region, 0 on padding."""
+        inside = out.new_zeros((out.shape[0], 1, *out.shape[-2:]))
+        for i, (top, bottom, left, right) in enumerate(regions):
+            inside[i, :, top:bottom, left:right] = 1
+        return inside
+
+    def ensemble_fused(self, inputs: Tensor, batch_img_metas) -> tuple:
+        """The fused ensemble scores before the fill, tag validation and
+        calibration: ((B, C | Ku, H, W) scores, zero on the padding; the
+        union :class:`CategorySelection` of each image's view classes (None
+        when the head scores all classes); head state; unpadded regions;
+        windows per image)."""
         kernel, stride, size = self._ensemble_geometry()
         b, _, height, width = inputs.shape
         regions = []
@@ -395,12 +437,109 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             out[i:i + 1, :, top:bottom, left:right] = F.interpolate(
                 fused[i:i + 1], size=(bottom - top, right - left),
                 mode='bilinear', align_corners=False)
-        if union is not None:
-            inside = out.new_zeros((b, 1, height, width))
-            for i, (top, bottom, left, right) in enumerate(regions):
-                inside[i, :, top:bottom, left:right] = 1
-            out = scatter_classes(out, union, state.num_classes,
-                                  self.decode_head.unselected_score()) * \
-                inside
-        out = self.validate_ensemble(out, state, regions, count)
-        return self.calibrate(out)
+        return out, union, state, regions, count
+
+    # ------------------------------------------- labels on selected classes
+    def selected_inference(self, inputs: Tensor, batch_img_metas: List[dict]
+                           ) -> Optional[Tuple[Tensor, object]]:
+        """((B, 1 + Ku, H, W) scores: channel 0 the score map of every
+        unselected class, then the selected (union) slots; their
+        :class:`CategorySelection`); (the (B, C, H, W) scores, None) where
+        the head scored all classes in ``mode='whole'``; None where the
+        full scores are needed (:meth:`inference`): a head without
+        ``predict_slots`` (CAT-Seg), tag validation (it swaps scores with
+        any class), calibration with a seen-score offset, ``mode='slide'``,
+        a one-class vocabulary, an ensemble of all-class views."""
+        head = self.decode_head
+        mode = self.test_cfg.get('mode', 'whole')
+        calibrates = bool(self.seen_score_offset) and \
+            self.zero_shot_split is not None and \
+            bool(self.zero_shot_split[1])
+        if getattr(head, 'tag_validation', None) is not None or \
+                not hasattr(head, 'predict_slots') or calibrates or \
+                mode == 'slide' or self.num_classes < 2:
+            return None
+        fill = head.unselected_score()
+        if mode == 'catseg_ensemble':
+            out, union, _, regions, _ = self.ensemble_fused(
+                inputs, batch_img_metas)
+            if union is None:
+                return None
+            fill_map = self.inside_regions(out, regions) * fill
+            return torch.cat([fill_map, out], dim=1), union
+        slots, state = head.predict_slots(self.head_inputs(inputs),
+                                          batch_img_metas)
+        if state.class_index is None:  # the slots are all C classes
+            return slots, None
+        return torch.cat([slots.new_full((slots.shape[0], 1,
+                                          *slots.shape[-2:]), fill),
+                          slots], dim=1), state.selection
+
+    def predict(self, inputs: Tensor, data_samples=None):
+        """mmseg's ``predict``; with a head that selects classes (DCP-CLIP)
+        the labels come from the selected classes (O(K) per pixel,
+        :func:`~mmseg_ovss.models.catseg.compact_labels.compact_argmax`):
+        the same labels as the argmax of the scores filled to all C
+        classes. ``seg_logits`` holds the full (C, H, W) scores within
+        ``seg_logits.max_mb`` (:class:`SegLogitsStore`: every s-th pixel
+        past it, nothing at 0)."""
+        if data_samples is not None:
+            metas = [sample.metainfo for sample in data_samples]
+        else:
+            metas = [dict(ori_shape=inputs.shape[2:],
+                          img_shape=inputs.shape[2:],
+                          pad_shape=inputs.shape[2:],
+                          padding_size=[0, 0, 0, 0])] * inputs.shape[0]
+        selected = self.selected_inference(inputs, metas)
+        if selected is None:
+            return self.postprocess_result(self.inference(inputs, metas),
+                                           data_samples)
+        scores, selection = selected
+        if selection is None:
+            return self.postprocess_result(scores, data_samples)
+        if data_samples is None:
+            data_samples = [SegDataSample() for _ in range(len(metas))]
+        height, width = scores.shape[-2:]
+        for i, sample in enumerate(data_samples):
+            meta = metas[i]
+            left, right, top, bottom = meta.get(
+                'img_padding_size', meta.get('padding_size', [0] * 4))
+            image = scores[i:i + 1, :, top:height - bottom,
+                           left:width - right]
+            if meta.get('flip', None):
+                direction = meta.get('flip_direction', None)
+                if direction not in ('horizontal', 'vertical'):
+                    raise OVSSConfigError(
+                        f'flip_direction={direction!r}; mmseg flips '
+                        "'horizontal' or 'vertical'")
+                image = image.flip(dims=(3,) if direction == 'horizontal'
+                                   else (2,))
+            image = resize(image, size=meta['ori_shape'], mode='bilinear',
+                           align_corners=self.align_corners, warning=False)
+            has_unselected = bool((~selection.mask[i]).any())
+            labels = compact_argmax(
+                image[:, 1:], selection.index[i:i + 1],
+                selection.valid[i:i + 1], selection.mask[i:i + 1],
+                image[:, :1] if has_unselected else None)
+            sample.set_data({'pred_sem_seg': PixelData(data=labels)})
+            logits = self.store_seg_logits(image, selection, i)
+            if logits is not None:
+                sample.set_data({'seg_logits': logits})
+        return data_samples
+
+    def store_seg_logits(self, image: Tensor, selection, i: int
+                         ) -> Optional[PixelData]:
+        """The (C, H, W) scores of image ``i`` (``image``: (1, 1 + Ku, H,
+        W) as from :meth:`selected_inference`) as ``seg_logits``, within
+        ``seg_logits.max_mb`` (:class:`SegLogitsStore`); only the stored
+        pixels are filled to all C classes."""
+        store = SegLogitsStore(self.num_classes, image.shape[-2:],
+                               self.seg_logits_max_mb, device=image.device)
+        if store.data is None:
+            return None
+        step = store.stride
+        part = image[0, :, ::step, ::step]
+        valid = selection.valid[i]
+        store.data.copy_(part[:1].expand(self.num_classes, -1, -1))
+        store.data[selection.index[i][valid]] = part[1:][valid]
+        return store.result()

@@ -479,13 +479,19 @@ class DCPCLIPHead(CATSegHead):
                        align_corners=self.align_corners).sigmoid()
         return slots, state
 
+    def predict_slots(self, inputs: OpenVocabInputs,
+                      batch_img_metas: List[dict]) -> tuple:
+        """((B, K, H, W) sigmoid scores of the selected slots at the input
+        size, state), before the fill and tag validation."""
+        state = self.forward_state(inputs)
+        return self.predict_by_feat(state.slot_logits.sigmoid(),
+                                    batch_img_metas), state
+
     def predict(self, inputs: OpenVocabInputs, batch_img_metas: List[dict],
                 test_cfg=None) -> Tensor:
         """(B, C, H, W) sigmoid scores at the input size, tag-validated
         (the sigmoid and the resize run on the selected classes)."""
-        state = self.forward_state(inputs)
-        slots = self.predict_by_feat(state.slot_logits.sigmoid(),
-                                     batch_img_metas)
+        slots, state = self.predict_slots(inputs, batch_img_metas)
         return self.validate_tags(self.selected_scores(slots, state),
                                   state.visual.patches, state.text,
                                   state.selection.mask)
