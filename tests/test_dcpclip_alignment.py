@@ -195,7 +195,11 @@ def test_ca_only_reaches_the_cost_through_the_concatenation():
 
 
 def test_bad_guidance_key():
-    with pytest.raises(OVSSConfigError, match='logits'):
+    with pytest.raises(OVSSConfigError,
+                       match=r"guidance option\(s\) \['logits'\]; use "
+                       r"\['cls_logits', 'prompt', 'text'\]"):
         TextGuidedAlignment(16, 8, guidance=dict(logits=True))
+    with pytest.raises(OVSSConfigError, match='must be a dict'):
+        TextGuidedAlignment(16, 8, guidance=True)
     with pytest.raises(OVSSConfigError, match='per-class part'):
         TextualGuidance(4, 4, text=False, prompt=False, cls_logits=False)

@@ -11,3 +11,23 @@ class OVSSDataError(OSError):
 
 class OVSSWeightsError(RuntimeError):
     """Model weights cannot be found or loaded."""
+
+
+def options_with_defaults(given, defaults: dict, name: str) -> dict:
+    """``defaults`` updated by the config dict ``given`` (None: no change).
+
+    A key that ``defaults`` does not have raises an OVSSConfigError naming
+    the option group and the keys it takes, so a typo in a config is never
+    silently ignored.
+    """
+    if given is not None and not isinstance(given, dict):
+        raise OVSSConfigError(
+            f'{name} must be a dict of options, got {given!r}')
+    unknown = set(given or {}) - set(defaults)
+    if unknown:
+        raise OVSSConfigError(
+            f'unknown {name} option(s) {sorted(unknown)}; use '
+            f'{sorted(defaults)}')
+    options = dict(defaults)
+    options.update(given or {})
+    return options

@@ -51,7 +51,7 @@ from mmseg_ovss.models.dcpclip.category_selection import (
 from mmseg_ovss.models.segmentors.clip_segmentor import (SegLogitsStore,
                                                          _budget_mb)
 from mmseg_ovss.models.segmentors.open_vocab import OpenVocabEncoderDecoder
-from mmseg_ovss.utils.errors import OVSSConfigError
+from mmseg_ovss.utils.errors import OVSSConfigError, options_with_defaults
 
 DENSE_RESIDUALS = ('cls', 'self')
 CLS_SOURCES = ('clip', 'dense')
@@ -186,13 +186,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         self.attention_form = attention_form
         self.clip_resolution = _size_pair(clip_resolution, 'clip_resolution')
         self.train_qv_bias = bool(train_qv_bias)
-        logits_cfg = dict(max_mb=512.0)
-        unknown = set(seg_logits or {}) - set(logits_cfg)
-        if unknown:
-            raise OVSSConfigError(
-                f'unknown seg_logits option(s) {sorted(unknown)}; use '
-                f'{sorted(logits_cfg)}')
-        logits_cfg.update(seg_logits or {})
+        logits_cfg = options_with_defaults(seg_logits, dict(max_mb=512.0),
+                                           'seg_logits')
         self.seg_logits_max_mb = _budget_mb(logits_cfg['max_mb'],
                                             'seg_logits.max_mb')
         if not self.train_qv_bias:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from mmseg_ovss.utils.errors import OVSSConfigError
+from mmseg_ovss.utils.errors import OVSSConfigError, options_with_defaults
 
 PROMPT_MODES = ('shared', 'tokens')
 
@@ -320,13 +320,9 @@ class TextGuidedAlignment(nn.Module):
                  sa_window: Optional[int] = None,
                  out_proj: bool = True):
         super().__init__()
-        parts = dict(text=True, prompt=True, cls_logits=True)
-        unknown = set(guidance or {}) - set(parts)
-        if unknown:
-            raise OVSSConfigError(
-                f'TextGuidedAlignment guidance keys {sorted(unknown)} are '
-                f'unknown; use {sorted(parts)}')
-        parts.update(guidance or {})
+        parts = options_with_defaults(
+            guidance, dict(text=True, prompt=True, cls_logits=True),
+            'TextGuidedAlignment guidance')
         self.ca = ca
         self.sa = sa
         self.guidance = TextualGuidance(

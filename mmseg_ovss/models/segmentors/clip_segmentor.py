@@ -50,7 +50,8 @@ from mmseg_ovss.clip.precision import (check_precision, compute_dtype,
                                        dtype_name, kernel_report)
 from mmseg_ovss.clip.text_encoder import vocabulary_from
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
-from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
+from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
+                                     options_with_defaults)
 from mmseg_ovss.utils.pamr import PAMR
 from mmseg_ovss.utils.profiler import profile_stage
 from mmseg_ovss.freecp.gt_vocabulary import (ORACLE_WARNING,
@@ -385,13 +386,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
         self.area_thd = area_thd
         self.pamr = PAMR(**pamr) if pamr else None
         self.window_batch_size = max(1, int(window_batch_size))
-        logits_cfg = dict(max_mb=512.0, renormalize=False)
-        unknown = set(seg_logits or {}) - set(logits_cfg)
-        if unknown:
-            raise OVSSConfigError(
-                f'unknown seg_logits option(s) {sorted(unknown)}; use '
-                f'{sorted(logits_cfg)}')
-        logits_cfg.update(seg_logits or {})
+        logits_cfg = options_with_defaults(
+            seg_logits, dict(max_mb=512.0, renormalize=False), 'seg_logits')
         self.seg_logits_max_mb = _budget_mb(logits_cfg['max_mb'],
                                             'seg_logits.max_mb')
         self.seg_logits_renormalize = bool(logits_cfg['renormalize'])
