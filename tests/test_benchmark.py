@@ -479,3 +479,59 @@ def test_authors_code_driver_agrees_with_itself(repo_root):
     assert len(result['seconds']['ours']) == 2
     assert len(result['seconds']['theirs']) == 2
     assert result['labels_used']['ours'] == result['labels_used']['theirs']
+
+
+def test_details_count_crops_without_taking_time_from_stages():
+    """profile_detail inside a stage records a breakdown (seconds, items)
+    and leaves the stage's seconds whole; encode_unique_crops reports the
+    crops asked and the distinct crops encoded."""
+    import time
+
+    import torch
+    from mmseg_ovss.freecp.purification import encode_unique_crops
+    from mmseg_ovss.utils.profiler import StageProfiler, profile_stage
+    crops = torch.rand(3, 3, 4, 4)
+    crops = torch.cat([crops, crops[:2]])  # 5 crops, 3 distinct
+    encoded = []
+
+    def encode(batch):
+        time.sleep(0.02)
+        encoded.append(len(batch))
+        return batch.flatten(1)[:, :2]
+
+    profiler = StageProfiler(cuda_sync=False)
+    with profiler:
+        with profile_stage('head'):
+            out = encode_unique_crops(crops, encode)
+            time.sleep(0.02)
+        encode_unique_crops(crops[:1], encode)  # outside any stage
+    assert encoded == [3, 1]
+    assert torch.equal(out, crops.flatten(1)[:, :2])
+    assert dict(profiler.detail_items) == {'crops_asked': 6,
+                                           'crop_encoder': 4}
+    assert profiler.detail_calls['crop_encoder'] == 2
+    assert profiler.detail_seconds['crop_encoder'] >= 0.04
+    # the stage keeps its own time: its crops plus the rest of it
+    assert profiler.seconds['head'] >= 0.04
+    assert profiler.detail_seconds['crop_encoder'] <= \
+        profiler.seconds['head'] + profiler.detail_seconds['crop_encoder']
+    profiler.reset()
+    assert not profiler.detail_items and not profiler.detail_seconds
+    # without an active profiler nothing is recorded
+    encode_unique_crops(crops, encode)
+    assert not profiler.detail_items
+
+
+def test_benchmark_reports_the_crops_of_freecp(repo_root):
+    """A FreeCP setting that forms ambiguity groups reports its crops per
+    image (encoded, asked) and their encoder time inside the head."""
+    config = repo_root / 'configs' / 'freecp' / 'benchmark' / \
+        'sclip_ade_many_crops.py'
+    result = run_tool('benchmark', [
+        config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+        '--num-images', '1', '--warmup', '0', '--short-side', '128',
+        '--num-classes', '6', '--templates', 'single', '--device', 'cpu'])
+    items = result['details_items_per_image']
+    assert 0 < items['crop_encoder'] <= items['crops_asked']
+    seconds = result['details_s_per_image']['crop_encoder']
+    assert 0 < seconds <= result['stages_s_per_image']['head']

@@ -248,15 +248,24 @@ def test_crop_precision_names(monkeypatch):
     monkeypatch.setattr(crops_module, 'cpu_has_native_bf16', lambda: False)
     assert crop_dtype('half', 'cpu') is None
     monkeypatch.undo()
-    # bf16 crops were no faster than fp32 with AVX512-BF16 alone (AMD
-    # EPYC): only AMX tiles count
-    cpu = torch._C._cpu
-    monkeypatch.setattr(cpu, '_is_avx512_bf16_supported', lambda: True)
-    monkeypatch.setattr(cpu, '_is_amx_tile_supported', lambda: False)
-    assert not crops_module.cpu_has_native_bf16()
-    assert crop_dtype('half', 'cpu') is None
-    monkeypatch.setattr(cpu, '_is_amx_tile_supported', lambda: True)
+    # on the CPU 'half' follows precision='auto': AMX tiles, or bf16
+    # matmuls measured faster than fp32 (AMD EPYC's AVX512-BF16; not the
+    # Xeon whose AVX512-BF16 GEMM ran at 0.6 x fp32)
+    from mmseg_ovss.clip import precision
+    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: False)
+    monkeypatch.setattr(precision, '_mkldnn_bf16', lambda: True)
+    for bf16_rate, expected in ((2.5, torch.bfloat16), (0.6, None)):
+        monkeypatch.setattr(precision, 'matmul_rates', lambda *a, **k: {
+            torch.float32: 100.0, torch.bfloat16: 100.0 * bf16_rate})
+        precision._cpu_bf16_wins.cache_clear()
+        try:
+            assert crop_dtype('half', 'cpu') is expected
+        finally:
+            precision._cpu_bf16_wins.cache_clear()
+    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: True)
     assert crop_dtype('half', 'cpu') is torch.bfloat16
+    # a 16-bit model keeps its own dtype
+    assert crop_dtype('half', 'cpu', torch.bfloat16) is None
     assert crop_dtype('half', 'mps') is None
     # a 16-bit model keeps its own dtype
     assert crop_dtype('half', 'cuda', torch.float16) is None

@@ -492,6 +492,20 @@ class Subject:
                                              for n, v in per_s.items()}
         return out
 
+    def detail_result(self, num: int) -> Dict:
+        """Per image: seconds of the timed details (parts of a stage, e.g.
+        FreeCP's ``crop_encoder`` inside ``head``) and their item counts
+        (``crop_encoder``: crops encoded; ``crops_asked``: before the
+        deduplication). Empty when the model times no detail."""
+        profiler = self.profiler
+        if not profiler.detail_items and not profiler.detail_seconds:
+            return {}
+        return dict(
+            details_s_per_image={name: seconds / num for name, seconds in
+                                 sorted(profiler.detail_seconds.items())},
+            details_items_per_image={name: items / num for name, items in
+                                     sorted(profiler.detail_items.items())})
+
     def result(self, args, image_size, rates=None) -> Dict:
         num = len(self.latencies)
         total = sum(self.latencies)
@@ -514,6 +528,7 @@ class Subject:
             latencies_s=self.latencies,
             images_per_s=num / total,
             stages_s_per_image=stages,
+            **self.detail_result(num),
             precision=args.precision, precision_note=self.precision_note,
             **self.flop_result(stages, total / num, rates or {}))
 

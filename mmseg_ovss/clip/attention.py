@@ -244,3 +244,76 @@ def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:
     out = F.scaled_dot_product_attention(q, k, v)
     cls = x[:, :1] + block.ls_1(project_out(block, out))
     return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+
+class RegionCLSReadout:
+    """The CLS output of ``block`` when its query sees only some tokens.
+
+    For each region r, ``block(x[window_index[r]][token_mask[r]])[0]``: the
+    block run on the tokens of the region alone (the CLS token must be one
+    of them), of which only the CLS output is formed. The CLS query's
+    scores and the values are projected once per window, on the first
+    call that needs the window, and shared by its regions in every later
+    call (the rounds of Eq. 8); the loop is over windows, never regions.
+
+    Args:
+        block: an open_clip ``ResidualAttentionBlock``.
+        x: (B, N, C) the block's input tokens of B windows, CLS first.
+    """
+
+    def __init__(self, block: nn.Module, x: Tensor):
+        self.block = block
+        self.x = x
+        self._windows = {}
+
+    def _scores_and_values(self, window: int) -> Tuple[Tensor, Tensor]:
+        if window not in self._windows:
+            attn = _multihead(self.block)
+            normed = self.block.ln_1(self.x[window])
+            n, c = normed.shape
+            heads, bias = attn.num_heads, attn.in_proj_bias
+            q = F.linear(normed[:1], attn.in_proj_weight[:c],
+                         None if bias is None else bias[:c])
+            kv = F.linear(normed, attn.in_proj_weight[c:],
+                          None if bias is None else bias[c:])
+            q = q.view(heads, c // heads) * (c // heads) ** -0.5
+            k, v = kv.view(n, 2, heads, c // heads).permute(1, 2, 0, 3)
+            scores = torch.einsum('hd,hnd->hn', q, k)
+            self._windows[window] = (scores, v)
+        return self._windows[window]
+
+    def __call__(self, window_index: Tensor, token_mask: Tensor) -> Tensor:
+        """(R, 1, C) CLS outputs of the regions.
+
+        Args:
+            window_index: (R, ) the window of each region.
+            token_mask: (R, N) bool, the tokens each region's query sees.
+        """
+        b, n, c = self.x.shape
+        if token_mask.shape != (len(window_index), n):
+            raise OVSSConfigError(
+                f'token_mask of shape {tuple(token_mask.shape)} does not '
+                f'match {len(window_index)} regions of {n} tokens')
+        heads = _multihead(self.block).num_heads
+        out = self.x.new_empty(len(window_index), heads, c // heads)
+        # one host sync: which windows have regions
+        for window in torch.unique(window_index).tolist():
+            regions = torch.nonzero(window_index == window,
+                                    as_tuple=True)[0]
+            scores, values = self._scores_and_values(window)
+            weights = scores.unsqueeze(0).masked_fill(
+                ~token_mask[regions, None, :], float('-inf')).softmax(-1)
+            out[regions] = torch.einsum('rhn,hnd->rhd', weights, values)
+        block = self.block
+        cls = self.x[window_index, :1] + block.ls_1(
+            project_out(block, out.unsqueeze(2)))
+        return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+def region_cls_block_forward(block: nn.Module, x: Tensor,
+                             window_index: Tensor,
+                             token_mask: Tensor) -> Tensor:
+    """``RegionCLSReadout(block, x)(window_index, token_mask)``: (R, 1, C)
+    CLS outputs of ``block`` for regions of the windows ``x``."""
+    return RegionCLSReadout(block, x)(window_index, token_mask)

@@ -29,6 +29,10 @@ class DenseCLIPFeatures:
             (N, D) projected CLS embeddings of the unmodified CLIP path;
             it takes an optional ``dtype=`` to encode at another precision
             (``OpenCLIPViT.encode_cls``).
+        encode_regions: callable mapping ``(window_index (R, ), boxes
+            (R, 4))`` pixel boxes of the windows to (R, D) projected CLS
+            embeddings read from the windows' own last-block input tokens
+            (``OpenCLIPViT.encode_window_regions``), or None.
         attn_heads: how ``attn_weights`` were reduced over heads: None
             (every head kept), ``'mean'`` (their average) or a head index.
         logit_scale: 0-dim temperature ``logit_scale.exp()`` of the CLIP
@@ -40,6 +44,7 @@ class DenseCLIPFeatures:
     cls_token: Optional[Tensor] = None
     attn_weights: Dict[int, Tensor] = field(default_factory=dict)
     encode_image: Optional[Callable[[Tensor], Tensor]] = None
+    encode_regions: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     attn_heads: Union[None, str, int] = None
     logit_scale: Optional[Tensor] = None
 

@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmseg_ovss.clip.precision import cpu_has_amx
+from mmseg_ovss.clip.precision import compute_dtype
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 # FreeCPHead(crop_precision=...): 'model' (default) keeps the CLIP model's
 # dtype; 'half' (a speed option that can flip near-tie crop winners) is fp16
-# on CUDA and bf16 on CPUs with bf16 matrix tiles (AMX), the model's dtype
-# elsewhere (AVX512-BF16 alone, e.g. AMD EPYC, encodes bf16 crops no faster
-# than fp32: docs/benchmarks.md) or when the model is already 16-bit.
+# on CUDA and, on the CPU, bf16 where bf16 matmuls are faster than fp32 (the
+# dense path's precision='auto' rule: AMX tiles, or a measured bf16 rate of
+# at least AUTO_BF16_MIN_SPEEDUP x fp32, e.g. AMD EPYC with AVX512-BF16; not
+# an Intel Xeon with AVX512-BF16 alone), the model's dtype elsewhere or when
+# the model is already 16-bit.
 CROP_PRECISIONS = {
     'model': None,
     'half': None,
@@ -22,9 +24,21 @@ CROP_PRECISIONS = {
 }
 
 
-# bf16 crops were faster than fp32 on the CPU only with AMX tiles: the
-# dense path's kernel check (mmseg_ovss.clip.precision) decides.
-cpu_has_native_bf16 = cpu_has_amx
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 crops are faster than fp32 on this CPU: the dense
+    path's ``precision='auto'`` choice (:func:`compute_dtype`, measured once
+    per process where there is no AMX)."""
+    return compute_dtype('auto', 'cpu') == torch.bfloat16
+
+
+def check_crop_precision(precision: str) -> str:
+    """``precision`` if it is a key of :data:`CROP_PRECISIONS`, else a
+    clear error (nothing is measured)."""
+    if precision not in CROP_PRECISIONS:
+        raise OVSSConfigError(
+            f'crop_precision={precision!r} is not one of '
+            f'{tuple(CROP_PRECISIONS)}')
+    return precision
 
 
 def crop_dtype(precision: str,
@@ -38,10 +52,7 @@ def crop_dtype(precision: str,
         device: where the crops are encoded.
         model_dtype: the image tower's dtype, if known.
     """
-    if precision not in CROP_PRECISIONS:
-        raise OVSSConfigError(
-            f'crop_precision={precision!r} is not one of '
-            f'{tuple(CROP_PRECISIONS)}')
+    check_crop_precision(precision)
     if precision != 'half':
         return CROP_PRECISIONS[precision]
     if model_dtype in (torch.float16, torch.bfloat16):

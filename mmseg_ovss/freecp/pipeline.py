@@ -32,6 +32,10 @@ PURIFICATION_ORDERS = {
     'rp_ap': ('rp', 'ap'),
 }
 CAM_NORMALIZATIONS = ('global', 'per_class', 'none')
+# How Eq. 8 embeds a box: 'crop' (the paper and the authors: the box's
+# pixels, resized, through CLIP) or 'window_readout' (a speed option: the
+# CLS query of CLIP's last block over the window tokens inside the box).
+BOX_ENCODERS = ('crop', 'window_readout')
 
 
 @dataclass
@@ -97,6 +101,14 @@ class FreeCPWindowPipeline:
             (identical pixels, e.g. one box in two groups or one image
             region in two aligned windows); the embeddings are those of
             encoding every crop (exact), only the encoder's batch shrinks.
+        box_encoder: how Eq. 8 embeds a box: ``'crop'`` (default, the
+            paper and the authors' code: the box's pixels resized to
+            ``crop_size`` and encoded by CLIP) or ``'window_readout'``, a
+            speed option that changes results: the last block of the
+            unmodified CLIP path re-run for the CLS query over the window's
+            tokens inside the box (``DenseCLIPFeatures.encode_regions``; no
+            crop forwards, so ambiguity purification costs about as much
+            as no purification).
         components: connected components of the ambiguity graph (Eq. 7)
             with ``'scipy'``, ``'torch'`` (device ops, no host round trip)
             or ``'auto'`` (torch on accelerators, scipy on the CPU); the
@@ -126,6 +138,7 @@ class FreeCPWindowPipeline:
                  crop_size: int = 112,
                  crop_holes: bool = True,
                  crop_deduplicate: bool = True,
+                 box_encoder: str = 'crop',
                  components: str = 'auto'):
         _choice('purification', purification, PURIFICATION_ORDERS)
         _choice('cam_normalization', cam_normalization, CAM_NORMALIZATIONS)
@@ -133,6 +146,7 @@ class FreeCPWindowPipeline:
         _choice('ap_metric', ap_metric, SC_METRICS)
         _choice('ap_elimination', ap_elimination, ELIMINATION_MODES)
         _choice('components', components, COMPONENT_BACKENDS)
+        _choice('box_encoder', box_encoder, BOX_ENCODERS)
         if affinity_power < 1 or affinity_normalize_rounds < 0:
             raise OVSSConfigError(
                 'affinity_power must be >= 1 and affinity_normalize_rounds '
@@ -154,6 +168,7 @@ class FreeCPWindowPipeline:
         self.crop_size = crop_size
         self.crop_holes = crop_holes
         self.crop_deduplicate = bool(crop_deduplicate)
+        self.box_encoder = box_encoder
         self.components = components
 
     @property
@@ -211,7 +226,9 @@ class FreeCPWindowPipeline:
                patch_size: int = 16,
                encode_image: Optional[Callable[[Tensor], Tensor]] = None,
                class_embeddings: Optional[Tensor] = None,
-               observer: Optional[Callable[[PurificationEvent], None]] = None
+               observer: Optional[Callable[[PurificationEvent], None]] = None,
+               encode_regions: Optional[Callable[[Tensor, Tensor],
+                                                 Tensor]] = None
                ) -> Tensor:
         """Eqs. 5-8 in the configured order on B windows (or images).
 
@@ -224,6 +241,8 @@ class FreeCPWindowPipeline:
             observer: called with a :class:`PurificationEvent` at the
                 start, after each step and at the end (e.g. the stage
                 recorder of ``mmseg_ovss.visualization.freecp_stages``).
+            encode_regions: ``DenseCLIPFeatures.encode_regions`` of these
+                windows (``box_encoder='window_readout'`` only).
         Returns:
             (B, K', h, w) purified maps; removed classes are zero.
         """
@@ -248,7 +267,7 @@ class FreeCPWindowPipeline:
                 keep, local = self._ambiguity(current, keep, images,
                                               patch_size, encode_image,
                                               class_embeddings, classes,
-                                              observer)
+                                              observer, encode_regions)
                 if local is not None:
                     suppress = local if suppress is None else suppress | local
                 if observer is not None:
@@ -268,7 +287,10 @@ class FreeCPWindowPipeline:
                  images: Optional[Tensor] = None,
                  patch_size: int = 16,
                  encode_image: Optional[Callable[[Tensor], Tensor]] = None,
-                 class_embeddings: Optional[Tensor] = None) -> Tensor:
+                 class_embeddings: Optional[Tensor] = None,
+                 encode_regions: Optional[Callable[[Tensor, Tensor],
+                                                   Tensor]] = None
+                 ) -> Tensor:
         """Purified refined maps of the chosen classes, per window
         (:meth:`refine` then :meth:`purify`).
 
@@ -281,24 +303,35 @@ class FreeCPWindowPipeline:
             images, patch_size, encode_image, class_embeddings: what the
                 crop classifier needs (ambiguity purification only);
                 ``class_embeddings`` has one row per class of the
-                vocabulary.
+                vocabulary; ``encode_regions`` for
+                ``box_encoder='window_readout'``.
         Returns:
             (B, K', h, w) maps in [0, 1]; removed classes are zero.
         """
         cams, refined = self.refine(query_maps, query_to_class, classes,
                                     transition)
         return self.purify(cams, refined, classes, images, patch_size,
-                           encode_image, class_embeddings)
+                           encode_image, class_embeddings,
+                           encode_regions=encode_regions)
 
     def _ambiguity(self, maps, keep, images, patch_size, encode_image,
-                   class_embeddings, classes, observer=None):
+                   class_embeddings, classes, observer=None,
+                   encode_regions=None):
         groups = ambiguity_groups(maps, keep, self.ap_threshold,
                                   self.ap_metric, self.components)
         if observer is not None:
             observer(PurificationEvent('groups', keep, groups=groups))
         if len(groups) == 0:
             return keep, None
-        if images is None or encode_image is None or class_embeddings is None:
+        readout = self.box_encoder == 'window_readout'
+        if readout and encode_regions is None:
+            raise OVSSConfigError(
+                "box_encoder='window_readout' reads boxes from the windows' "
+                'tokens, but no encode_regions was given (the image-wide '
+                "purification_scope='image' has none); use a backbone that "
+                "fills DenseCLIPFeatures.encode_regions, or box_encoder='crop'")
+        if class_embeddings is None or (not readout and (
+                images is None or encode_image is None)):
             raise OVSSConfigError(
                 'ambiguity purification needs the window images, the '
                 'unmodified CLIP image encoder and class embeddings; use a '
@@ -311,7 +344,9 @@ class FreeCPWindowPipeline:
                                      winner_sets_only=(
                                          self.ap_elimination == 'window'),
                                      deduplicate=self.crop_deduplicate,
-                                     components=self.components)
+                                     components=self.components,
+                                     encode_regions=(encode_regions
+                                                     if readout else None))
         if observer is not None:
             observer(PurificationEvent('crops', keep, groups=groups,
                                        votes=votes))

@@ -14,6 +14,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from mmseg_ovss.utils.boxes import score_map_boxes
+from mmseg_ovss.utils.profiler import count_detail, profile_detail
 from .consistency import pairwise_consistency, spatial_consistency
 from .crops import crop_and_resize
 
@@ -200,7 +201,10 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
                          winner_sets_only: bool = False,
                          first_round: int = 8,
                          deduplicate: bool = True,
-                         components: str = 'auto') -> CropVotes:
+                         components: str = 'auto',
+                         encode_regions: Optional[Callable[[Tensor, Tensor],
+                                                           Tensor]] = None
+                         ) -> CropVotes:
     """Eq. 8 for the boxes of every group, crops batched across groups.
 
     Each group's refined maps are averaged, boxed like CLIP-ES (at
@@ -224,6 +228,11 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     (:func:`encode_unique_crops`): the same box of one window in two
     groups, or the same image region seen by two overlapping windows whose
     grids align, gives the same pixels, hence the same embedding.
+
+    ``encode_regions`` (``(window_index, pixel_boxes) -> (n, D)``), when
+    given, replaces the crops: each box is embedded from the window's own
+    tokens (``DenseCLIPFeatures.encode_regions``, an approximation of
+    Eq. 8's crop; no pixels are cropped or re-encoded).
     """
     device = refined.device
     fused = torch.einsum('gk,gkhw->ghw', groups.members.float(),
@@ -239,12 +248,18 @@ def classify_group_crops(groups: AmbiguityGroups, refined: Tensor,
     todo = ~degenerate
     text = F.normalize(class_embeddings.float().to(device), dim=-1)
 
+    def embed(index: Tensor) -> Tensor:
+        windows = groups.window[box_group[index]]
+        if encode_regions is not None:
+            with profile_detail('region_readout', items=len(index)):
+                return encode_regions(windows, boxes[index] * patch_size)
+        crops = crop_and_resize(images, windows, boxes[index] * patch_size,
+                                crop_size)
+        return encode_unique_crops(crops.to(images.dtype), encode_image,
+                                   deduplicate)
+
     def classify(index: Tensor) -> None:
-        crops = crop_and_resize(images, groups.window[box_group[index]],
-                                boxes[index] * patch_size, crop_size)
-        feats = F.normalize(
-            encode_unique_crops(crops.to(images.dtype), encode_image,
-                                deduplicate).float(), dim=-1)
+        feats = F.normalize(embed(index).float(), dim=-1)
         scores = (feats @ text.t()).masked_fill(
             ~groups.members[box_group[index]], float('-inf'))
         winner[index] = scores.argmax(dim=1)
@@ -286,13 +301,23 @@ def encode_unique_crops(crops: Tensor, encode_image: Callable[[Tensor],
     Returns:
         (n, D) embeddings.
     """
+    count_detail('crops_asked', len(crops))
     if not deduplicate or len(crops) < 2:
-        return encode_image(crops)
+        return _encode_crops(crops, encode_image)
     distinct, inverse = torch.unique(crops.flatten(1), dim=0,
                                      return_inverse=True)
     if len(distinct) == len(crops):
+        return _encode_crops(crops, encode_image)
+    return _encode_crops(distinct.view(-1, *crops.shape[1:]),
+                         encode_image)[inverse]
+
+
+def _encode_crops(crops: Tensor, encode_image: Callable[[Tensor], Tensor]
+                  ) -> Tensor:
+    """``encode_image(crops)``, timed as the ``crop_encoder`` detail of the
+    benchmark's profiler (items: the crops encoded)."""
+    with profile_detail('crop_encoder', items=len(crops)):
         return encode_image(crops)
-    return encode_image(distinct.view(-1, *crops.shape[1:]))[inverse]
 
 
 def eliminate_ambiguity(groups: AmbiguityGroups, votes: CropVotes,

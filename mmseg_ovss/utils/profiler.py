@@ -7,6 +7,11 @@ costs nothing in normal runs. Stage names used by the package: ``text``,
 ``current`` names the outermost stage running, which
 ``mmseg_ovss.engine.complexity.StageFlopCounter`` reads to charge FLOPs to
 the same stages the profiler times.
+
+Inside a stage, ``with profile_detail('crop_encoder', items=n):`` times a
+part of it (and counts its items, e.g. the crops encoded) without taking
+that time from the stage: details are a breakdown, the stages add up to the
+latency. ``count_detail(name, n)`` counts without timing.
 """
 import contextlib
 import time
@@ -32,14 +37,19 @@ class StageProfiler:
         self.cuda_sync = cuda_sync and torch.cuda.is_available()
         self.seconds: Dict[str, float] = defaultdict(float)
         self.calls: Dict[str, int] = defaultdict(int)
+        #: seconds, calls and items of the details (parts of stages)
+        self.detail_seconds: Dict[str, float] = defaultdict(float)
+        self.detail_calls: Dict[str, int] = defaultdict(int)
+        self.detail_items: Dict[str, int] = defaultdict(int)
         self._token = None
         self._depth = 0
         #: the outermost stage running now (None outside every stage)
         self.current: Optional[str] = None
 
     def reset(self):
-        self.seconds.clear()
-        self.calls.clear()
+        for table in (self.seconds, self.calls, self.detail_seconds,
+                      self.detail_calls, self.detail_items):
+            table.clear()
 
     def __enter__(self):
         self._token = _ACTIVE.set(self)
@@ -77,6 +87,20 @@ class StageProfiler:
             self.current = None
 
 
+    @contextlib.contextmanager
+    def detail(self, name: str, items: int = 0):
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.detail_seconds[name] += self._now() - start
+            self.detail_calls[name] += 1
+            self.detail_items[name] += int(items)
+
+    def count(self, name: str, items: int) -> None:
+        self.detail_items[name] += int(items)
+
+
 @contextlib.contextmanager
 def profile_stage(name: str):
     """Time the enclosed block as stage ``name`` if a profiler is active."""
@@ -86,3 +110,23 @@ def profile_stage(name: str):
         return
     with profiler.stage(name):
         yield
+
+
+@contextlib.contextmanager
+def profile_detail(name: str, items: int = 0):
+    """Time the enclosed block as detail ``name`` (part of a stage, not
+    taken from it) and add ``items`` to its count, if a profiler is
+    active."""
+    profiler = _ACTIVE.get()
+    if profiler is None:
+        yield
+        return
+    with profiler.detail(name, items):
+        yield
+
+
+def count_detail(name: str, items: int) -> None:
+    """Add ``items`` to detail ``name``'s count if a profiler is active."""
+    profiler = _ACTIVE.get()
+    if profiler is not None:
+        profiler.count(name, items)

@@ -89,7 +89,7 @@ class RecordingFreeCPPipeline(FreeCPWindowPipeline):
     def purify(self, cams: Tensor, refined: Tensor, classes,
                images: Optional[Tensor] = None, patch_size: int = 16,
                encode_image=None, class_embeddings: Optional[Tensor] = None,
-               observer=None) -> Tensor:
+               observer=None, encode_regions=None) -> Tensor:
         """:meth:`FreeCPWindowPipeline.purify`, its decisions recorded
         through its ``observer``."""
         record = PurificationRecord(
@@ -114,7 +114,8 @@ class RecordingFreeCPPipeline(FreeCPWindowPipeline):
 
         purified = super().purify(cams, refined, classes, images, patch_size,
                                   encode_image, class_embeddings,
-                                  observer=observe)
+                                  observer=observe,
+                                  encode_regions=encode_regions)
         if record.purified is None:  # no class to purify
             record.purified = purified.detach()
         return purified

@@ -14,6 +14,7 @@ import copy
 import inspect
 import operator
 import weakref
+from functools import partial
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 
 from mmseg_ovss.clip.attention import (block_forward,
                                        block_forward_with_attention,
-                                       cls_block_forward, head_reduction)
+                                       cls_block_forward, head_reduction,
+                                       RegionCLSReadout)
 from mmseg_ovss.clip.features import DenseCLIPFeatures
 from mmseg_ovss.clip.freeze import apply_freeze_policy, keep_frozen_in_eval
 from mmseg_ovss.clip.loading import DEFAULT_RANDOM_INIT_SEED, build_clip_model
@@ -526,6 +528,10 @@ class OpenCLIPViT(BaseModule):
             cls_token=cls_token,
             attn_weights=attn_weights,
             encode_image=self.encode_cls,
+            encode_regions=partial(
+                self.encode_window_regions,
+                RegionCLSReadout(self.blocks[-1], dense_inputs[-1]),
+                layout.grid),
             attn_heads=attention_heads,
             logit_scale=None)
 
@@ -547,6 +553,43 @@ class OpenCLIPViT(BaseModule):
             x = block_forward(block, x)
         x = cls_block_forward(encoder.blocks[-1], x)
         return encoder.project(x[:, 0]).float()
+
+    def encode_window_regions(self, readout: RegionCLSReadout,
+                              grid: Tuple[int, int], window_index: Tensor,
+                              boxes: Tensor) -> Tensor:
+        """(R, D) projected CLS embeddings of boxes read from the windows'
+        own tokens: the last block of the unmodified path run on the CLS
+        token and the patch tokens that overlap each box
+        (:class:`RegionCLSReadout`), instead of a new forward of
+        the cropped pixels. An approximation of a crop's embedding (the
+        tokens carry context from outside the box through the earlier
+        blocks), in the spirit of the mask-restricted attention of
+        MaskCLIP (Ding et al., ICML 2023); ``DenseCLIPFeatures.
+        encode_regions`` binds ``readout`` and ``grid``.
+
+        Args:
+            readout: the last block over the windows' (B, 1 + h * w, C)
+                input tokens of that block.
+            grid: (h, w) the windows' patch grid.
+            window_index: (R, ) the window of each box.
+            boxes: (R, 4) pixel boxes ``(x0, y0, x1, y1)`` of the window
+                images, exclusive ends.
+        """
+        tokens = readout.x
+        if len(window_index) == 0:
+            return tokens.new_zeros(0, self.out_dims).float()
+        height, width = grid
+        p = self.patch_size
+        boxes = boxes.to(tokens.device)
+        cols = torch.arange(width, device=tokens.device)
+        rows = torch.arange(height, device=tokens.device)
+        in_x = (cols * p < boxes[:, 2:3]) & ((cols + 1) * p > boxes[:, 0:1])
+        in_y = (rows * p < boxes[:, 3:4]) & ((rows + 1) * p > boxes[:, 1:2])
+        patches = (in_y[:, :, None] & in_x[:, None, :]).flatten(1)
+        token_mask = torch.cat([patches.new_ones(len(boxes), 1), patches],
+                               dim=1)
+        cls = readout(window_index.to(tokens.device), token_mask)
+        return self.project(cls[:, 0]).float()
 
     def cast_copy(self, dtype: torch.dtype,
                   device: torch.device) -> 'OpenCLIPViT':

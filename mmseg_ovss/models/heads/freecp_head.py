@@ -18,7 +18,7 @@ from torch import Tensor
 from mmseg_ovss.clip.dense_head import DenseCLIPHead, StitchedMaps
 from mmseg_ovss.clip.features import DenseCLIPFeatures, VocabularyEmbeddings
 from mmseg_ovss.freecp.cam import query_activation_maps
-from mmseg_ovss.freecp.crops import crop_dtype
+from mmseg_ovss.freecp.crops import check_crop_precision, crop_dtype
 from mmseg_ovss.freecp.descriptions import (description_class_embeddings,
                                             described_queries,
                                             load_descriptions,
@@ -72,9 +72,11 @@ class FreeCPHead(DenseCLIPHead):
             purification (Eq. 8): ``'model'`` (default: the CLIP model's
             dtype, exact and the same on every machine), or a speed option
             that can flip a crop's winner on near ties: ``'half'`` (fp16 on
-            CUDA, the authors' whole model being fp16; bf16 on a CPU with
-            AMX, several times faster than fp32 there; the model's dtype
-            elsewhere or when it is 16-bit already), ``'fp32'``, ``'fp16'``
+            CUDA, the authors' whole model being fp16; bf16 on a CPU whose
+            bf16 matmuls are faster than fp32, as ``precision='auto'``
+            decides: AMX, or AVX512-BF16 measured faster, e.g. AMD EPYC;
+            the model's dtype elsewhere or when it is 16-bit already),
+            ``'fp32'``, ``'fp16'``
             or ``'bf16'``. Only the crops' CLS embeddings change precision;
             the dense path keeps the model's.
         **pipeline: options of
@@ -110,7 +112,7 @@ class FreeCPHead(DenseCLIPHead):
                 f'FreeCPHead purification_scope={purification_scope!r} is '
                 f'not one of {PURIFICATION_SCOPES}')
         self.purification_scope = purification_scope
-        crop_dtype(crop_precision, 'cpu')  # reject unknown names early
+        check_crop_precision(crop_precision)
         self.crop_precision = crop_precision
         self.descriptions = descriptions
         self.initial_text = initial_text
@@ -123,6 +125,13 @@ class FreeCPHead(DenseCLIPHead):
             float(logit_scale)
         self.required_attention_layers = affinity_layers
         self.pipeline = FreeCPWindowPipeline(**pipeline)
+        if purification_scope == 'image' and \
+                self.pipeline.box_encoder == 'window_readout':
+            raise OVSSConfigError(
+                "FreeCPHead box_encoder='window_readout' reads each box from "
+                "the tokens of its window, which purification_scope='image' "
+                "does not have; use purification_scope='window' or "
+                "box_encoder='crop'")
         # Eq. 2 reads one map per layer: let the backbone keep only that
         # (the head mean, or the one head of the GEM configs).
         head = self.pipeline.affinity_head
@@ -252,7 +261,8 @@ class FreeCPHead(DenseCLIPHead):
             images=features.images, patch_size=features.patch_size,
             encode_image=self._crop_encoder(features.encode_image,
                                             features.images.device),
-            class_embeddings=crop_text)
+            class_embeddings=crop_text,
+            encode_regions=features.encode_regions)
         return self._with_background(purified, vocab)
 
     def _crop_encoder(self, encode_image: Optional[Callable],
