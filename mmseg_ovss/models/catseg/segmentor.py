@@ -512,9 +512,10 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         the labels come from the selected classes (O(K) per pixel,
         :func:`~mmseg_ovss.models.catseg.compact_labels.compact_argmax`),
         tag-validated there (:meth:`selected_inference`): the same labels
-        as the argmax of the scores filled to all C classes. ``seg_logits`` holds the full (C, H, W) scores within
-        ``seg_logits.max_mb`` (:class:`SegLogitsStore`: every s-th pixel
-        past it, nothing at 0)."""
+        as the argmax of the scores filled to all C classes. ``seg_logits``
+        holds the full (C, H, W) scores within ``seg_logits.max_mb``
+        (:class:`SegLogitsStore`: every s-th pixel past it, nothing at
+        0)."""
         if data_samples is not None:
             metas = [sample.metainfo for sample in data_samples]
         else:
