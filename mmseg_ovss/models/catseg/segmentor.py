@@ -347,11 +347,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         if getattr(head, 'tag_validation', None) is None or \
                 not hasattr(head, 'validate_tags'):
             return out
-        b = len(regions)
-        mask = state.selection.mask
-        candidates = mask[:b * num_windows].view(b, num_windows, -1).any(1) \
-            | mask[b * num_windows:]
-        features = state.visual.patches[b * num_windows:]
+        features, candidates = self.ensemble_tag_inputs(
+            state, len(regions), num_windows)
         validated = [head.validate_tags(
             out[i:i + 1, :, top:bottom, left:right], features[i:i + 1],
             state.text, candidate_mask=candidates[i:i + 1])
@@ -362,6 +359,18 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         for i, (top, bottom, left, right) in enumerate(regions):
             out[i:i + 1, :, top:bottom, left:right] = validated[i]
         return out
+
+    @staticmethod
+    def ensemble_tag_inputs(state, batch: int, num_windows: int
+                            ) -> Tuple[Tensor, Tensor]:
+        """Tag validation's inputs under the ensemble: the (B, D, h, w)
+        dense CLIP features of the whole-image views and the (B, C) classes
+        any view of each image selected (views ordered as in
+        :meth:`ensemble_inference`)."""
+        mask = state.selection.mask
+        candidates = mask[:batch * num_windows].view(
+            batch, num_windows, -1).any(1) | mask[batch * num_windows:]
+        return state.visual.patches[batch * num_windows:], candidates
 
     def ensemble_inference(self, inputs: Tensor,
                            batch_img_metas: List[dict]) -> Tensor:
@@ -441,43 +450,72 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         unselected class, then the selected (union) slots; their
         :class:`CategorySelection`); (the (B, C, H, W) scores, None) where
         the head scored all classes in ``mode='whole'``; None where the
-        full scores are needed (:meth:`inference`): a head without
-        ``predict_slots`` (CAT-Seg), tag validation (it swaps scores with
-        any class), calibration with a seen-score offset, ``mode='slide'``,
-        a one-class vocabulary, an ensemble of all-class views."""
+        full scores are needed (:meth:`inference`).
+
+        Tag validation (DCP-CLIP Eq. 17) runs on these scores as
+        :meth:`inference` runs it on the full ones (``mode='whole'``: the
+        batch at the input size, padding included, as the head's
+        ``predict``; the ensemble: each image's unpadded region, as
+        :meth:`validate_ensemble`), through the head's
+        ``validate_compact``: the slots then include the classes whose
+        scores it swapped.
+
+        The full scores are needed where no single map stands for every
+        unselected class, or where the labels are not one argmax of the
+        scores resized: a head without ``predict_slots`` (CAT-Seg) or
+        ``validate_compact``; calibration with a seen-score offset (seen
+        and unseen unselected classes differ); ``mode='slide'`` (windows
+        are validated and averaged one by one); a one-class vocabulary
+        (thresholded, not an argmax); an ensemble of all-class views."""
         head = self.decode_head
         mode = self.test_cfg.get('mode', 'whole')
         calibrates = bool(self.seen_score_offset) and \
             self.zero_shot_split is not None and \
             bool(self.zero_shot_split[1])
-        if getattr(head, 'tag_validation', None) is not None or \
+        validates = getattr(head, 'tag_validation', None) is not None
+        if (validates and not hasattr(head, 'validate_compact')) or \
                 not hasattr(head, 'predict_slots') or calibrates or \
                 mode == 'slide' or self.num_classes < 2:
             return None
         fill = head.unselected_score()
         if mode == 'catseg_ensemble':
-            out, union, _, regions, _ = self.ensemble_fused(
+            out, union, state, regions, count = self.ensemble_fused(
                 inputs, batch_img_metas)
             if union is None:
                 return None
             fill_map = self.inside_regions(out, regions) * fill
-            return torch.cat([fill_map, out], dim=1), union
+            scores = torch.cat([fill_map, out], dim=1)
+            if not validates:
+                return scores, union
+            features, candidates = self.ensemble_tag_inputs(
+                state, len(regions), count)
+            return head.validate_compact(scores, union, features,
+                                         state.text, candidates, regions)
         slots, state = head.predict_slots(self.head_inputs(inputs),
                                           batch_img_metas)
         if state.class_index is None:  # the slots are all C classes
+            if validates:
+                slots = head.validate_tags(slots, state.visual.patches,
+                                           state.text, state.selection.mask)
             return slots, None
-        return torch.cat([slots.new_full((slots.shape[0], 1,
-                                          *slots.shape[-2:]), fill),
-                          slots], dim=1), state.selection
+        scores = torch.cat([slots.new_full((slots.shape[0], 1,
+                                            *slots.shape[-2:]), fill),
+                            slots], dim=1)
+        if not validates:
+            return scores, state.selection
+        return head.validate_compact(scores, state.selection,
+                                     state.visual.patches, state.text,
+                                     state.selection.mask)
 
     def predict(self, inputs: Tensor, data_samples=None):
         """mmseg's ``predict``; with a head that selects classes (DCP-CLIP)
         the labels come from the selected classes (O(K) per pixel,
-        :func:`~mmseg_ovss.models.catseg.compact_labels.compact_argmax`):
-        the same labels as the argmax of the scores filled to all C
-        classes. ``seg_logits`` holds the full (C, H, W) scores within
-        ``seg_logits.max_mb`` (:class:`SegLogitsStore`: every s-th pixel
-        past it, nothing at 0)."""
+        :func:`~mmseg_ovss.models.catseg.compact_labels.compact_argmax`),
+        tag-validated there (:meth:`selected_inference`): the same labels
+        as the argmax of the scores filled to all C classes. ``seg_logits``
+        holds the full (C, H, W) scores within ``seg_logits.max_mb``
+        (:class:`SegLogitsStore`: every s-th pixel past it, nothing at
+        0)."""
         if data_samples is not None:
             metas = [sample.metainfo for sample in data_samples]
         else:

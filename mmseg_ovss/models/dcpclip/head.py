@@ -28,7 +28,8 @@ selection misses are added (``training_gt='force'``) or their pixels ignored
 (``'ignore'``).
 """
 from dataclasses import dataclass, fields
-from typing import List, Optional, Sequence
+from functools import partial
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +37,14 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from mmseg_ovss.models.catseg.compact_labels import compact_scores_labels
 from mmseg_ovss.models.catseg.head import CATSegHead, CostState
 from mmseg_ovss.models.dcpclip.category_selection import (
     CategorySelection, DynamicCategorySelection, gather_classes,
     scatter_classes)
 from mmseg_ovss.models.dcpclip.spatial_enhanced_decoder import \
     SpatialEnhancedDecoder
+from mmseg_ovss.models.dcpclip.tag_validation import swap_compact_scores
 from mmseg_ovss.models.segmentors.open_vocab import OpenVocabInputs
 from mmseg_ovss.utils.errors import OVSSConfigError
 
@@ -464,6 +467,49 @@ class DCPCLIPHead(CATSegHead):
         return self.tag_validation(scores, features, text.embeddings,
                                    text.class_names,
                                    candidate_mask=candidate_mask)
+
+    def validate_compact(self, scores: Tensor,
+                         selection: CategorySelection, features: Tensor,
+                         text, candidate_mask: Optional[Tensor] = None,
+                         regions: Optional[Sequence[tuple]] = None
+                         ) -> Tuple[Tensor, CategorySelection]:
+        """:meth:`validate_tags` on (B, 1 + K, H, W) compact scores (channel
+        0 the map every unselected class shares, then the slots of
+        ``selection``; :mod:`~mmseg_ovss.models.catseg.compact_labels`):
+        the same decision (:meth:`TagValidation.decide` on the labels of
+        the argmax over all C classes), applied by
+        :func:`~.tag_validation.swap_compact_scores`, which gives the old
+        and new classes of relabelled pixels channels of their own. Filled
+        to all C classes, the result is what :meth:`validate_tags` returns
+        on the filled scores; no (B, C, H, W) tensor is built.
+
+        ``regions`` (one ``(top, bottom, left, right)`` per image): each
+        image is validated alone on that part (the unpadded region under
+        the ensemble), as :meth:`validate_tags` on ``scores[i:i + 1, :,
+        top:bottom, left:right]`` with ``features[i:i + 1]``; None: the
+        whole batch at once.
+
+        Returns the (B, 1 + K', H, W) scores and their selection."""
+        if self.tag_validation is None:
+            return scores, selection
+        labels = compact_scores_labels(scores, selection)
+        decide = partial(self.tag_validation.decide,
+                         text=text.embeddings, class_names=text.class_names)
+        if regions is None:
+            validated = decide(labels, features,
+                               candidate_mask=candidate_mask)
+        else:
+            validated = labels.clone()
+            for i, (top, bottom, left, right) in enumerate(regions):
+                part = decide(
+                    labels[i:i + 1, top:bottom, left:right],
+                    features[i:i + 1], candidate_mask=None
+                    if candidate_mask is None else candidate_mask[i:i + 1])
+                if part is not None:
+                    validated[i:i + 1, top:bottom, left:right] = part
+        if validated is None:
+            return scores, selection
+        return swap_compact_scores(scores, selection, labels, validated)
 
     def view_scores(self, inputs: OpenVocabInputs, size) -> tuple:
         """(scores, state) of a batch of views for CAT-Seg's ensemble:

@@ -28,6 +28,9 @@ Reconstructions and options (the paper leaves them open):
 
 A relabelled region swaps, at its pixels, the scores of the old and the new
 class, so the head still returns scores whose argmax is the validated label.
+The decision (:meth:`TagValidation.decide`, labels and features -> labels)
+is apart from the swap, which runs on all C classes (:func:`swap_scores`)
+or on compact selected-class scores (:func:`swap_compact_scores`).
 """
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -41,6 +44,9 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from mmseg_ovss.clip.vocabulary import Vocabulary, name_key, read_name_lists
+from mmseg_ovss.models.catseg.compact_labels import (carry_classes,
+                                                     class_channels)
+from mmseg_ovss.models.dcpclip.category_selection import CategorySelection
 from mmseg_ovss.utils.boxes import LABELLINGS, label_components
 from mmseg_ovss.utils.errors import OVSSConfigError
 
@@ -218,13 +224,15 @@ class TagValidation(nn.Module):
         flat = features.permute(0, 2, 3, 1).reshape(batch * fh * fw, dims)
         return weights @ flat
 
-    def forward(self, scores: Tensor, features: Tensor, text: Tensor,
-                class_names: Sequence[str],
-                candidate_mask: Optional[Tensor] = None) -> Tensor:
-        """Validate the labels of one batch.
+    def decide(self, labels: Tensor, features: Tensor, text: Tensor,
+               class_names: Sequence[str],
+               candidate_mask: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The validated labels of a (B, H, W) label map (Eq. 17): regions
+        of unseen classes whose label is not among the top-k re-scored
+        classes take the best one.
 
         Args:
-            scores: (B, C, H, W) class scores (argmax = label).
+            labels: (B, H, W) long, the argmax of the class scores.
             features: (B, D, h, w) features in the text space.
             text: (C, D) class embeddings.
             class_names: the C class names.
@@ -232,12 +240,12 @@ class TagValidation(nn.Module):
                 with ``candidates='selected'``.
 
         Returns:
-            (B, C, H, W) scores whose argmax is the validated label.
+            (B, H, W) long validated labels; None when every class is seen
+            (no label can change).
         """
-        labels = scores.argmax(dim=1)
-        seen = self.seen_mask(class_names, scores.device)
+        seen = self.seen_mask(class_names, labels.device)
         if bool(seen.all()):
-            return scores
+            return None
         region_index, region_image, region_label = self.regions(labels)
         pooled = self.pool(F.normalize(features, dim=1), region_index,
                            region_image)
@@ -250,7 +258,26 @@ class TagValidation(nn.Module):
         kept = (top == region_label.unsqueeze(1)).any(dim=1)
         new_label = torch.where(kept | seen[region_label], region_label,
                                 top[:, 0])
-        validated = new_label[region_index]
+        return new_label[region_index]
+
+    def forward(self, scores: Tensor, features: Tensor, text: Tensor,
+                class_names: Sequence[str],
+                candidate_mask: Optional[Tensor] = None) -> Tensor:
+        """Validate the labels of one batch: :meth:`decide` on the argmax
+        of (B, C, H, W) ``scores``, then :func:`swap_scores`.
+
+        Args:
+            scores: (B, C, H, W) class scores (argmax = label).
+            features, text, class_names, candidate_mask: as :meth:`decide`.
+
+        Returns:
+            (B, C, H, W) scores whose argmax is the validated label.
+        """
+        labels = scores.argmax(dim=1)
+        validated = self.decide(labels, features, text, class_names,
+                                candidate_mask)
+        if validated is None:
+            return scores
         return swap_scores(scores, labels, validated)
 
 
@@ -263,3 +290,35 @@ def swap_scores(scores: Tensor, labels: Tensor, new_labels: Tensor) -> Tensor:
     new_score = scores.gather(1, new)
     out = scores.scatter(1, new, old_score)
     return out.scatter(1, old, new_score.where(new != old, old_score))
+
+
+def swap_compact_scores(scores: Tensor, selection: CategorySelection,
+                        labels: Tensor, new_labels: Tensor
+                        ) -> Tuple[Tensor, CategorySelection]:
+    """:func:`swap_scores` on (B, 1 + K, H, W) compact scores (channel 0
+    the map of every class without a channel, then the slots of
+    ``selection``; :mod:`~mmseg_ovss.models.catseg.compact_labels`): the
+    old and new class of every relabelled pixel first get channels of
+    their own (:func:`carry_classes`, a copy of the shared map for a class
+    that had none), then their channels swap. Filled to all C classes,
+    the result is ``swap_scores`` of the filled scores.
+
+    Returns the (B, 1 + K', H, W) scores and their selection (the inputs
+    when no label changes)."""
+    num_classes = selection.mask.shape[1]
+    changed = new_labels != labels
+    if not bool(changed.any()):
+        return scores, selection
+    involved = torch.zeros(labels.shape[0], num_classes + 1,
+                           dtype=torch.bool, device=labels.device)
+    outside = torch.full_like(labels, num_classes)
+    for classes in (labels, new_labels):
+        involved.scatter_(1, torch.where(changed, classes,
+                                         outside).flatten(1), True)
+    scores, selection = carry_classes(scores, selection,
+                                      involved[:, :num_classes])
+    channels = class_channels(selection)
+    # unchanged pixels swap a channel with itself (the shared map too)
+    old = channels.gather(1, labels.flatten(1)).view_as(labels)
+    new = channels.gather(1, new_labels.flatten(1)).view_as(labels)
+    return swap_scores(scores, old, new), selection
