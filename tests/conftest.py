@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: repository paths and tiny generated datasets."""
+"""Shared pytest fixtures: repository paths, tiny generated datasets and a
+tiny random CLIP."""
 import os
 from pathlib import Path
 
@@ -32,3 +33,18 @@ def tiny_data_root(tmp_path_factory) -> Path:
         make_tiny_dataset(name, root)
     with exported_data_root(root):
         yield root
+
+
+@pytest.fixture(scope='module')
+def tiny_towers():
+    """The two towers of one seeded tiny random CLIP: an SCLIP dense
+    backbone and a one-template text encoder, in eval mode."""
+    from mmseg_ovss.models.backbones.open_clip_vit import OpenCLIPViT
+    from mmseg_ovss.models.text_encoders.open_clip_text_encoder import \
+        OpenCLIPTextEncoder
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    weights = dict(model_name='ovss-tiny-ViT-16', random_init=True, seed=0)
+    backbone = OpenCLIPViT(dense_strategy='SCLIP', **weights).eval()
+    text = OpenCLIPTextEncoder(templates='single', **weights).eval()
+    return backbone, text

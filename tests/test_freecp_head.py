@@ -14,11 +14,7 @@ from mmseg.registry import MODELS
 import mmseg_ovss  # noqa: F401
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
-from mmseg_ovss.models.backbones.open_clip_vit import OpenCLIPViT
-from mmseg_ovss.models.text_encoders.open_clip_text_encoder import \
-    OpenCLIPTextEncoder
 from mmseg_ovss.testing.planted import assert_reported, run_planted
-from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,18 +23,8 @@ CLASSES = (('sky', 'wall'), ('cat', ), ('dog', ), ('grass', ), ('car', ))
 
 
 @pytest.fixture(scope='module')
-def towers():
-    """The two towers of one seeded tiny random CLIP."""
-    register_tiny_clip_models()
-    weights = dict(model_name=MODEL, random_init=True, seed=0)
-    backbone = OpenCLIPViT(dense_strategy='SCLIP', **weights).eval()
-    text = OpenCLIPTextEncoder(templates='single', **weights).eval()
-    return backbone, text
-
-
-@pytest.fixture(scope='module')
-def parts(towers):
-    encoder, text = towers
+def parts(tiny_towers):
+    encoder, text = tiny_towers
     vocab = text(Vocabulary(CLASSES, 0))
     torch.manual_seed(1)
     windows = torch.randn(3, 3, 64, 80)
@@ -235,11 +221,11 @@ def test_attention_grid_must_match_token_grid(parts):
 
 
 @torch.no_grad()
-def test_cam_temperature_is_the_models_logit_scale(towers, parts):
+def test_cam_temperature_is_the_models_logit_scale(tiny_towers, parts):
     """Eq. 1 uses the CLIP model's logit_scale.exp() (the authors' code),
     held by the text encoder; a random open_clip model has
     exp(ln(1 / 0.07)) = 14.29, not 100."""
-    encoder, text = towers
+    encoder, text = tiny_towers
     _, vocab, windows = parts
     eps = torch.finfo(torch.float32).eps
     assert abs(float(text.logit_scale) - 1 / 0.07) <= 4 * eps / 0.07

@@ -14,25 +14,11 @@ import mmseg_ovss  # noqa: F401
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
 from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
-from mmseg_ovss.models.backbones.open_clip_vit import OpenCLIPViT
-from mmseg_ovss.models.text_encoders.open_clip_text_encoder import \
-    OpenCLIPTextEncoder
-from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
 from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.profiler import StageProfiler
 
-MODEL = 'ovss-tiny-ViT-16'
 CLASSES = (('sky', 'wall'), ('cat', ), ('dog', ), ('grass', ), ('car', ))
 INIT_SCALE = (torch.ones([]) * math.log(1 / 0.07)).exp()
-
-
-@pytest.fixture(scope='module')
-def towers():
-    register_tiny_clip_models()
-    weights = dict(model_name=MODEL, random_init=True, seed=0)
-    backbone = OpenCLIPViT(dense_strategy='SCLIP', **weights).eval()
-    text = OpenCLIPTextEncoder(templates='single', **weights).eval()
-    return backbone, text
 
 
 @pytest.fixture(scope='module')
@@ -58,8 +44,9 @@ def tolerance(reference, backbone):
     return 4 * width * torch.finfo(torch.float32).eps * max(scale, 1.0)
 
 
-def test_readout_equals_the_last_block_on_the_region_tokens(towers, windows):
-    backbone, _ = towers
+def test_readout_equals_the_last_block_on_the_region_tokens(tiny_towers,
+                                                            windows):
+    backbone, _ = tiny_towers
     with torch.no_grad():
         feats = backbone.forward_dense(windows)
     # pixel boxes (x0, y0, x1, y1), exclusive ends; grid 4 x 5 of 16 px
@@ -101,8 +88,9 @@ def test_readout_equals_the_last_block_on_the_region_tokens(towers, windows):
                                atol=tolerance(read, backbone))
 
 
-def test_readout_at_another_precision_reads_its_own_tokens(towers, windows):
-    backbone, _ = towers
+def test_readout_at_another_precision_reads_its_own_tokens(tiny_towers,
+                                                           windows):
+    backbone, _ = tiny_towers
     with torch.no_grad():
         exact = backbone.forward_dense(windows[:1])
         half = backbone.forward_dense(windows[:1], dtype=torch.bfloat16)
@@ -134,9 +122,9 @@ def head_features(backbone, head, images):
 
 
 @pytest.mark.filterwarnings('ignore:no FreeCP description')
-def test_head_reads_boxes_from_the_windows_and_encodes_no_crop(towers,
+def test_head_reads_boxes_from_the_windows_and_encodes_no_crop(tiny_towers,
                                                                windows):
-    backbone, text = towers
+    backbone, text = tiny_towers
     vocab = text(Vocabulary(CLASSES, 0))
     head = build_head()
     feats = head_features(backbone, head, windows)
@@ -174,7 +162,7 @@ def test_head_reads_boxes_from_the_windows_and_encodes_no_crop(towers,
     assert crop_maps.shape == maps.shape
 
 
-def test_window_readout_errors(towers, windows):
+def test_window_readout_errors(tiny_towers, windows):
     with pytest.raises(OVSSConfigError, match='box_encoder'):
         FreeCPWindowPipeline(box_encoder='pixels')
     with pytest.raises(OVSSConfigError, match="purification_scope='image'"):
@@ -187,7 +175,7 @@ def test_window_readout_errors(towers, windows):
         pipeline.purify(maps, maps, [1, 2, 3], windows[:1], 16,
                         encode_image=lambda crops: crops.mean((2, 3)),
                         class_embeddings=torch.randn(4, 8))
-    backbone, _ = towers
+    backbone, _ = tiny_towers
     with pytest.raises(OVSSConfigError, match='token_mask'):
         from mmseg_ovss.clip.attention import region_cls_block_forward
         region_cls_block_forward(backbone.blocks[-1],

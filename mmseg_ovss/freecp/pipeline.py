@@ -329,7 +329,8 @@ class FreeCPWindowPipeline:
                 "box_encoder='window_readout' reads boxes from the windows' "
                 'tokens, but no encode_regions was given (the image-wide '
                 "purification_scope='image' has none); use a backbone that "
-                "fills DenseCLIPFeatures.encode_regions, or box_encoder='crop'")
+                "fills DenseCLIPFeatures.encode_regions, or "
+                "box_encoder='crop'")
         if class_embeddings is None or (not readout and (
                 images is None or encode_image is None)):
             raise OVSSConfigError(
