@@ -246,7 +246,6 @@ def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:
     return cls + block.ls_2(block.mlp(block.ln_2(cls)))
 
 
-
 class RegionCLSReadout:
     """The CLS output of ``block`` when its query sees only some tokens.
 

@@ -86,7 +86,6 @@ class StageProfiler:
             self._depth = 0
             self.current = None
 
-
     @contextlib.contextmanager
     def detail(self, name: str, items: int = 0):
         start = self._now()
