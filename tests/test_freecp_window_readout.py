@@ -11,6 +11,7 @@ import torch
 from mmseg.registry import MODELS
 
 import mmseg_ovss  # noqa: F401
+from mmseg_ovss.clip.attention import RegionCLSReadout
 from mmseg_ovss.clip.vocabulary import Vocabulary
 from mmseg_ovss.clip.dense_head import resolve_layer_indices
 from mmseg_ovss.freecp.pipeline import FreeCPWindowPipeline
@@ -176,9 +177,7 @@ def test_window_readout_errors(tiny_towers, windows):
                         encode_image=lambda crops: crops.mean((2, 3)),
                         class_embeddings=torch.randn(4, 8))
     backbone, _ = tiny_towers
+    readout = RegionCLSReadout(backbone.blocks[-1],
+                               torch.randn(1, 21, backbone.embed_dims))
     with pytest.raises(OVSSConfigError, match='token_mask'):
-        from mmseg_ovss.clip.attention import region_cls_block_forward
-        region_cls_block_forward(backbone.blocks[-1],
-                                 torch.randn(1, 21, backbone.embed_dims),
-                                 torch.tensor([0]),
-                                 torch.ones(1, 20, dtype=torch.bool))
+        readout(torch.tensor([0]), torch.ones(1, 20, dtype=torch.bool))

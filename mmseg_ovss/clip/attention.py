@@ -223,6 +223,21 @@ def head_reduction(attention_heads: Union[None, str, int], num_heads: int
                                                            copy=True)
 
 
+def project_cls_query_kv(block: nn.Module, normed: Tensor
+                         ) -> Tuple[Tensor, Tensor]:
+    """The query of the CLS token (first) and the keys and values of every
+    token of normalised tokens (..., N, C): (..., 1, C) and (..., N, 2C),
+    heads not split."""
+    attn = _multihead(block)
+    c = normed.shape[-1]
+    bias = attn.in_proj_bias
+    q = F.linear(normed[..., :1, :], attn.in_proj_weight[:c],
+                 None if bias is None else bias[:c])
+    kv = F.linear(normed, attn.in_proj_weight[c:],
+                  None if bias is None else bias[c:])
+    return q, kv
+
+
 def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:
     """``block(x)[:, :1]`` computed for the CLS query only.
 
@@ -230,15 +245,9 @@ def cls_block_forward(block: nn.Module, x: Tensor) -> Tensor:
     other token's output; the last block of a CLS-only forward therefore
     needs one query row and one MLP row instead of N (exact).
     """
-    attn = _multihead(block)
-    normed = block.ln_1(x)
-    b, n, c = normed.shape
-    heads = attn.num_heads
-    bias = attn.in_proj_bias
-    q = F.linear(normed[:, :1], attn.in_proj_weight[:c],
-                 None if bias is None else bias[:c])
-    kv = F.linear(normed, attn.in_proj_weight[c:],
-                  None if bias is None else bias[c:])
+    heads = _multihead(block).num_heads
+    q, kv = project_cls_query_kv(block, block.ln_1(x))
+    b, n, c = x.shape
     q = q.view(b, 1, heads, c // heads).transpose(1, 2)
     k, v = kv.view(b, n, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v)
@@ -268,14 +277,10 @@ class RegionCLSReadout:
 
     def _scores_and_values(self, window: int) -> Tuple[Tensor, Tensor]:
         if window not in self._windows:
-            attn = _multihead(self.block)
-            normed = self.block.ln_1(self.x[window])
-            n, c = normed.shape
-            heads, bias = attn.num_heads, attn.in_proj_bias
-            q = F.linear(normed[:1], attn.in_proj_weight[:c],
-                         None if bias is None else bias[:c])
-            kv = F.linear(normed, attn.in_proj_weight[c:],
-                          None if bias is None else bias[c:])
+            heads = _multihead(self.block).num_heads
+            q, kv = project_cls_query_kv(self.block,
+                                         self.block.ln_1(self.x[window]))
+            n, c = self.x.shape[1:]
             q = q.view(heads, c // heads) * (c // heads) ** -0.5
             k, v = kv.view(n, 2, heads, c // heads).permute(1, 2, 0, 3)
             scores = torch.einsum('hd,hnd->hn', q, k)
@@ -308,11 +313,3 @@ class RegionCLSReadout:
         cls = self.x[window_index, :1] + block.ls_1(
             project_out(block, out.unsqueeze(2)))
         return cls + block.ls_2(block.mlp(block.ln_2(cls)))
-
-
-def region_cls_block_forward(block: nn.Module, x: Tensor,
-                             window_index: Tensor,
-                             token_mask: Tensor) -> Tensor:
-    """``RegionCLSReadout(block, x)(window_index, token_mask)``: (R, 1, C)
-    CLS outputs of ``block`` for regions of the windows ``x``."""
-    return RegionCLSReadout(block, x)(window_index, token_mask)
