@@ -28,8 +28,8 @@ from mmseg_ovss.engine.checkpoint import (  # noqa: E402
     TRUST_CHECKPOINT_KEY, add_checkpoint_check, add_trust_argument,
     check_checkpoint_file, resolve_resume, trusted_checkpoint_of)
 from mmseg_ovss.engine.launch import (  # noqa: E402
-    add_runner_arguments, init_cpu_process_group, load_runner_config,
-    parse_runner_args)
+    add_runner_arguments, close_process_group, init_cpu_process_group,
+    load_runner_config, parse_runner_args)
 from mmseg_ovss.utils.errors import OVSSConfigError  # noqa: E402
 
 #: What a config needs to train (mmengine's Runner builds a train loop only
@@ -117,3 +117,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    close_process_group()

@@ -76,6 +76,20 @@ def init_cpu_process_group(launcher: str) -> None:
         dist.init_process_group(backend='gloo')
 
 
+def close_process_group() -> None:
+    """Destroy the default process group at the end of a successful run.
+
+    A gloo group left to the interpreter's exit can abort the process
+    (SIGABRT, "terminate called without an active exception") while its
+    worker threads are torn down (pytorch/pytorch#190489); PyTorch asks
+    for ``destroy_process_group`` once per process when communication is
+    over. Not called after an error, where another rank may still be in a
+    collective.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def configure_distributed(cfg: Config, launcher: str) -> None:
     """Set launcher, backend and model wrapper for the machine at hand."""
     cfg.launcher = launcher
