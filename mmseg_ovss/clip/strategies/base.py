@@ -9,7 +9,7 @@ import torch
 from mmengine.registry import Registry
 from torch import Tensor, nn
 
-from mmseg_ovss.clip.attention import project_out, project_qkv
+from mmseg_ovss.clip.attention import mlp_forward, project_out, project_qkv
 
 DENSE_STRATEGIES = Registry('dense CLIP strategy')
 
@@ -67,7 +67,7 @@ class LastBlockStrategy(DenseStrategy):
         if self.residual:
             y = x + y
         if self.ffn:
-            y = y + block.ls_2(block.mlp(block.ln_2(y)))
+            y = y + block.ls_2(mlp_forward(block.mlp, block.ln_2(y)))
         return y, grid_size
 
     def extra_repr(self) -> str:

@@ -41,7 +41,7 @@ from mmseg.structures import SegDataSample
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from mmseg_ovss.clip.attention import cls_block_forward
+from mmseg_ovss.clip.attention import cls_block_forward, mlp_forward
 from mmseg_ovss.clip.freeze import qkv_parts
 from mmseg_ovss.models.backbones.open_clip_vit import block_indices
 from mmseg_ovss.models.catseg.compact_labels import compact_argmax
@@ -78,7 +78,7 @@ def catseg_dense_block(block: nn.Module, x: Tensor,
                      None if bias is None else bias[2 * width:])
     base = x[:, :1] if residual == 'cls' else x
     y = base + block.ls_1(attn.out_proj(value))
-    return y + block.ls_2(block.mlp(block.ln_2(y)))
+    return y + block.ls_2(mlp_forward(block.mlp, block.ln_2(y)))
 
 
 def _size_pair(value, what: str) -> Optional[Tuple[int, int]]:
