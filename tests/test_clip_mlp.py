@@ -73,6 +73,19 @@ def test_with_autograd_the_module_runs_and_gradients_flow():
     assert torch.equal(grad_w, block.mlp.c_fc.weight.grad)
 
 
+def test_under_autocast_the_module_runs():
+    """Mixed precision (a frozen tower in AMP training or validation):
+    the module's own call, whose layers autocast casts."""
+    block = make_block(QuickGELU)
+    block.requires_grad_(False)
+    x = torch.randn(2, 5, WIDTH)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        want = block.mlp(x)
+        got = mlp_forward(block.mlp, x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+
+
 def test_another_mlp_module_runs_itself():
     mlp = nn.Sequential(nn.Linear(WIDTH, 64), nn.GELU(), nn.Linear(64, WIDTH))
     x = torch.randn(4, WIDTH)

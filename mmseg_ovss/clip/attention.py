@@ -157,6 +157,11 @@ def _records_graph(x: Tensor, module: nn.Module) -> bool:
                                   for p in module.parameters())
 
 
+def _autocast_on(x: Tensor) -> bool:
+    """Autocast casts ``c_fc``'s output but not an ``out=`` product."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
 def _open_clip_mlp_parts(mlp: nn.Module) -> Optional[Tuple[nn.Module, ...]]:
     """(c_fc, gelu, ln, c_proj) of an open_clip block's MLP, or None for
     any other module."""
@@ -188,11 +193,11 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     the CPU, the rows run in chunks of at most
     :data:`CPU_MLP_HIDDEN_ELEMENTS` hidden activations, each chunk's
     output written into one (..., C) result. The same operations per row
-    as ``mlp(x)``. With autograd (training) or another MLP module,
-    ``mlp(x)`` itself.
+    as ``mlp(x)``. With autograd (training), under autocast (mixed
+    precision) or for another MLP module, ``mlp(x)`` itself.
     """
     parts = _open_clip_mlp_parts(mlp)
-    if parts is None or _records_graph(x, mlp):
+    if parts is None or _records_graph(x, mlp) or _autocast_on(x):
         return mlp(x)
     c_fc, gelu, ln, c_proj = parts
     rows = x.reshape(-1, x.shape[-1])
