@@ -235,10 +235,9 @@ def test_blocks_run_only_up_to_the_deepest_output(images):
     model = build(out_indices=1, output_cls_token=False).eval()
     calls = []
     for i, block in enumerate(model.blocks):
-        # blocks run written out from their modules: count their MLPs'
-        # first layers (one chunk of rows at this size, see mlp_forward)
-        block.mlp.c_fc.register_forward_hook(
-            lambda *args, i=i: calls.append(i))
+        # blocks run written out from their modules (the MLP too, see
+        # mlp_forward): count the norms before their MLPs
+        block.ln_2.register_forward_hook(lambda *args, i=i: calls.append(i))
     (patch_map,) = model(images)
     assert calls == [0, 1]
     assert patch_map.shape == (2, WIDTH, 4, 4)

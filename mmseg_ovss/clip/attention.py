@@ -174,12 +174,22 @@ def _open_clip_mlp_parts(mlp: nn.Module) -> Optional[Tuple[nn.Module, ...]]:
     return c_fc, gelu, ln, c_proj
 
 
-def _activate_(gelu: nn.Module, hidden: Tensor) -> Tensor:
+def _linear_into(layer: nn.Linear, x: Tensor, out: Tensor) -> Tensor:
+    """``layer(x)`` for 2-D ``x``, written into ``out`` (F.linear's own
+    product, ``addmm`` with the bias)."""
+    if layer.bias is None:
+        return torch.mm(x, layer.weight.t(), out=out)
+    return torch.addmm(layer.bias, x, layer.weight.t(), out=out)
+
+
+def _activate_(gelu: nn.Module, hidden: Tensor,
+               gate: Optional[Tensor] = None) -> Tensor:
     """``gelu(hidden)``, in place for open_clip's QuickGELU:
-    x * sigmoid(1.702 x), the same operations on the same numbers with one
-    buffer instead of three."""
+    x * sigmoid(1.702 x), the same operations on the same numbers in
+    ``hidden`` and one ``gate`` buffer (allocated when not given) instead
+    of three new buffers."""
     if isinstance(gelu, QuickGELU):
-        gate = hidden * 1.702
+        gate = torch.mul(hidden, 1.702, out=gate)
         gate.sigmoid_()
         return hidden.mul_(gate)
     return gelu(hidden)
@@ -193,7 +203,8 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     the CPU, the rows run in chunks of at most
     :data:`CPU_MLP_HIDDEN_ELEMENTS` hidden activations, each chunk's
     output written into one (..., C) result. The same operations per row
-    as ``mlp(x)``. With autograd (training), under autocast (mixed
+    as ``mlp(x)``; the chunks share one hidden and one gate buffer. With
+    autograd (training), under autocast (mixed
     precision) or for another MLP module, ``mlp(x)`` itself.
     """
     parts = _open_clip_mlp_parts(mlp)
@@ -205,16 +216,21 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
         step = max(1, rows.shape[0])
     else:
         step = max(1, CPU_MLP_HIDDEN_ELEMENTS // c_fc.out_features)
-    out = rows.new_empty((rows.shape[0], c_proj.out_features))
-    for start in range(0, rows.shape[0], step):
-        hidden = _activate_(gelu, c_fc(rows[start:start + step]))
+    count = rows.shape[0]
+    out = rows.new_empty((count, c_proj.out_features))
+    # the chunks' hidden and gate buffers, allocated once per call
+    hidden_buffer = rows.new_empty((min(step, count), c_fc.out_features))
+    gate_buffer = torch.empty_like(hidden_buffer) \
+        if isinstance(gelu, QuickGELU) else None
+    for start in range(0, count, step):
+        size = min(step, count - start)
+        hidden = _linear_into(c_fc, rows[start:start + size],
+                              hidden_buffer[:size])
+        gate = None if gate_buffer is None else gate_buffer[:size]
+        hidden = _activate_(gelu, hidden, gate)
         if ln is not None:
             hidden = ln(hidden)
-        target = out[start:start + step]
-        if c_proj.bias is None:
-            torch.mm(hidden, c_proj.weight.t(), out=target)
-        else:
-            torch.addmm(c_proj.bias, hidden, c_proj.weight.t(), out=target)
+        _linear_into(c_proj, hidden, out[start:start + size])
     return out.view(*x.shape[:-1], c_proj.out_features)
 
 
