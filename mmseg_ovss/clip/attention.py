@@ -140,13 +140,13 @@ def attention_values(q: Tensor, k: Tensor, v: Tensor,
 
 
 # Without autograd on the CPU, a block's MLP runs on chunks of rows whose
-# hidden activations hold at most this many elements (16 MiB in fp32).
-# Buffers of that size are reused by the C allocator from one chunk (and one
-# block) to the next. The (B N, 4C) hidden buffer of a whole batch of
-# windows is larger than glibc's largest mmap threshold (32 MiB), so it is
-# mapped afresh from the system and page-faulted in at every block: about
-# 10 % of a ViT-B/16 block in fp32 and in bf16 (AMD EPYC, 6 windows x 577
-# tokens).
+# hidden activations hold at most this many elements (16 MiB in fp32), in
+# one hidden and one gate buffer shared by the chunks of a call. The
+# (B N, 4C) hidden buffers of a whole batch of windows (three of them in
+# QuickGELU) are larger than glibc's largest mmap threshold (32 MiB), so
+# they are mapped afresh from the system and page-faulted in at every
+# block: about 10 % of a ViT-B/16 block in fp32 and in bf16 (AMD EPYC,
+# 6 windows x 577 tokens).
 CPU_MLP_HIDDEN_ELEMENTS = 1 << 22
 
 
@@ -212,11 +212,11 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
         return mlp(x)
     c_fc, gelu, ln, c_proj = parts
     rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
     if x.device.type != 'cpu':
-        step = max(1, rows.shape[0])
+        step = max(1, count)
     else:
         step = max(1, CPU_MLP_HIDDEN_ELEMENTS // c_fc.out_features)
-    count = rows.shape[0]
     out = rows.new_empty((count, c_proj.out_features))
     # the chunks' hidden and gate buffers, allocated once per call
     hidden_buffer = rows.new_empty((min(step, count), c_fc.out_features))
