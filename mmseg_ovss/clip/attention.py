@@ -17,6 +17,7 @@ from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.precision import cpu_has_amx
+from mmseg_ovss.clip.workspace import workspace
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 
@@ -30,12 +31,28 @@ def _multihead(block: nn.Module) -> nn.MultiheadAttention:
     return attn
 
 
-def project_qkv(block: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """q, k, v of normalised tokens x (B, N, C), each (B, heads, N, d)."""
+def project_qkv(block: nn.Module, x: Tensor, scratch: bool = False
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+    """q, k, v of normalised tokens x (B, N, C), each (B, heads, N, d).
+
+    ``scratch``: for a caller that is done with q, k and v before it
+    returns, the projection is written into this thread's ``'qkv'``
+    workspace buffer (:mod:`mmseg_ovss.clip.workspace`) when it runs on the
+    CPU without autograd or autocast; else into a new tensor."""
     attn = _multihead(block)
     b, n, c = x.shape
     heads = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if scratch and x.device.type == 'cpu' and \
+            not _records_graph(x, attn) and not _autocast_on(x):
+        rows = x.reshape(b * n, c)
+        qkv = _scratch('qkv', (b * n, weight.shape[0]), rows)
+        if bias is None:
+            torch.mm(rows, weight.t(), out=qkv)
+        else:
+            torch.addmm(bias, rows, weight.t(), out=qkv)
+    else:
+        qkv = F.linear(x, weight, bias)
     qkv = qkv.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     return qkv[0], qkv[1], qkv[2]
 
@@ -47,10 +64,12 @@ def project_out(block: nn.Module, x: Tensor) -> Tensor:
     return attn.out_proj(x.transpose(1, 2).reshape(b, n, h * d))
 
 
-# On the CPU, attention scores are formed for a few windows at a time so
-# that each (heads, N, N) block stays in cache: about 3x faster than one
-# batched softmax(q k^T) over B windows of 577 tokens (same numbers).
-CPU_SCORE_ELEMENTS = 1 << 22
+# On the CPU, attention scores are formed for a few windows (or a few
+# heads of one window) at a time so that each block of scores stays in
+# cache: about 3x faster than one batched softmax(q k^T) over B windows of
+# 577 tokens (same numbers), and 6 of ViT-B's 12 heads at a time about
+# 0.85 x of whole windows (AMD EPYC, fp32).
+CPU_SCORE_ELEMENTS = 1 << 21
 
 
 def scaled_similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -93,19 +112,12 @@ def apply_mask(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
     return scores + mask
 
 
-def _window_mask(mask: Optional[Tensor], window: slice) -> Optional[Tensor]:
-    """The rows of a (B, ...) 4-D mask for a slice of windows."""
-    if mask is None or mask.dim() < 4 or mask.shape[0] == 1:
-        return mask
-    return mask[window]
-
-
 def _explicit_on_this_cpu(*tensors: Tensor) -> bool:
     """bf16 attention without autograd on a CPU without AMX tiles."""
     q = tensors[0]
     if q.device.type != 'cpu' or q.dtype != torch.bfloat16:
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if _records_graph_of(*tensors):
         return False
     return not cpu_has_amx()
 
@@ -118,9 +130,9 @@ def attention_values(q: Tensor, k: Tensor, v: Tensor,
     without AMX tiles: there PyTorch's fused CPU kernel runs at about a
     quarter of the bf16 matmul rate (AMD EPYC with AVX512-BF16, ViT-B/16,
     6 windows x 12 heads x 577 tokens: 51-54 ms against 45-48 ms in fp32),
-    and forming the weights explicitly, a few windows at a time
-    (:func:`score_batch_size`, as the captured blocks do) with bf16
-    matmuls takes 34-37 ms. The weights are then stored in bf16 (the
+    and forming the weights explicitly, in tiles of windows or heads
+    (:func:`score_tiles`, as the captured blocks do) with bf16 matmuls
+    takes 34-37 ms. The weights are then stored in bf16 (the
     softmax reduces in fp32): about 3 x the rounding error of the fused
     kernel, which keeps them in fp32 per tile; on ADE-size images the
     label maps agreed with fp32 as often either way (``docs/
@@ -129,19 +141,13 @@ def attention_values(q: Tensor, k: Tensor, v: Tensor,
     """
     if not _explicit_on_this_cpu(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    step = score_batch_size(q)
-    for start in range(0, q.shape[0], step):
-        window = slice(start, start + step)
-        scores = apply_mask(scaled_similarity(q[window], k[window]),
-                            _window_mask(attn_mask, window))
-        torch.matmul(softmax_(scores), v[window], out=out[window])
-    return out
+    return _tiled_attention(q, k, v, attn_mask, None)[0]
 
 
 # Without autograd on the CPU, a block's MLP runs on chunks of rows whose
 # hidden activations hold at most this many elements (16 MiB in fp32), in
-# one hidden and one gate buffer shared by the chunks of a call. The
+# one hidden and one gate buffer shared by the chunks (this thread's
+# workspace buffers, kept from call to call). The
 # (B N, 4C) hidden buffers of a whole batch of windows (three of them in
 # QuickGELU) are larger than glibc's largest mmap threshold (32 MiB), so
 # they are mapped afresh from the system and page-faulted in at every
@@ -160,6 +166,14 @@ def _records_graph(x: Tensor, module: nn.Module) -> bool:
 def _autocast_on(x: Tensor) -> bool:
     """Autocast casts ``c_fc``'s output but not an ``out=`` product."""
     return torch.is_autocast_enabled(x.device.type)
+
+
+def _scratch(name: str, shape: Tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised buffer for one call: this thread's workspace
+    buffer ``name`` on the CPU (kept from call to call), else new."""
+    if like.device.type == 'cpu':
+        return workspace(name, shape, like.dtype, like.device)
+    return like.new_empty(shape)
 
 
 def _open_clip_mlp_parts(mlp: nn.Module) -> Optional[Tuple[nn.Module, ...]]:
@@ -203,7 +217,9 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     the CPU, the rows run in chunks of at most
     :data:`CPU_MLP_HIDDEN_ELEMENTS` hidden activations, each chunk's
     output written into one (..., C) result. The same operations per row
-    as ``mlp(x)``; the chunks share one hidden and one gate buffer. With
+    as ``mlp(x)``; the chunks share one hidden and one gate buffer (on the
+    CPU this thread's workspace buffers, :mod:`mmseg_ovss.clip.workspace`,
+    kept from call to call). With
     autograd (training), under autocast (mixed
     precision) or for another MLP module, ``mlp(x)`` itself.
     """
@@ -218,9 +234,10 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     else:
         step = max(1, CPU_MLP_HIDDEN_ELEMENTS // c_fc.out_features)
     out = rows.new_empty((count, c_proj.out_features))
-    # the chunks' hidden and gate buffers, allocated once per call
-    hidden_buffer = rows.new_empty((min(step, count), c_fc.out_features))
-    gate_buffer = torch.empty_like(hidden_buffer) \
+    # the chunks' hidden and gate buffers
+    hidden_shape = (min(step, count), c_fc.out_features)
+    hidden_buffer = _scratch('mlp_hidden', hidden_shape, rows)
+    gate_buffer = _scratch('mlp_gate', hidden_shape, rows) \
         if isinstance(gelu, QuickGELU) else None
     for start in range(0, count, step):
         size = min(step, count - start)
@@ -257,7 +274,7 @@ def block_forward(block: nn.Module, x: Tensor,
     own ``block(x)`` goes through ``nn.MultiheadAttention``'s fast path,
     which on the CPU forms the (N, N) weights with two ``bmm`` and a
     softmax)."""
-    q, k, v = project_qkv(block, block.ln_1(x))
+    q, k, v = project_qkv(block, block.ln_1(x), scratch=True)
     out = attention_values(q, k, v, attn_mask)
     return finish_block(block, x, project_out(block, out), drop_path)
 
@@ -273,10 +290,37 @@ def block_forward_with_attention(
 
     Without mask and drop path, the same result as ``block(x)``; also
     returns softmax(q k^T / sqrt(d) [+ mask]) of shape (B, heads, N, N), or
-    ``reduce_heads`` of it (applied per block of windows, see
-    :func:`score_batch_size`).
+    ``reduce_heads`` of it: a :class:`HeadReduction` (what
+    :func:`head_reduction` returns) or any map of (B', heads, N, N)
+    weights applied per block of windows (see :func:`score_batch_size`).
+    Without autograd and with a :class:`HeadReduction` (or None), the
+    weights are formed in tiles of windows and heads
+    (:func:`score_tiles`) written straight into the output and the
+    reduction.
     """
-    q, k, v = project_qkv(block, block.ln_1(x))
+    q, k, v = project_qkv(block, block.ln_1(x), scratch=True)
+    if reduce_heads is None:
+        reduce_heads = HeadReduction(None, q.shape[1])
+    if isinstance(reduce_heads, HeadReduction) and \
+            not _records_graph_of(q, k, v):
+        out, captured = _tiled_attention(q, k, v, attn_mask, reduce_heads)
+    else:
+        out, captured = _windowed_attention(q, k, v, attn_mask,
+                                            reduce_heads)
+    x = finish_block(block, x, project_out(block, out), drop_path)
+    return x, captured
+
+
+def _records_graph_of(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _windowed_attention(q: Tensor, k: Tensor, v: Tensor,
+                        attn_mask: Optional[Tensor],
+                        reduce_heads: Callable[[Tensor], Tensor]
+                        ) -> Tuple[Tensor, Tensor]:
+    """softmax(q k^T / sqrt(d) [+ mask]) v and ``reduce_heads`` of the
+    weights, a block of windows at a time (autograd-safe)."""
     step = score_batch_size(q)
     outputs, captured = [], []
     for start in range(0, q.shape[0], step):
@@ -286,37 +330,154 @@ def block_forward_with_attention(
         else:
             weights = softmax_(apply_mask(
                 scaled_similarity(q[window], k[window]),
-                _window_mask(attn_mask, window)))
+                _tile_mask(attn_mask, window, slice(None))))
         outputs.append(torch.matmul(weights, v[window]))
-        captured.append(weights if reduce_heads is None
-                        else reduce_heads(weights))
+        captured.append(reduce_heads(weights))
     if len(outputs) > 1:
-        outputs, captured = [torch.cat(outputs)], [torch.cat(captured)]
-    x = finish_block(block, x, project_out(block, outputs[0]), drop_path)
-    return x, captured[0]
+        return torch.cat(outputs), torch.cat(captured)
+    return outputs[0], captured[0]
 
 
-def head_reduction(attention_heads: Union[None, str, int], num_heads: int
-                   ) -> Callable[[Tensor], Tensor]:
+def score_tiles(q: Tensor) -> Tuple[int, int]:
+    """(windows, heads) per tile of attention scores for (B, heads, N, d)
+    queries: one tile off the CPU; on the CPU at most
+    :data:`CPU_SCORE_ELEMENTS` scores, whole windows when one window's
+    heads fit, else one window and a group of its heads."""
+    b, heads, n, _ = q.shape
+    if q.device.type != 'cpu':
+        return b, heads
+    group = min(heads, max(1, CPU_SCORE_ELEMENTS // (n * n)))
+    if group < heads:
+        return 1, group
+    return score_batch_size(q), heads
+
+
+def _tile_mask(mask: Optional[Tensor], windows: slice,
+               heads: slice) -> Optional[Tensor]:
+    """The part of a mask broadcastable to (B, heads, N, N) that applies
+    to a tile of windows and heads."""
+    if mask is None or mask.dim() < 3:
+        return mask
+    if mask.dim() == 3:
+        return mask[heads] if mask.shape[0] > 1 else mask
+    mask = mask[windows] if mask.shape[0] > 1 else mask
+    return mask[:, heads] if mask.shape[1] > 1 else mask
+
+
+def _tiled_attention(q: Tensor, k: Tensor, v: Tensor,
+                     attn_mask: Optional[Tensor],
+                     reduction: Optional['HeadReduction']
+                     ) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`_windowed_attention` without autograd, tile by tile
+    (:func:`score_tiles`): each tile's scores are masked and softmaxed in
+    place, multiplied into the output and added to the reduction (None:
+    the weights are not kept) while they are in cache. On an AMD EPYC (2
+    cores, fp32, ViT-B/16 windows of 577 tokens) tiles of 6 of the 12
+    heads form the weights and head mean of a block in about 0.85 x the
+    time of whole windows."""
+    b, heads, n, _ = q.shape
+    windows, group = score_tiles(q)
+    out = q.new_empty((b, heads, n, v.shape[-1]))
+    captured = None if reduction is None else reduction.new_output(q)
+    scale = q.shape[-1] ** -0.5
+    for first in range(0, b, windows):
+        rows = slice(first, first + windows)
+        for head in range(0, heads, group):
+            cols = slice(head, head + group)
+            target = None if reduction is None else \
+                reduction.tile_target(captured, rows, cols)
+            scores = torch.matmul(q[rows, cols] * scale,
+                                  k[rows, cols].transpose(-2, -1),
+                                  out=target)
+            mask = _tile_mask(attn_mask, rows, cols)
+            if mask is not None and mask.dtype == torch.bool:
+                scores.masked_fill_(~mask, float('-inf'))
+            elif mask is not None:
+                scores.add_(mask)
+            torch.softmax(scores, -1, out=scores)
+            torch.matmul(scores, v[rows, cols], out=out[rows, cols])
+            if reduction is not None:
+                reduction.add_tile(captured, rows, cols, scores)
+    return out, None if reduction is None else reduction.finish(captured)
+
+
+class HeadReduction:
     """The map applied to captured (B, heads, N, N) attention: every head
     (None), their mean (``'mean'``) or one head (an index, negative
     allowed); the last two keep a head axis of size 1. The mean is
     accumulated and returned in fp32 whatever the weights' dtype (bf16
-    weights of a low-precision forward are not averaged in bf16)."""
-    if attention_heads is None:
-        return lambda weights: weights
-    if attention_heads == 'mean':
-        return lambda weights: weights.mean(dim=1, keepdim=True,
-                                            dtype=torch.float32)
-    if (isinstance(attention_heads, bool)
-            or not isinstance(attention_heads, int)
-            or not -num_heads <= attention_heads < num_heads):
-        raise OVSSConfigError(
-            f'attention_heads={attention_heads!r} is not None, '
-            f"'mean' or a head index in [{-num_heads}, {num_heads - 1}]")
-    index = attention_heads % num_heads
-    return lambda weights: weights[:, index:index + 1].to(torch.float32,
-                                                           copy=True)
+    weights of a low-precision forward are not averaged in bf16).
+
+    Called on weights, it reduces them; :func:`_tiled_attention` instead
+    adds tiles of heads one by one (:meth:`new_output`, :meth:`add_tile`,
+    :meth:`finish`): the mean is then the fp32 sum of the heads, added one
+    by one, over the number of heads (the same terms, summed in another
+    order).
+    """
+
+    def __init__(self, attention_heads: Union[None, str, int],
+                 num_heads: int):
+        if attention_heads is not None and attention_heads != 'mean' and (
+                isinstance(attention_heads, bool)
+                or not isinstance(attention_heads, int)
+                or not -num_heads <= attention_heads < num_heads):
+            raise OVSSConfigError(
+                f'attention_heads={attention_heads!r} is not None, '
+                f"'mean' or a head index in [{-num_heads}, {num_heads - 1}]")
+        self.attention_heads = attention_heads
+        self.num_heads = num_heads
+        self.index = attention_heads % num_heads \
+            if isinstance(attention_heads, int) else None
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        if self.attention_heads is None:
+            return weights
+        if self.attention_heads == 'mean':
+            return weights.mean(dim=1, keepdim=True, dtype=torch.float32)
+        return weights[:, self.index:self.index + 1].to(torch.float32,
+                                                        copy=True)
+
+    def new_output(self, q: Tensor) -> Tensor:
+        """The reduced weights of (B, heads, N, d) queries, to be filled."""
+        b, heads, n, _ = q.shape
+        if self.attention_heads is None:
+            return q.new_empty((b, heads, n, n))
+        if self.attention_heads == 'mean':
+            return q.new_zeros((b, 1, n, n), dtype=torch.float32)
+        return q.new_empty((b, 1, n, n), dtype=torch.float32)
+
+    def tile_target(self, output: Tensor, rows: slice,
+                    cols: slice) -> Optional[Tensor]:
+        """Where a tile's scores are formed: in the output itself when
+        every head is kept, else in a new buffer (None)."""
+        return output[rows, cols] if self.attention_heads is None else None
+
+    def add_tile(self, output: Tensor, rows: slice, cols: slice,
+                 weights: Tensor) -> None:
+        """Add the (windows, heads) tile ``weights`` of windows ``rows`` and
+        heads ``cols`` to the output."""
+        if self.attention_heads == 'mean':
+            # head by head into the fp32 sums: fp32 += bf16 converts per
+            # element (a sum with dtype=float32 first copies the whole
+            # tile to fp32: 3 x the time of these adds for bf16 tiles)
+            total = output[rows, 0]
+            for head in range(weights.shape[1]):
+                total.add_(weights[:, head])
+        elif self.index is not None and \
+                cols.start <= self.index < cols.start + weights.shape[1]:
+            column = self.index - cols.start
+            output[rows].copy_(weights[:, column:column + 1])
+
+    def finish(self, output: Tensor) -> Tensor:
+        if self.attention_heads == 'mean':
+            return output.div_(self.num_heads)
+        return output
+
+
+def head_reduction(attention_heads: Union[None, str, int], num_heads: int
+                   ) -> HeadReduction:
+    """:class:`HeadReduction` of ``attention_heads`` (checked)."""
+    return HeadReduction(attention_heads, num_heads)
 
 
 def project_cls_query_kv(block: nn.Module, normed: Tensor

@@ -179,6 +179,13 @@ class SegLogitsStore:
     ``renormalize`` divides the stored scores by their sum over classes
     (NACLIP's code, ``sinahmr/NACLIP`` naclip.py, stores its synonym-max
     probabilities so renormalised; labels do not change).
+
+    A band that is the whole full-size result (one band per image, the
+    usual case up to ``tile_mb``) is kept as it is rather than copied into
+    a new (K, H, W) tensor: the caller hands it over and does not change it
+    afterwards. A copy would write the whole scores once more into fresh
+    pages (ADE-150 at 448 x 597: 160 MiB, about 5 % of a FreeCP-SCLIP image
+    on a 2-core CPU).
     """
 
     def __init__(self, num_classes: int, shape: Tuple[int, int],
@@ -195,12 +202,40 @@ class SegLogitsStore:
                 (s for s in range(1, max(height, width) + 1)
                  if 4 * num_classes * -(-height // s) * -(-width // s)
                  <= budget), max(height, width))
-        self.data = None
-        if self.stride:
-            self.data = torch.empty(
-                (num_classes, -(-height // self.stride),
-                 -(-width // self.stride)), device=device)
         self.num_classes, self.max_mb = num_classes, max_mb
+        self.device = device
+        self._data: Optional[Tensor] = None
+
+    @property
+    def data(self) -> Optional[Tensor]:
+        """The stored (K, ceil(H / s), ceil(W / s)) scores (None when
+        nothing is stored), allocated on first use."""
+        if self.stride and self._data is None:
+            height, width = self.shape
+            self._data = torch.empty(
+                (self.num_classes, -(-height // self.stride),
+                 -(-width // self.stride)), device=self.device)
+        return self._data
+
+    def _takes_whole(self, top: int, scores: Tensor) -> bool:
+        """Whether ``scores`` from row ``top`` are the whole full-size
+        result, in a tensor of their own that can be kept uncopied."""
+        full = (self.num_classes, *self.shape)
+        return (self.stride == 1 and not self.renormalize
+                and self._data is None and top == 0
+                and tuple(scores.shape) == full
+                and scores.dtype == torch.float32
+                and scores.is_contiguous()
+                and scores.untyped_storage().nbytes()
+                == scores.numel() * scores.element_size()
+                and self._on_store_device(scores))
+
+    def _on_store_device(self, scores: Tensor) -> bool:
+        if self.device is None:
+            return True
+        device = torch.device(self.device)
+        return scores.device.type == device.type and (
+            device.index is None or scores.device.index == device.index)
 
     def reduction_note(self) -> Optional[str]:
         """Why and how the stored scores are subsampled (None if not)."""
@@ -216,8 +251,12 @@ class SegLogitsStore:
                 '(None: no limit) to store them all')
 
     def add(self, top: int, scores: Tensor) -> None:
-        """Store the (K, rows, W) scores of output rows from ``top``."""
-        if self.data is None:
+        """Store the (K, rows, W) scores of output rows from ``top``; a
+        band that is the whole result is kept, not copied."""
+        if not self.stride:
+            return
+        if self._takes_whole(top, scores):
+            self._data = scores
             return
         step = self.stride
         first = (-top) % step
