@@ -44,7 +44,7 @@ def project_qkv(block: nn.Module, x: Tensor, scratch: bool = False
     heads = attn.num_heads
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
     if scratch and x.device.type == 'cpu' and \
-            not _records_graph(x, attn) and not _autocast_on(x):
+            not _records_graph(x, module=attn) and not _autocast_on(x):
         rows = x.reshape(b * n, c)
         qkv = _scratch('qkv', (b * n, weight.shape[0]), rows)
         if bias is None:
@@ -72,10 +72,13 @@ def project_out(block: nn.Module, x: Tensor) -> Tensor:
 CPU_SCORE_ELEMENTS = 1 << 21
 
 
-def scaled_similarity(a: Tensor, b: Tensor) -> Tensor:
+def scaled_similarity(a: Tensor, b: Tensor,
+                      out: Optional[Tensor] = None) -> Tensor:
     """a b^T / sqrt(d) for (B, heads, N, d) tensors (a scaled first: d
-    times fewer multiplications than scaling the product)."""
-    return torch.matmul(a * a.shape[-1] ** -0.5, b.transpose(-2, -1))
+    times fewer multiplications than scaling the product), into ``out``
+    when given."""
+    return torch.matmul(a * a.shape[-1] ** -0.5, b.transpose(-2, -1),
+                        out=out)
 
 
 def softmax_(scores: Tensor) -> Tensor:
@@ -117,7 +120,7 @@ def _explicit_on_this_cpu(*tensors: Tensor) -> bool:
     q = tensors[0]
     if q.device.type != 'cpu' or q.dtype != torch.bfloat16:
         return False
-    if _records_graph_of(*tensors):
+    if _records_graph(*tensors):
         return False
     return not cpu_has_amx()
 
@@ -156,11 +159,15 @@ def attention_values(q: Tensor, k: Tensor, v: Tensor,
 CPU_MLP_HIDDEN_ELEMENTS = 1 << 22
 
 
-def _records_graph(x: Tensor, module: nn.Module) -> bool:
+def _records_graph(*tensors: Tensor,
+                   module: Optional[nn.Module] = None) -> bool:
+    """Whether autograd records a graph through ``tensors`` or the
+    parameters of ``module``."""
     if not torch.is_grad_enabled():
         return False
-    return x.requires_grad or any(p.requires_grad
-                                  for p in module.parameters())
+    return any(t.requires_grad for t in tensors) or (
+        module is not None and any(p.requires_grad
+                                   for p in module.parameters()))
 
 
 def _autocast_on(x: Tensor) -> bool:
@@ -224,7 +231,7 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     precision) or for another MLP module, ``mlp(x)`` itself.
     """
     parts = _open_clip_mlp_parts(mlp)
-    if parts is None or _records_graph(x, mlp) or _autocast_on(x):
+    if parts is None or _records_graph(x, module=mlp) or _autocast_on(x):
         return mlp(x)
     c_fc, gelu, ln, c_proj = parts
     rows = x.reshape(-1, x.shape[-1])
@@ -302,17 +309,13 @@ def block_forward_with_attention(
     if reduce_heads is None:
         reduce_heads = HeadReduction(None, q.shape[1])
     if isinstance(reduce_heads, HeadReduction) and \
-            not _records_graph_of(q, k, v):
+            not _records_graph(q, k, v):
         out, captured = _tiled_attention(q, k, v, attn_mask, reduce_heads)
     else:
         out, captured = _windowed_attention(q, k, v, attn_mask,
                                             reduce_heads)
     x = finish_block(block, x, project_out(block, out), drop_path)
     return x, captured
-
-
-def _records_graph_of(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _windowed_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -379,23 +382,21 @@ def _tiled_attention(q: Tensor, k: Tensor, v: Tensor,
     windows, group = score_tiles(q)
     out = q.new_empty((b, heads, n, v.shape[-1]))
     captured = None if reduction is None else reduction.new_output(q)
-    scale = q.shape[-1] ** -0.5
     for first in range(0, b, windows):
         rows = slice(first, first + windows)
         for head in range(0, heads, group):
             cols = slice(head, head + group)
             target = None if reduction is None else \
                 reduction.tile_target(captured, rows, cols)
-            scores = torch.matmul(q[rows, cols] * scale,
-                                  k[rows, cols].transpose(-2, -1),
-                                  out=target)
+            scores = scaled_similarity(q[rows, cols], k[rows, cols],
+                                       target)
             mask = _tile_mask(attn_mask, rows, cols)
             if mask is not None and mask.dtype == torch.bool:
                 scores.masked_fill_(~mask, float('-inf'))
             elif mask is not None:
                 scores.add_(mask)
-            torch.softmax(scores, -1, out=scores)
-            torch.matmul(scores, v[rows, cols], out=out[rows, cols])
+            torch.matmul(softmax_(scores), v[rows, cols],
+                         out=out[rows, cols])
             if reduction is not None:
                 reduction.add_tile(captured, rows, cols, scores)
     return out, None if reduction is None else reduction.finish(captured)
