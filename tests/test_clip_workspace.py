@@ -12,6 +12,7 @@ from mmseg_ovss.clip.attention import (block_forward,
                                        block_forward_with_attention,
                                        head_reduction, mlp_forward,
                                        project_qkv)
+from mmseg_ovss.clip.cpu_linear import set_cpu_fp32_linear
 from mmseg_ovss.clip.workspace import (release_workspace, workspace,
                                        workspace_bytes)
 from mmseg_ovss.testing.direct import assert_fp32_close
@@ -21,9 +22,13 @@ WIDTH, HEADS, TOKENS = 32, 4, 9
 
 @pytest.fixture(autouse=True)
 def fresh_workspace():
+    # the workspace serves the BLAS products; with oneDNN's fp32 linear
+    # (the default on non-Intel CPUs) the projections make new tensors
+    set_cpu_fp32_linear('blas')
     release_workspace()
     yield
     release_workspace()
+    set_cpu_fp32_linear(None)
 
 
 def make_block() -> ResidualAttentionBlock:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
+from mmseg_ovss.clip.cpu_linear import linear, uses_onednn
 from mmseg_ovss.clip.precision import cpu_has_amx
 from mmseg_ovss.clip.workspace import workspace
 from mmseg_ovss.utils.errors import OVSSConfigError
@@ -38,12 +39,16 @@ def project_qkv(block: nn.Module, x: Tensor, scratch: bool = False
     ``scratch``: for a caller that is done with q, k and v before it
     returns, the projection is written into this thread's ``'qkv'``
     workspace buffer (:mod:`mmseg_ovss.clip.workspace`) when it runs on the
-    CPU without autograd or autocast; else into a new tensor."""
+    CPU without autograd or autocast; else into a new tensor. fp32 on the
+    CPU runs on the GEMM :mod:`mmseg_ovss.clip.cpu_linear` chooses (a new
+    tensor when that is oneDNN)."""
     attn = _multihead(block)
     b, n, c = x.shape
     heads = attn.num_heads
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    if scratch and x.device.type == 'cpu' and \
+    if uses_onednn(x, weight):
+        qkv = linear(x, weight, bias)
+    elif scratch and x.device.type == 'cpu' and \
             not _records_graph(x, module=attn) and not _autocast_on(x):
         rows = x.reshape(b * n, c)
         qkv = _scratch('qkv', (b * n, weight.shape[0]), rows)
@@ -58,10 +63,16 @@ def project_qkv(block: nn.Module, x: Tensor, scratch: bool = False
 
 
 def project_out(block: nn.Module, x: Tensor) -> Tensor:
-    """Merge heads (B, heads, N, d) -> (B, N, C) and apply ``out_proj``."""
+    """Merge heads (B, heads, N, d) -> (B, N, C) and apply ``out_proj``
+    (by :func:`mmseg_ovss.clip.cpu_linear.linear` where that runs on
+    oneDNN: the module's hooks then do not run)."""
     attn = _multihead(block)
     b, h, n, d = x.shape
-    return attn.out_proj(x.transpose(1, 2).reshape(b, n, h * d))
+    merged = x.transpose(1, 2).reshape(b, n, h * d)
+    out_proj = attn.out_proj
+    if uses_onednn(merged, out_proj.weight):
+        return linear(merged, out_proj.weight, out_proj.bias)
+    return out_proj(merged)
 
 
 # On the CPU, attention scores are formed for a few windows (or a few
@@ -241,20 +252,29 @@ def mlp_forward(mlp: nn.Module, x: Tensor) -> Tensor:
     else:
         step = max(1, CPU_MLP_HIDDEN_ELEMENTS // c_fc.out_features)
     out = rows.new_empty((count, c_proj.out_features))
-    # the chunks' hidden and gate buffers
+    # the chunks' hidden and gate buffers (oneDNN makes its own outputs)
+    onednn = uses_onednn(rows, c_fc.weight)
     hidden_shape = (min(step, count), c_fc.out_features)
-    hidden_buffer = _scratch('mlp_hidden', hidden_shape, rows)
+    hidden_buffer = None if onednn else \
+        _scratch('mlp_hidden', hidden_shape, rows)
     gate_buffer = _scratch('mlp_gate', hidden_shape, rows) \
         if isinstance(gelu, QuickGELU) else None
     for start in range(0, count, step):
         size = min(step, count - start)
-        hidden = _linear_into(c_fc, rows[start:start + size],
-                              hidden_buffer[:size])
+        chunk = out[start:start + size]
+        if onednn:
+            hidden = linear(rows[start:start + size], c_fc.weight, c_fc.bias)
+        else:
+            hidden = _linear_into(c_fc, rows[start:start + size],
+                                  hidden_buffer[:size])
         gate = None if gate_buffer is None else gate_buffer[:size]
         hidden = _activate_(gelu, hidden, gate)
         if ln is not None:
             hidden = ln(hidden)
-        _linear_into(c_proj, hidden, out[start:start + size])
+        if onednn:
+            chunk.copy_(linear(hidden, c_proj.weight, c_proj.bias))
+        else:
+            _linear_into(c_proj, hidden, chunk)
     return out.view(*x.shape[:-1], c_proj.out_features)
 
 
@@ -489,10 +509,10 @@ def project_cls_query_kv(block: nn.Module, normed: Tensor
     attn = _multihead(block)
     c = normed.shape[-1]
     bias = attn.in_proj_bias
-    q = F.linear(normed[..., :1, :], attn.in_proj_weight[:c],
-                 None if bias is None else bias[:c])
-    kv = F.linear(normed, attn.in_proj_weight[c:],
-                  None if bias is None else bias[c:])
+    q = linear(normed[..., :1, :], attn.in_proj_weight[:c],
+               None if bias is None else bias[:c])
+    kv = linear(normed, attn.in_proj_weight[c:],
+                None if bias is None else bias[c:])
     return q, kv
 
 

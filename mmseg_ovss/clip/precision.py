@@ -31,6 +31,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from mmseg_ovss.clip.cpu_linear import resolved_backend
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 PRECISIONS = ('fp32', 'bf16', 'fp16', 'auto')
@@ -84,6 +85,8 @@ class KernelReport:
         cuda_bf16: the CUDA device supports bf16.
         flash_sdp: PyTorch's flash kernel of ``scaled_dot_product_attention``
             is enabled (CUDA).
+        fp32_linear: the fp32 GEMM of the CPU inference path, ``'onednn'``
+            or ``'blas'`` (:mod:`mmseg_ovss.clip.cpu_linear`).
     """
     device: str
     cpu_capability: str
@@ -95,6 +98,7 @@ class KernelReport:
     amx_tiles: bool
     cuda_bf16: bool = False
     flash_sdp: bool = False
+    fp32_linear: str = 'blas'
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +112,10 @@ class KernelReport:
         bf16 = ('AMX tiles' if self.amx_tiles else
                 'oneDNN avx512_core_bf16 (no AMX)' if self.mkldnn_bf16
                 else 'none (emulated)')
+        fp32 = 'oneDNN' if self.fp32_linear == 'onednn' else 'BLAS'
         return (f'cpu {self.cpu_capability}, oneDNN '
-                f'{"on" if self.mkldnn else "off"}; bf16 matmul: {bf16}; '
+                f'{"on" if self.mkldnn else "off"}; fp32 linear: {fp32}; '
+                f'bf16 matmul: {bf16}; '
                 f'avx512_fp16 {"yes" if self.avx512_fp16 else "no"}')
 
 
@@ -125,7 +131,8 @@ def kernel_report(device: Union[str, torch.device] = 'cpu') -> KernelReport:
         avx512_bf16='avx512_bf16' in flags,
         avx512_fp16='avx512_fp16' in flags,
         amx_bf16='amx_bf16' in flags,
-        amx_tiles=cpu_has_amx())
+        amx_tiles=cpu_has_amx(),
+        fp32_linear=resolved_backend())
     if device.type == 'cuda':
         return KernelReport(
             device=torch.cuda.get_device_name(device), **cpu,
@@ -139,9 +146,10 @@ def matmul_rates(dtypes: Sequence[torch.dtype] = (torch.float32,
                  device: Union[str, torch.device] = 'cpu',
                  shape=(512, 768, 3072), repeats: int = 3
                  ) -> Dict[torch.dtype, float]:
-    """Measured GFLOP/s of ``F.linear`` at a ViT-B MLP shape (tokens, in,
-    out) per dtype, by :func:`mmseg_ovss.engine.complexity.
-    measure_matmul_rate` (its convention: one multiply-add = 1 FLOP)."""
+    """Measured GFLOP/s of a linear layer (on the dense path's kernel) at
+    a ViT-B MLP shape (tokens, in, out) per dtype, by
+    :func:`mmseg_ovss.engine.complexity.measure_matmul_rate` (its
+    convention: one multiply-add = 1 FLOP)."""
     from mmseg_ovss.engine.complexity import measure_matmul_rate
     return {
         dtype: measure_matmul_rate(dtype, shape, repeats,

@@ -29,7 +29,6 @@ from collections import Counter, OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
-import torch.nn.functional as F
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import (bmm_flop_jit,
                                            elementwise_flop_counter,
@@ -213,6 +212,16 @@ def _native_mha_flop(query, key, value, *args, out_val=None,
                 2 * batch * length * source * dim)
 
 
+def _onednn_linear_flop(x, *args, out_val=None, **kwargs) -> int:
+    """``mkldnn::_linear_pointwise`` (oneDNN's linear layer, which
+    :mod:`mmseg_ovss.clip.cpu_linear` runs fp32 inference on where it is
+    the faster GEMM): x (..., K) @ W (N, K)^T, M*K*N multiply-adds; the
+    ``binary`` overload passes the tensor it adds before W. torch's unit
+    (2 per multiply-add)."""
+    weight = args[0] if isinstance(args[2], str) else args[1]
+    return 2 * _prod(x[:-1]) * x[-1] * weight[0]
+
+
 def dispatch_flop_formulas() -> Dict[Any, Any]:
     """torch's dispatcher FLOP table (``torch.utils.flop_counter``: matrix
     products, convolutions, fused attention on GPU) plus the CPU attention
@@ -223,6 +232,9 @@ def dispatch_flop_formulas() -> Dict[Any, Any]:
     formulas[aten._scaled_dot_product_flash_attention_for_cpu] = \
         _sdpa_cpu_flop
     formulas[aten._native_multi_head_attention] = _native_mha_flop
+    onednn_linear = getattr(torch.ops.mkldnn, '_linear_pointwise', None)
+    if onednn_linear is not None:
+        formulas[onednn_linear] = _onednn_linear_flop
     return formulas
 
 
@@ -332,9 +344,11 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
                         min_seconds: float = 0.05,
                         device='cpu') -> Dict:
     """The machine's achieved matrix-product rate at a transformer shape:
-    ``F.linear`` of (M, K) tokens with a (N, K) weight and bias (a ViT-B
+    a linear layer of (M, K) tokens with a (N, K) weight and bias (a ViT-B
     MLP's first layer for M tokens when (K, N) = (768, 3072)), at the
-    current ``torch.get_num_threads()``.
+    current ``torch.get_num_threads()``, on the kernel the package's dense
+    path uses (:func:`mmseg_ovss.clip.cpu_linear.linear`: oneDNN or BLAS
+    for fp32 on the CPU, ``F.linear`` otherwise).
 
     After one untimed call, each of ``repeats`` timings runs the product
     enough times to last ``min_seconds``; the rate is in the package's FLOP
@@ -344,8 +358,10 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
     Returns:
         dict: ``gflop_per_s`` (of the fastest timing: what the machine
         reaches), ``gflop_per_s_median``, ``dtype``, ``shape``,
-        ``threads``, ``device``, ``seconds_per_product`` (fastest).
+        ``threads``, ``device``, ``seconds_per_product`` (fastest),
+        ``kernel`` (``'onednn'``, ``'blas'`` or ``'default'``).
     """
+    from mmseg_ovss.clip.cpu_linear import linear, uses_onednn
     if repeats < 1 or len(shape) != 3 or min(shape) < 1:
         raise ValueError(f'measure_matmul_rate: repeats={repeats} must be '
                          f'>= 1 and shape={shape} three positive sizes '
@@ -359,10 +375,13 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
     bias = torch.zeros(n).to(device, dtype)
     import time
     with torch.no_grad():
-        F.linear(x, weight, bias)  # warm-up: kernel choice, page faults
+        kernel = ('onednn' if uses_onednn(x, weight) else 'blas') \
+            if device.type == 'cpu' and dtype == torch.float32 \
+            else 'default'
+        linear(x, weight, bias)  # warm-up: kernel choice, page faults
         _sync(device)
         start = time.perf_counter()
-        F.linear(x, weight, bias)
+        linear(x, weight, bias)
         _sync(device)
         once = max(time.perf_counter() - start, 1e-9)
         calls = max(1, int(min_seconds / once))
@@ -370,7 +389,7 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(calls):
-                F.linear(x, weight, bias)
+                linear(x, weight, bias)
             _sync(device)
             timings.append((time.perf_counter() - start) / calls)
     best = min(timings)
@@ -381,7 +400,7 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
                 dtype=str(dtype).replace('torch.', ''), shape=[m, k, n],
                 threads=torch.get_num_threads(), device=str(device),
                 seconds_per_product=best, calls_per_timing=calls,
-                repeats=repeats)
+                repeats=repeats, kernel=kernel)
 
 
 def dispatch_flops(model: nn.Module, inputs: torch.Tensor):
