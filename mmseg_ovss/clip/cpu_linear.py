@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmseg_ovss.utils.cpuinfo import cpuinfo_value
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 CPU_FP32_LINEAR_BACKENDS = ('auto', 'onednn', 'blas')
@@ -64,14 +65,7 @@ def set_cpu_fp32_linear(backend: Optional[str]) -> None:
 def cpu_vendor() -> str:
     """``vendor_id`` of ``/proc/cpuinfo`` (``'GenuineIntel'``,
     ``'AuthenticAMD'``, ...), or ``''`` where there is none."""
-    try:
-        with open('/proc/cpuinfo') as handle:
-            for line in handle:
-                if line.startswith('vendor_id'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return ''
+    return cpuinfo_value('vendor_id') or ''
 
 
 def _onednn_linear_available() -> bool:

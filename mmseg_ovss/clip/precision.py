@@ -32,6 +32,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from mmseg_ovss.clip.cpu_linear import resolved_backend
+from mmseg_ovss.utils.cpuinfo import cpuinfo_value
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 PRECISIONS = ('fp32', 'bf16', 'fp16', 'auto')
@@ -46,14 +47,7 @@ AUTO_BF16_MIN_SPEEDUP = 1.25
 def cpu_flags() -> frozenset:
     """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is
     none, e.g. macOS or Windows)."""
-    try:
-        with open('/proc/cpuinfo') as handle:
-            for line in handle:
-                if line.startswith(('flags', 'Features')):
-                    return frozenset(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo_value('flags', 'Features') or '').split())
 
 
 def cpu_has_amx() -> bool:
