@@ -130,3 +130,73 @@ def test_flops_and_matmul_rate_follow_the_kernel():
                                min_seconds=0.0)['kernel'] == 'blas'
     assert measure_matmul_rate(torch.bfloat16, (16, 8, 12), repeats=1,
                                min_seconds=0.0)['kernel'] == 'default'
+
+
+@pytest.mark.skipif(not ONEDNN, reason='no oneDNN linear kernel')
+@torch.no_grad()
+def test_onednn_packs_a_weight_once_and_again_after_it_changes():
+    """The packed layout is made on first use and reused; every way a
+    weight's values change (in-place copy, ``load_state_dict``, ``.data``)
+    is seen, and the products follow the new values."""
+    set_cpu_fp32_linear('onednn')
+    cpu_linear.release_packed_weights()
+    generator = torch.Generator().manual_seed(3)
+    layer = torch.nn.Linear(96, 40)
+    x = torch.randn(9, 96, generator=generator)
+    first = cpu_linear.packed_weight(layer.weight)
+    assert cpu_linear.packed_weight(layer.weight) is first
+    assert cpu_linear.packed_weight_bytes() >= 40 * 96 * 4
+    assert_within_summation_bound(linear(x, layer.weight, layer.bias), x,
+                                  layer.weight, layer.bias)
+    changes = [
+        lambda: layer.weight.copy_(torch.randn(40, 96, generator=generator)),
+        lambda: layer.load_state_dict(
+            {'weight': torch.randn(40, 96, generator=generator),
+             'bias': torch.randn(40, generator=generator)}),
+        lambda: setattr(layer.weight, 'data',
+                        torch.randn(40, 96, generator=generator)),
+    ]
+    for change in changes:
+        before = cpu_linear.packed_weight(layer.weight)
+        change()
+        assert cpu_linear.packed_weight(layer.weight) is not before
+        assert_within_summation_bound(linear(x, layer.weight, layer.bias),
+                                      x, layer.weight, layer.bias)
+
+
+@pytest.mark.skipif(not ONEDNN, reason='no oneDNN linear kernel')
+@torch.no_grad()
+def test_packed_weights_leave_with_their_weight_and_on_release():
+    set_cpu_fp32_linear('onednn')
+    cpu_linear.release_packed_weights()
+    x = torch.randn(4, 32)
+    kept = torch.nn.Parameter(torch.randn(16, 32))
+    dropped = torch.nn.Parameter(torch.randn(16, 32))
+    linear(x, kept)
+    linear(x, dropped)
+    assert len(cpu_linear._PACKED) == 2
+    del dropped  # its entry goes with it (no stale id for a new tensor)
+    assert len(cpu_linear._PACKED) == 1
+    cpu_linear.release_packed_weights()
+    assert cpu_linear.packed_weight_bytes() == 0
+    assert_within_summation_bound(linear(x, kept), x, kept, None)
+    # a slice of a weight (a new view at every call) is not packed
+    rows = kept[:8]
+    assert not cpu_linear.packed_weight(rows).is_mkldnn
+    assert cpu_linear.packed_weight(kept).is_mkldnn
+    assert_within_summation_bound(linear(x, rows), x, rows, None)
+    assert len(cpu_linear._PACKED) == 1
+
+
+@pytest.mark.skipif(not ONEDNN, reason='no oneDNN linear kernel')
+def test_inference_mode_weights_run_unpacked():
+    """A weight made under ``torch.inference_mode`` has no version counter
+    to tell when it changes: it is used as it is, not cached."""
+    set_cpu_fp32_linear('onednn')
+    cpu_linear.release_packed_weights()
+    with torch.inference_mode():
+        weight = torch.nn.Parameter(torch.randn(12, 20))
+        x = torch.randn(3, 20)
+        got = linear(x, weight)
+    assert len(cpu_linear._PACKED) == 0
+    assert_within_summation_bound(got, x, weight, None)

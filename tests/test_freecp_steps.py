@@ -176,7 +176,8 @@ def test_eq4_spatial_consistency_variants():
 def test_eq6_pairwise_consistency(metric):
     torch.manual_seed(6)
     maps = torch.rand(2, 5, 3, 3)
-    pair = pairwise_consistency(maps, metric, chunk=2)
+    pair = pairwise_consistency(maps, metric)
+    assert pair.dtype == torch.float32 and pair.shape == (2, 5, 5)
     # ratios of 9-term sums of values in [0, 1] formed in another order
     # (matrix products, |x - y| identities): a few 9 * eps relative
     atol = 4 * 9 * EPS
@@ -186,8 +187,23 @@ def test_eq6_pairwise_consistency(metric):
                 expect = spatial_consistency(maps[b, i], maps[b, j], metric)
                 torch.testing.assert_close(pair[b, i, j], expect, atol=atol,
                                            rtol=0)
-    # the default chunking (memory-bounded blocks) gives the same numbers
-    assert torch.equal(pairwise_consistency(maps, metric), pair)
+
+
+def test_eq6_soft_iou_pairs_are_float64_ratios_rounded_once():
+    """The soft-IoU pairs come from float64 L1 distances: within one
+    float32 rounding of sum(min) / sum(max) computed in float64, on maps
+    of a FreeCP window's size (24 x 24) and an empty class list."""
+    torch.manual_seed(16)
+    maps = torch.rand(3, 7, 24, 24)
+    maps[0, 2] = 0  # an all-zero map: 0 / (sum + eps) pairs
+    pair = pairwise_consistency(maps, 'soft_iou')
+    flat = maps.double().reshape(3, 7, 1, -1)
+    other = maps.double().reshape(3, 1, 7, -1)
+    inter = torch.minimum(flat, other).sum(-1)
+    expect = inter / (torch.maximum(flat, other).sum(-1) + 1e-8)
+    assert bool(((pair.double() - expect).abs() <= EPS * expect).all())
+    empty = pairwise_consistency(maps[:, :0], 'soft_iou')
+    assert empty.shape == (3, 0, 0)
 
 
 def test_batched_crops_equal_slice_and_interpolate():

