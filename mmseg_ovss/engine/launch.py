@@ -6,6 +6,7 @@ also refuse misspelled keys in a config file (:func:`check_config_keys`),
 which mmengine would otherwise ignore.
 """
 import difflib
+import gc
 import inspect
 import os
 import os.path as osp
@@ -84,9 +85,14 @@ def close_process_group() -> None:
     worker threads are torn down (pytorch/pytorch#190489); PyTorch asks
     for ``destroy_process_group`` once per process when communication is
     over. Not called after an error, where another rank may still be in a
-    collective.
+    collective. The finished runner is collected first: mmengine's Runner
+    sits in reference cycles, and its DDP wrapper holds the group, so
+    without ``gc.collect()`` the gloo group outlived ``destroy_process_group``
+    and was still torn down at interpreter exit (the abort above recurred
+    once in a 2-process training test after the destroy call was added).
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
