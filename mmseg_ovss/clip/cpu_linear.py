@@ -32,7 +32,7 @@ applies to frozen CPU linear layers) and kept until the weight changes
 out at every call, and on the AMD EPYC above it then ran some shapes far
 below its rate: the ViT-B/16 MLP's ``c_proj`` ((1365, 3072) x (3072, 768),
 the MLP's row chunks) at 74-78 GMAC/s and FreeCP's 112-pixel crops (300
-rows) at 69-87, against 96-107 for both from the packed weight. The packed
+rows) at 69-87, against 96-110 for both from the packed weight. The packed
 copies take as much memory as the weights (about 340 MB for a ViT-B/16
 image tower); :func:`release_packed_weights` frees them.
 """
