@@ -54,18 +54,16 @@ def pairwise_consistency(maps: Tensor, metric: str = 'soft_iou',
     float32.
     """
     _check(metric)
-    b, k = maps.shape[:2]
     flat = maps.flatten(2).float()
+    if metric == 'soft_iou':
+        flat = flat.to(_exact_dtype(flat.device))
+    sums = flat.sum(dim=-1)
+    pair_sum = sums[:, :, None] + sums[:, None, :]
     if metric in ('iou', 'half_dice'):
-        sums = flat.sum(dim=-1)
-        pair_sum = sums[:, :, None] + sums[:, None, :]
         inter = torch.bmm(flat, flat.transpose(1, 2))
         denom = pair_sum if metric == 'half_dice' else pair_sum - inter
         return inter / (denom + eps)
-    exact = flat.to(_exact_dtype(flat.device))
-    sums = exact.sum(dim=-1)
-    pair_sum = sums[:, :, None] + sums[:, None, :]
-    absdiff = torch.cdist(exact, exact, p=1)
+    absdiff = torch.cdist(flat, flat, p=1)
     inter = (pair_sum - absdiff) / 2
     union = (pair_sum + absdiff) / 2
     return (inter / (union + eps)).float()
