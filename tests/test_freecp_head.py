@@ -318,7 +318,14 @@ def test_image_scope_equals_window_scope_on_one_window(test_cfg,
     for window, image in zip(outs['window'], outs['image']):
         torch.testing.assert_close(image.seg_logits.data,
                                    window.seg_logits.data, atol=atol, rtol=0)
-        assert torch.equal(image.pred_sem_seg.data, window.pred_sem_seg.data)
+        # the labels agree wherever the two best classes are more than the
+        # rounding apart; a near tie (0.5000008 against 0.4999991 on an
+        # AVX2 AMD EPYC) may go either way
+        top2 = window.seg_logits.data.topk(2, dim=0).values
+        decided = (top2[0] - top2[1]) > 2 * atol
+        assert decided.float().mean() > 0.99
+        same = image.pred_sem_seg.data[0] == window.pred_sem_seg.data[0]
+        assert bool(same[decided].all())
     logits = outs['image'][0].seg_logits.data
     assert logits.shape == (6, 56, 72)
     removed = (logits[1:] == 0).flatten(1).all(dim=1)
