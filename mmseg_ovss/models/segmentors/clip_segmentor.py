@@ -50,6 +50,7 @@ from mmseg_ovss.clip.precision import (check_precision, compute_dtype,
                                        dtype_name, kernel_report)
 from mmseg_ovss.clip.text_encoder import vocabulary_from
 from mmseg_ovss.clip.vocabulary import Vocabulary, find_background_class
+from mmseg_ovss.utils.cpu_allocator import keep_freed_memory
 from mmseg_ovss.utils.errors import (OVSSConfigError, OVSSDataError,
                                      options_with_defaults)
 from mmseg_ovss.utils.pamr import PAMR
@@ -620,15 +621,21 @@ class CLIPDenseSegmentor(EncoderDecoder):
 
     def compute_dtype(self, device) -> torch.dtype:
         """The dtype of the dense path on ``device`` (``precision``); the
-        choice and the device's kernels are logged once per device."""
+        choice and the device's kernels are logged once per device. On the
+        CPU, glibc keeps freed memory from then on
+        (:func:`mmseg_ovss.utils.cpu_allocator.keep_freed_memory`)."""
         dtype = compute_dtype(self.precision, device)
         key = str(device)
         if key not in self._precision_logged:
             self._precision_logged.add(key)
+            allocator = ''
+            if torch.device(device).type == 'cpu':
+                allocator = f'; freed memory: {keep_freed_memory()}'
             print_log(
                 f'{type(self).__name__}: precision={self.precision!r} runs '
                 f'the dense path in {dtype_name(dtype)} on {key} '
-                f'({kernel_report(device).summary()})', logger='current')
+                f'({kernel_report(device).summary()}{allocator})',
+                logger='current')
         return dtype
 
     def dense_backbone(self, device):
