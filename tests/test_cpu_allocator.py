@@ -21,7 +21,7 @@ GLIBC = cpu_allocator._glibc_mallopt() is not None
 # rounds 5-9 (glibc may place the tensors of the first rounds at new
 # addresses, each faulted in once, before its freed chunks settle)
 FAULTS_OF_REPEATS = textwrap.dedent('''
-    import resource, sys
+    import resource
     import torch
     from mmseg_ovss.utils.cpu_allocator import keep_freed_memory
     print('=', keep_freed_memory())

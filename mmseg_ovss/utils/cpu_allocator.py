@@ -69,7 +69,8 @@ def _glibc_mallopt():
 def keep_freed_memory() -> str:
     """Keep freed memory in glibc's heap for this process (once); returns
     what was done, for the log: ``'kept'``, ``'system'`` (the environment
-    chose glibc's settings) or ``'no glibc'``."""
+    chose glibc's settings, or glibc refused the values) or
+    ``'no glibc'``."""
     if cpu_malloc_choice() == 'system':
         return 'system'
     mallopt = _glibc_mallopt()
