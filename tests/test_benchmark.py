@@ -451,10 +451,9 @@ def test_authors_code_driver_reads_photos_as_the_test_pipeline(repo_root,
                                       round(100 * factor))
 
 
-def test_authors_code_driver_agrees_with_itself(repo_root):
-    """side_by_side.run_side_by_side on one model in both roles: the
-    labels of benchmark.run_one agree on every pixel (benchmark's
-    label_agreement) and each side is timed once per image."""
+def _one_model_in_both_roles(repo_root, num_images: int, **driver_args):
+    """side_by_side.run_side_by_side with one tiny SCLIP as ours and as
+    theirs, on ``num_images`` generated images (the first the warm-up)."""
     import argparse
     import contextlib
 
@@ -469,16 +468,44 @@ def test_authors_code_driver_agrees_with_itself(repo_root):
     model.eval()
     theirs = argparse.Namespace(model=model, running=contextlib.nullcontext,
                                 image_meta=lambda index, h, w: {})
-    images = bench.make_images(3, 32, 48)
+    images = bench.make_images(num_images, 32, 48)
     metas = [side_by_side.image_meta(bench, theirs, i, image)
              for i, image in enumerate(images)]
-    result = side_by_side.run_side_by_side(
-        argparse.Namespace(method='sclip'), bench, model, theirs,
-        images[:1], images[1:], metas)
+    return side_by_side.run_side_by_side(
+        argparse.Namespace(method='sclip', **driver_args), bench, model,
+        theirs, images[:1], images[1:], metas)
+
+
+def test_authors_code_driver_agrees_with_itself(repo_root):
+    """side_by_side.run_side_by_side on one model in both roles: the
+    labels of benchmark.run_one agree on every pixel (benchmark's
+    label_agreement) and each side is timed once per image."""
+    result = _one_model_in_both_roles(repo_root, 3)
     assert result['label_agreement'] == [1.0, 1.0]
     assert len(result['seconds']['ours']) == 2
     assert len(result['seconds']['theirs']) == 2
     assert result['labels_used']['ours'] == result['labels_used']['theirs']
+    assert 'profile' not in result
+
+
+def test_authors_code_driver_profiles_each_side(repo_root):
+    """--profile K: each side's K operators of most self CPU time on one
+    more run of the first timed image, most first, within the total, and
+    not timed; a negative K is refused."""
+    import pytest
+    result = _one_model_in_both_roles(repo_root, 2, profile=4)
+    assert len(result['seconds']['ours']) == 1  # the profile is untimed
+    for who in ('ours', 'theirs'):
+        profile = result['profile'][who]
+        operators = profile['operators']
+        assert len(operators) == 4
+        seconds = [op['self_s'] for op in operators]
+        assert seconds == sorted(seconds, reverse=True) and seconds[-1] > 0
+        assert sum(seconds) <= profile['self_s_total']
+        assert all(op['calls'] >= 1 for op in operators)
+    side_by_side = _authors_code_module(repo_root, 'side_by_side')
+    with pytest.raises(SystemExit):
+        side_by_side.parse_args(['--repo', '.', '--profile', '-1'])
 
 
 def test_details_count_crops_without_taking_time_from_stages():

@@ -49,6 +49,7 @@ import numpy as np
 
 from mmseg_ovss.utils.errors import OVSSConfigError, OVSSDataError
 
+from .labels import decided_pixels
 from .tiny_datasets import LAYOUTS, _write_label, make_tiny_dataset, sample_ids
 
 # benchmark -> (value on disk of class 0, value on disk of an ignored pixel),
@@ -195,9 +196,8 @@ def near_ties(seg_logits, rtol: float) -> np.ndarray:
             f'near_ties needs scores of at least 2 classes, got shape '
             f'{tuple(seg_logits.shape)}; pass tie_rtol=None for a '
             'single-channel (sigmoid) model')
-    best, second = seg_logits.topk(2, dim=0).values
     margin = rtol * seg_logits.abs().max()
-    return (best - second <= margin).cpu().numpy()
+    return (~decided_pixels(seg_logits, margin)).cpu().numpy()
 
 
 @dataclass

@@ -18,7 +18,10 @@ FreeCP: see ``freecp_authors.py``). Both run the same images (generated, or
 same windows (taken from our config's ``test_cfg``), alternating per image
 (ours, theirs; theirs, ours; ...). It prints the time ratio (ours / theirs),
 the fraction of pixels with the same label and, for FreeCP, the crops each
-side classified. A developer tool: not part of the test suite.
+side classified. ``--profile K`` then runs the first timed image once more
+on each side under ``torch.profiler`` and reports each side's K operators
+of most self CPU time (where each side's time goes). A developer tool: not
+part of the test suite.
 """
 import argparse
 import contextlib
@@ -96,8 +99,15 @@ def parse_args(argv=None):
     parser.add_argument('--ap', type=float, default=None,
                         help='freecp: T_ap for both (default: the config\'s)')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--profile', type=int, default=0, metavar='K',
+                        help='after the timed images, profile the first '
+                        'one again on each side (untimed) and report its K '
+                        'operators of most self CPU time')
     parser.add_argument('--json', default=None)
     args = parser.parse_args(argv)
+    if args.profile < 0:
+        parser.error(f'--profile {args.profile}: give a number of '
+                     'operators >= 1 (or 0 for no profile)')
     if args.method != 'freecp' and (args.rp is not None or
                                     args.ap is not None):
         parser.error('--rp/--ap are FreeCP thresholds: use --method freecp')
@@ -303,7 +313,28 @@ def run_side_by_side(args, bench, ours, theirs, warmup, timed, metas):
         labels_used=labels_used)
     if freecp:
         result['crops_classified'] = crops
+    top = getattr(args, 'profile', 0)
+    if top:
+        meta = metas[len(warmup)]
+        result['profile'] = {
+            who: top_operators(lambda: run(who, timed[0], meta), top)
+            for who in ('ours', 'theirs')}
     return result
+
+
+def top_operators(step, top: int) -> dict:
+    """Self CPU seconds of one ``step()`` under ``torch.profiler``: the
+    total and the ``top`` operators of most self time (name, seconds,
+    calls), most first."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total,
+                    reverse=True)
+    return dict(
+        self_s_total=sum(e.self_cpu_time_total for e in events) / 1e6,
+        operators=[dict(name=e.key, self_s=e.self_cpu_time_total / 1e6,
+                        calls=e.count) for e in events[:top]])
 
 
 if __name__ == '__main__':
