@@ -189,3 +189,31 @@ def test_class_subset_of_a_wide_dataset(tiny_data_root):
     expected[raw == 1] = 0
     expected[raw == 458] = 1
     np.testing.assert_array_equal(sample.gt_sem_seg.data[0].numpy(), expected)
+
+
+def test_wide_class_subset_keeping_more_than_255_classes(tiny_data_root):
+    """With more than 255 classes kept, 255 is a kept class's id: a dropped
+    class still becomes the ignore index 65535, not that class."""
+    dataset_cfg = base_config('pc459').test_dataloader.dataset
+    full = DATASETS.build(dataset_cfg.copy())
+    keep = full.metainfo['classes'][1:]  # drop id 0, keep 458
+    dataset_cfg.update(metainfo=dict(classes=keep))
+    dataset = DATASETS.build(dataset_cfg)
+    sample = dataset[0]['data_samples']
+    raw = np.array(Image.open(sample.seg_map_path)).astype(np.int64)
+    assert (raw == 0).any(), 'the tiny label map lacks the dropped class'
+    expected = np.where((raw == 0) | (raw == 65535), 65535, raw - 1)
+    np.testing.assert_array_equal(sample.gt_sem_seg.data[0].numpy(), expected)
+    assert len(dataset.metainfo['palette']) == len(keep)
+
+
+@pytest.mark.parametrize('name', ['ade150', 'coco_stuff171'])
+def test_class_subset_keeps_the_kept_classes_colours(name, tiny_data_root):
+    """A subset's palette is its classes' own colours in the new order."""
+    dataset_cfg = base_config(name).test_dataloader.dataset
+    full = DATASETS.build(dataset_cfg.copy()).metainfo
+    keep = (full['classes'][5], full['classes'][2], full['classes'][-1])
+    dataset_cfg.update(metainfo=dict(classes=keep))
+    palette = DATASETS.build(dataset_cfg).metainfo['palette']
+    colours = {c: p for c, p in zip(full['classes'], full['palette'])}
+    assert [list(p) for p in palette] == [list(colours[c]) for c in keep]

@@ -138,6 +138,20 @@ def test_wide_labels_refuse_mmseg_loader(tmp_path, monkeypatch):
         build_test_dataset('pc459', tmp_path, monkeypatch, pipeline=pipeline)
 
 
+def test_wide_labels_refuse_mmseg_loader_inside_test_time_aug(
+        tmp_path, monkeypatch):
+    """mmseg's tta_pipeline form: LoadAnnotations in a TestTimeAug branch."""
+    make_tiny_dataset('pc459', tmp_path)
+    pipeline = [dict(type='LoadImageFromFile'),
+                dict(type='TestTimeAug', transforms=[
+                    [dict(type='RandomFlip', prob=0.,
+                          direction='horizontal')],
+                    [dict(type='LoadAnnotations')],
+                    [dict(type='PackSegInputs')]])]
+    with pytest.raises(OVSSConfigError, match='casts labels to uint8'):
+        build_test_dataset('pc459', tmp_path, monkeypatch, pipeline=pipeline)
+
+
 def test_label_of_another_size_names_both_files(tmp_path, monkeypatch):
     data_root = Path(make_tiny_dataset('coco_stuff171', tmp_path))
     label_path = next((data_root / 'annotations/val2017').glob('*.png'))

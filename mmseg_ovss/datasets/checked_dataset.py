@@ -9,11 +9,14 @@ sample goes through the pipeline, an image that cannot be read is reported by
 name. It also hands ``num_classes``, ``ignore_index`` and
 ``applies_exif_orientation`` (whether the pipeline's ``LoadImageFromFile``
 turns EXIF-rotated photos upright) to the annotation loader
-(``LoadCheckedAnnotations``).
+(``LoadCheckedAnnotations``). With a class subset
+(``metainfo=dict(classes=...)``) the dropped classes map to the dataset's
+ignore index (mmseg writes 255, a class id once more than 255 classes are
+kept).
 """
 import os
 import os.path as osp
-from typing import List
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from mmseg.datasets.transforms import LoadAnnotations as MMSegLoadAnnotations
 from mmseg_ovss.datasets.label_io import describe_unreadable_image
@@ -35,6 +38,36 @@ class CheckedDatasetMixin:
     PREPARE_HINT: str = ''
 
     # ---------------------------------------------------------------- init
+    def get_label_map(self, new_classes: Optional[Sequence] = None
+                      ) -> Optional[Dict[int, int]]:
+        """mmseg's map from the full class list to ``new_classes``, with
+        each dropped class sent to this dataset's ignore index.
+
+        mmseg's ``BaseSegDataset.get_label_map`` marks a dropped class with
+        255, which is a kept class's id when more than 255 classes are kept
+        (PASCAL Context 459, ADE20K-847), and not the ignore index 65535 of
+        those datasets."""
+        label_map = super().get_label_map(new_classes)
+        if label_map is None:
+            return None
+        kept = set(new_classes)
+        old_classes = self.METAINFO['classes']
+        return {old_id: new_id if old_classes[old_id] in kept
+                else self.ignore_index
+                for old_id, new_id in label_map.items()}
+
+    def _update_palette(self) -> list:
+        """The kept classes' colours, in their new order (mmseg skips the
+        value 255 instead of the dropped classes)."""
+        palette = self._metainfo.get('palette', [])
+        classes = self._metainfo.get('classes', [])
+        if self.label_map is None or len(palette) <= len(classes):
+            return super()._update_palette()
+        kept = sorted((new_id, old_id)
+                      for old_id, new_id in self.label_map.items()
+                      if new_id != self.ignore_index)
+        return type(palette)(palette[old_id] for _, old_id in kept)
+
     def full_init(self) -> None:
         if not self._fully_initialized:
             self._check_pipeline()
@@ -46,7 +79,7 @@ class CheckedDatasetMixin:
         (mmcv's cv2 and Pillow backends do for ``color_type`` 'color' and
         'grayscale'; turbojpeg, tifffile and '*_ignore_orientation' do not).
         """
-        for transform in getattr(self.pipeline, 'transforms', ()):
+        for transform in self._pipeline_transforms():
             if type(transform).__name__ == 'LoadImageFromFile':
                 return (getattr(transform, 'color_type', 'color') in (
                     'color', 'grayscale') and getattr(
@@ -90,19 +123,25 @@ class CheckedDatasetMixin:
                 'dataset) or remove its id from the split file') from err
 
     # -------------------------------------------------------------- checks
+    def _pipeline_transforms(self) -> Iterator:
+        """Every transform of the pipeline, also those nested in wrappers
+        (``TestTimeAug``'s branches, ``RandomChoice``, ``RandomApply``)."""
+        return _nested_transforms(getattr(self.pipeline, 'transforms', ()))
+
     def _check_pipeline(self) -> None:
-        """Refuse mmseg's LoadAnnotations (uint8 cast) for wide labels."""
+        """Refuse mmseg's LoadAnnotations (uint8 cast) for wide labels,
+        wherever it sits in the pipeline."""
         num_classes = len(self._metainfo['classes'])
         if num_classes <= 255 and self.ignore_index <= 255:
             return
-        for transform in self.pipeline.transforms:
+        for transform in self._pipeline_transforms():
             if isinstance(transform, MMSegLoadAnnotations):
                 raise OVSSConfigError(
                     f'{type(self).__name__} has {num_classes} classes and '
                     f'ignore index {self.ignore_index}, but the pipeline uses '
                     "mmseg's LoadAnnotations, which casts labels to uint8 and "
                     "corrupts them; use dict(type='LoadCheckedAnnotations') "
-                    'instead')
+                    'instead (also inside TestTimeAug in a tta_pipeline)')
 
     def _check_layout(self) -> None:
         if self.data_root is not None and not osp.isdir(self.data_root):
@@ -148,3 +187,18 @@ class CheckedDatasetMixin:
         raise OVSSDataError(
             f'{type(self).__name__}: {problem}.\nExpected layout below '
             f'${DATA_ROOT_ENV} (see docs/datasets.md):\n{self.LAYOUT}')
+
+
+def _nested_transforms(transforms) -> Iterator:
+    """``transforms`` and, depth first, the transforms inside each wrapper:
+    mmcv's ``Compose``, ``RandomChoice`` and ``RandomApply`` keep theirs in
+    ``transforms``, ``TestTimeAug`` in ``subroutines``."""
+    for transform in transforms:
+        yield transform
+        for attribute in ('transforms', 'subroutines'):
+            inner = getattr(transform, attribute, None)
+            if inner is None:
+                continue
+            if not isinstance(inner, (list, tuple)):
+                inner = [inner]  # RandomApply holds one Compose
+            yield from _nested_transforms(inner)

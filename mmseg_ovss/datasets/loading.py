@@ -104,7 +104,9 @@ class LoadCheckedAnnotations(BaseTransform):
         if results.get('label_map'):
             label_map = dict(results['label_map'])
             if ignore_index != 255 and (num_classes or 256) <= 255:
-                # mmseg's get_label_map marks dropped classes with 255
+                # mmseg's get_label_map marks dropped classes with 255 (the
+                # datasets of mmseg_ovss map them to their ignore index
+                # themselves, also where 255 is a class id)
                 label_map = {old: ignore_index if new == 255 else new
                              for old, new in label_map.items()}
             label = apply_label_map(label, label_map)
