@@ -20,13 +20,16 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.optim import OptimWrapper
+from mmseg.models import EncoderDecoder
+from mmseg.registry import MODELS
 from torch import nn
 
 import mmseg_ovss.testing.hooks  # noqa: F401  (CrashAfterIterHook)
 from mmseg_ovss.engine.amp import OVSSAmpOptimWrapper, apply_amp
 from mmseg_ovss.engine.batch_size import (apply_total_batch_size,
                                           launcher_world_size)
-from mmseg_ovss.engine.launch import check_config_keys
+from mmseg_ovss.engine.checkpoint import checkpoint_seed
+from mmseg_ovss.engine.launch import check_config_keys, close_process_group
 from mmseg_ovss.engine.parameters import (LearnableParametersHook,
                                           count_parameters)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
@@ -34,8 +37,8 @@ from mmseg_ovss.testing.tiny_datasets import (exported_data_root,
                                               make_tiny_dataset)
 from mmseg_ovss.testing.tools import load_tool
 from mmseg_ovss.testing.training import (assert_same_weights, crash_and_resume,
-                                         dist_train,
-                                         final_state_dict, train_in_process,
+                                         dist_train, final_state_dict,
+                                         free_port, train_in_process,
                                          weight_tolerance)
 from mmseg_ovss.utils.errors import OVSSConfigError
 
@@ -176,6 +179,38 @@ def test_two_processes_train_the_weights_of_one(data_root, tmp_path):
         100 * weight_tolerance(torch.float32, size, iters)
 
 
+@MODELS.register_module(force=True)
+class EncoderDecoderWithUnusedBranch(EncoderDecoder):
+    """mmseg's EncoderDecoder with a trainable layer the loss never uses
+    (a branch some ablations switch off)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.unused = nn.Linear(4, 4)
+
+
+def test_find_unused_parameters_reaches_ddp(data_root, tmp_path,
+                                            monkeypatch):
+    """The top-level ``find_unused_parameters = True`` (mmengine reads it
+    only for its own wrapper) reaches the package's DDP wrapper: a model
+    with an unused trainable layer trains under ``--launcher pytorch``
+    (one gloo process) instead of failing DDP's reduction check."""
+    config = _config(tmp_path, iters=2, interval=1, extra=(
+        "model = dict(type='EncoderDecoderWithUnusedBranch')\n"
+        'find_unused_parameters = True\n'))
+    for name, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+                            MASTER_ADDR='127.0.0.1',
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    try:
+        runner = train_in_process(config, tmp_path / 'ddp',
+                                  extra_args=['--launcher', 'pytorch'])
+    finally:
+        close_process_group()
+    assert runner.model.find_unused_parameters is True
+    assert 'Iter(train) [2/2]' in _log(tmp_path / 'ddp')
+
+
 # ------------------------------------------------------------ resume
 def test_resume_after_crash_matches_uninterrupted_run(data_root, tmp_path):
     """Mixed precision (bf16 on CPU) and the total batch size on, crash
@@ -197,6 +232,46 @@ def test_resume_after_crash_matches_uninterrupted_run(data_root, tmp_path):
     assert _largest_difference(_checkpoint(crashed / 'iter_3.pth'),
                                final_state_dict(crashed)) > \
         100 * weight_tolerance(torch.float32, 1)
+
+
+def test_resume_without_a_fixed_seed_continues_the_data_order(data_root,
+                                                              tmp_path):
+    """mmseg's default ``randomness = dict(seed=None)``: the crashed run drew
+    a seed; ``--resume`` starts with it (mmengine restores it only after
+    building the sampler from a new one), so the resumed run trains the
+    images, and ends with the weights, of an uninterrupted run with that
+    seed."""
+    config = _config(tmp_path, iters=4, interval=1,
+                     extra='randomness = dict(seed=None)\n')
+    crashed = tmp_path / 'crashed'
+    runner, _ = crash_and_resume(config, crashed)
+    seed = checkpoint_seed(str(crashed / 'iter_2.pth'))
+    assert seed is not None
+    assert runner.seed == seed
+    assert runner.train_dataloader.sampler.seed == seed
+    config = _config(tmp_path, iters=4, interval=1,
+                     extra=f'randomness = dict(seed={seed})\n')
+    reference = tmp_path / 'uninterrupted'
+    train_in_process(config, reference)
+    assert_same_weights(final_state_dict(reference),
+                        final_state_dict(crashed), torch.float32,
+                        reduction_size=1)
+
+
+def test_resume_replaces_another_configured_seed(data_root, tmp_path):
+    config = _config(tmp_path, iters=3, interval=1)  # randomness.seed=0
+    work = tmp_path / 'run'
+    crash_and_resume(config, work, after_iter=1)  # saved with seed 0
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(work)
+    cfg.load_from = str(work / 'iter_1.pth')
+    continue_with_checkpoint_seed = load_tool(
+        'train').continue_with_checkpoint_seed
+    assert continue_with_checkpoint_seed(cfg) is None
+    cfg.randomness = dict(seed=7, deterministic=False)
+    note = continue_with_checkpoint_seed(cfg)
+    assert cfg.randomness == dict(seed=0, deterministic=False)
+    assert 'randomness.seed=7' in note and 'seed 0' in note
 
 
 # --------------------------------------------------------------- AMP

@@ -26,7 +26,8 @@ from mmseg_ovss.engine.batch_size import (  # noqa: E402
     apply_total_batch_size, launcher_world_size)
 from mmseg_ovss.engine.checkpoint import (  # noqa: E402
     TRUST_CHECKPOINT_KEY, add_checkpoint_check, add_trust_argument,
-    check_checkpoint_file, resolve_resume, trusted_checkpoint_of)
+    check_checkpoint_file, checkpoint_seed, resolve_resume,
+    trusted_checkpoint_of)
 from mmseg_ovss.engine.launch import (  # noqa: E402
     add_runner_arguments, close_process_group, init_cpu_process_group,
     load_runner_config, parse_runner_args)
@@ -74,6 +75,29 @@ def check_trainable(cfg: Config, config_path: str) -> None:
         'configs/_base_/schedules/schedule_80k.py.')
 
 
+def continue_with_checkpoint_seed(cfg: Config) -> Optional[str]:
+    """Start a resumed run with the seed of the run it continues.
+
+    mmengine builds the data sampler (and seeds the dataloader workers)
+    from ``randomness.seed`` before ``Runner.resume`` restores the
+    checkpoint's seed; without a fixed seed in the config (mmseg's default)
+    the resumed run then skipped ``iter`` batches of another permutation,
+    training some images twice and others never in that epoch. Returns a
+    sentence for the log when the config's own seed is overridden."""
+    seed = checkpoint_seed(cfg.load_from)
+    if seed is None:
+        return None
+    randomness = dict(cfg.get('randomness') or {})
+    configured = randomness.get('seed')
+    randomness['seed'] = seed
+    cfg.randomness = randomness
+    if configured is not None and configured != seed:
+        return (f'--resume: randomness.seed={configured} of the config is '
+                f'replaced by the seed {seed} of the run that saved '
+                f'{cfg.load_from}, so that the data order continues')
+    return None
+
+
 def build_cfg(args, notes: Optional[List[str]] = None) -> Config:
     """The runner config of ``args``; sentences for the log (total batch
     size, mixed precision) are appended to ``notes``."""
@@ -93,6 +117,9 @@ def build_cfg(args, notes: Optional[List[str]] = None) -> Config:
         cfg.resume = True
         cfg.load_from = resolve_resume(cfg.work_dir, args.resume)
         add_checkpoint_check(cfg, cfg.load_from)
+        note = continue_with_checkpoint_seed(cfg)
+        if note:
+            notes.append(note)
     elif cfg.get('load_from'):
         # initial weights for fine-tuning: the same checks as tools/test.py
         # (a URL is fetched by mmengine; only its keys are checked)

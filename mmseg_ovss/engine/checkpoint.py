@@ -19,7 +19,10 @@
   of the model's keys; mmengine loads with ``strict=False`` and only warns,
   so a wrong checkpoint used to evaluate a randomly initialised model.
 * :func:`resolve_resume` finds what ``tools/train.py --resume`` continues
-  from, or says why there is nothing (mmengine starts from scratch).
+  from, or says why there is nothing (mmengine starts from scratch);
+  :func:`checkpoint_seed` reads the seed of the run that wrote it, which the
+  resumed run must start with (mmengine restores it only after building the
+  data sampler from a new one).
 """
 import contextlib
 import glob
@@ -575,6 +578,24 @@ def _resume_fix(work_dir: str, exclude: str = '') -> str:
             'without --resume.')
 
 
+def checkpoint_seed(path: str) -> Optional[int]:
+    """The random seed of the run that saved ``path`` (mmengine's
+    ``meta['seed']``), or None when it holds none or only a trusted full
+    unpickling could read it. The tensors are memory-mapped, not read."""
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+        try:
+            checkpoint = torch.load(path, map_location='cpu',
+                                    weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            return None  # objects outside the allow-list
+        except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+            checkpoint = torch.load(path, map_location='cpu',
+                                    weights_only=True)
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    seed = meta.get('seed') if isinstance(meta, dict) else None
+    return None if seed is None else int(seed)
+
+
 def resolve_resume(work_dir: str, resume: str) -> str:
     """The checkpoint ``tools/train.py --resume [PATH]`` continues from.
 
@@ -633,6 +654,7 @@ def resolve_resume(work_dir: str, resume: str) -> str:
 __all__ = ['CheckpointKeysHook', 'KeyMatch', 'TRUST_CHECKPOINT_KEY',
            'UnresolvedObject', 'apply_legacy_keys', 'add_checkpoint_check', 'add_trust_argument',
            'check_checkpoint_file', 'checkpoint_file_problem',
+           'checkpoint_seed',
            'expected_keys', 'is_trusted_checkpoint', 'load_from_local',
            'load_trusted', 'previous_checkpoints', 'refused_global',
            'resolve_resume', 'mmengine_checkpoint_globals',

@@ -107,7 +107,12 @@ def configure_distributed(cfg: Config, launcher: str) -> None:
         cfg.env_cfg.dist_cfg.backend = 'gloo'
         # SyncBN needs CUDA; plain BN behaves the same per process.
         cfg.model = _replace_syncbn(cfg.model)
-    cfg.setdefault('model_wrapper_cfg', dict(type='OVSSDistributedDataParallel'))
+    # mmengine reads a top-level find_unused_parameters only when it builds
+    # its own wrapper (no model_wrapper_cfg): hand it to ours
+    wrapper = dict(type='OVSSDistributedDataParallel')
+    if cfg.get('find_unused_parameters'):
+        wrapper['find_unused_parameters'] = True
+    cfg.setdefault('model_wrapper_cfg', wrapper)
 
 
 def _replace_syncbn(node):
