@@ -4,6 +4,7 @@ Tiny random CLIP ``ovss-tiny-ViT-16`` (4 x 4 patches at 64 px); every
 component is the real one.
 """
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -390,6 +391,28 @@ def test_updated_rlb_tokens_learn():
     sum(v for k, v in losses.items() if 'loss' in k).backward()
     tokens = dict(model.named_parameters())['region_bridge.tokens']
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+
+def test_updated_rlb_tokens_train_at_the_backbone_rate():
+    """Table 6's 'updated' RLB tokens belong to the backbone in JSeg's
+    CLIP-RC code, so the shipped recipe gives them its x 10 learning rate
+    (the prompts' rate), not the base one."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.fromfile(
+        root / 'configs/cliprc/ablations/rlb_tokens-16_updated.py')
+    assert cfg.model.region_bridge.update
+    model = build_tiny_cliprc('cliprc', region_bridge=dict(update=True))
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lr_of = {id(p): group['lr'] for group in wrapper.optimizer.param_groups
+             for p in group['params']}
+    params = dict(model.named_parameters())
+    base = cfg.optim_wrapper.optimizer.lr
+    assert lr_of[id(params['region_bridge.tokens'])] == pytest.approx(
+        10 * base)
+    assert lr_of[id(params['region_bridge.tokens'])] == \
+        lr_of[id(params['backbone.prompts.embeddings'])]
 
 
 def test_recovery_targets_are_stop_gradient(cliprc):

@@ -22,6 +22,9 @@ optim_wrapper = dict(
         'backbone': dict(lr_mult=10.0),
         'decode_head': dict(lr_mult=10.0),
         'final_norm': dict(lr_mult=10.0),
+        # CLIP-RC's RLB tokens when they train (Table 6, 'updated'): in the
+        # authors' JSeg code they belong to the backbone and take its x10
+        'region_bridge': dict(lr_mult=10.0),
         'norm': dict(decay_mult=0.0),
         'ln': dict(decay_mult=0.0),
     }),
