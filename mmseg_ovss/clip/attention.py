@@ -579,10 +579,12 @@ class RegionCLSReadout:
                 f'match {len(window_index)} regions of {n} tokens')
         heads = _multihead(self.block).num_heads
         out = self.x.new_empty(len(window_index), heads, c // heads)
-        # one host sync: which windows have regions
-        for window in torch.unique(window_index).tolist():
-            regions = torch.nonzero(window_index == window,
-                                    as_tuple=True)[0]
+        # one host sync: which windows have regions, and how many each;
+        # the regions grouped by window are then slices of one sort
+        windows, counts = torch.unique(window_index, return_counts=True)
+        windows, counts = torch.stack((windows, counts)).tolist()
+        by_window = torch.argsort(window_index, stable=True).split(counts)
+        for window, regions in zip(windows, by_window):
             scores, values = self._scores_and_values(window)
             weights = scores.unsqueeze(0).masked_fill(
                 ~token_mask[regions, None, :], float('-inf')).softmax(-1)
