@@ -1,4 +1,6 @@
 """CLIPDenseSegmentor: slide inference, head interface, background rules."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +148,26 @@ def test_background_rules_prob_and_area_thresholds():
     low = torch.full((4, 2, 2), 0.25)
     low[2] = 0.3
     assert model.predict_labels(low, vocab).eq(0).all()  # below prob_thd
+
+
+def test_background_rules_without_a_background_class_warn_once():
+    """prob_thd and background_names need a background class: a vocabulary
+    without one says so once, when its embeddings are first asked for."""
+    model = build(prob_thd=0.5,
+                  text=dict(background_names=['background', 'sky']))
+    model.set_vocabulary(['sky, wall', 'cat', 'dog'])
+    with pytest.warns(UserWarning) as caught:
+        vocab = model.vocabulary_embeddings()
+    [message] = [str(w.message) for w in caught
+                 if 'no background class' in str(w.message)]
+    assert "text.background_names=['background', 'sky']" in message
+    assert 'prob_thd=0.5' in message and 'ignored' in message
+    assert vocab.background_class is None
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.vocabulary_embeddings()  # the same vocabulary: said once
+        model.set_vocabulary(['background', 'cat'])
+        assert model.vocabulary_embeddings().background_class == 0
 
 
 class AttentionProbeHead(DenseCLIPHead):

@@ -337,7 +337,8 @@ class CLIPDenseSegmentor(EncoderDecoder):
             class could never win; 'allow': read such a reference file as
             its authors do, with a warning).
         prob_thd (float): pixels whose top class score is below it become
-            background (only with a background class).
+            background (only with a background class; a vocabulary without
+            one warns once that it is ignored).
         area_thd (float, optional): drop foreground classes predicted on
             less than this fraction of the foreground area (SCLIP VOC21).
         pamr (dict, optional): :class:`~mmseg_ovss.utils.pamr.PAMR` args.
@@ -587,10 +588,35 @@ class CLIPDenseSegmentor(EncoderDecoder):
         self._vocabulary_key, self._vocabulary = key, vocab
         return vocab
 
+    def _warn_background_rules_unused(self, vocab: Vocabulary) -> None:
+        """Say, once per vocabulary, that the background settings do
+        nothing when it has no background class (checked when predicting:
+        the dataset's classes, which can name the background, are set by
+        then)."""
+        if vocab.background_class is not None or getattr(
+                self, '_background_checked', None) == self._vocabulary_key:
+            return
+        self._background_checked = self._vocabulary_key
+        unused = []
+        if self.background_names:
+            unused.append(f'text.background_names='
+                          f'{list(self.background_names)!r}')
+        if self.prob_thd > 0:
+            unused.append(f'prob_thd={self.prob_thd}')
+        if unused:
+            warnings.warn(
+                f'{" and ".join(unused)} ignored: the vocabulary has no '
+                "background class (no class is named 'background' and "
+                'text.background_class is not an index); name one class '
+                "'background' or set text.background_class to its index",
+                UserWarning, stacklevel=3)
+
     def vocabulary_embeddings(self) -> VocabularyEmbeddings:
         """Embeddings of the active vocabulary (cached by the encoder)."""
+        vocab = self.vocabulary()
+        self._warn_background_rules_unused(vocab)
         with profile_stage('text'):
-            return self.text_encoder.embed_vocabulary(self.vocabulary())
+            return self.text_encoder.embed_vocabulary(vocab)
 
     # ----------------------------------------------------------- inference
     def _pad_to_patches(self, images: Tensor) -> Tensor:
