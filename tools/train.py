@@ -81,7 +81,7 @@ def continue_with_checkpoint_seed(cfg: Config) -> Optional[str]:
     mmengine builds the data sampler (and seeds the dataloader workers)
     from ``randomness.seed`` before ``Runner.resume`` restores the
     checkpoint's seed; without a fixed seed in the config (mmseg's default)
-    the resumed run then skipped ``iter`` batches of another permutation,
+    the resumed run would skip ``iter`` batches of another permutation,
     training some images twice and others never in that epoch. Returns a
     sentence for the log when the config's own seed is overridden."""
     seed = checkpoint_seed(cfg.load_from)
