@@ -100,6 +100,51 @@ def test_training_recipe_is_catseg_s(path):
     assert dict(type='DatasetVocabularyHook') in cfg.custom_hooks
 
 
+@pytest.mark.parametrize('arch', ['b16', 'l14'])
+def test_text_recipe_per_method(arch):
+    """CAT-Seg: its released single template ('A photo of a {} in the
+    scene', configs/vitb_384.yaml / vitl_336.yaml PROMPT_ENSEMBLE_TYPE
+    'single'); DCP-CLIP: the 80 OpenAI templates (P = 80, Sec. IV-A). The
+    head's template count follows. Both prompt a name's first synonym."""
+    from mmseg_ovss.clip.templates import load_templates
+    for method, count in (('catseg', 1), ('dcpclip', 80)):
+        for bench in ('', ) + tuple(f'_{b}' for b in BENCHMARKS):
+            cfg = Config.fromfile(REPO_ROOT / f'configs/{method}/vit-{arch}'
+                                  f'_coco-stuff171_80k{bench}.py')
+            templates = load_templates(cfg.model.text_encoder.templates)
+            assert len(templates) == cfg.model.decode_head.num_templates \
+                == count, (method, bench)
+            assert cfg.model.class_name_synonyms == 'first'
+            if method == 'catseg':
+                assert templates[0]('cat') == 'A photo of a cat in the scene'
+                # CAT-Seg's datasets/pc59.json names class 49 'diningtable'
+                assert cfg.model.get('class_name_map') == (
+                    dict(table='diningtable') if bench == '_pc59' else None)
+
+
+def test_catseg_ade847_prompt_names_are_the_authors(tmp_path):
+    """The ADE-847 names as CAT-Seg's get_text_embeds prompts them: the text
+    before the first ', ' of each name of its datasets/ade847.json (which
+    equals the package's ADE847_CLASSES)."""
+    from mmengine.registry import init_default_scope
+
+    from mmseg.registry import MODELS
+    from mmseg_ovss.datasets.large_vocabularies import ADE847_CLASSES
+    from mmseg_ovss.testing.cost_volume_configs import write_tiny_config
+    import mmseg_ovss.testing.tiny_clip  # noqa: F401
+    init_default_scope('mmseg')
+    tiny = write_tiny_config(
+        REPO_ROOT / 'configs/catseg/vit-b16_coco-stuff171_80k_ade847.py',
+        tmp_path / 'tiny.py')
+    model = MODELS.build(Config.fromfile(str(tiny)).model)
+    model.set_dataset_classes(ADE847_CLASSES)
+    with pytest.warns(UserWarning, match='can never win'):
+        synonyms = model.vocabulary().synonyms
+    authors = [name.split(', ')[0] for name in ADE847_CLASSES]
+    assert [names for names in synonyms] == [(n, ) for n in authors]
+    assert sum(',' in name for name in ADE847_CLASSES) == 217
+
+
 def _optimizer_groups(cfg, model):
     from mmengine.optim import build_optim_wrapper
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -126,7 +171,11 @@ def _documented_options(path: str) -> dict:
 
 
 def _without_name_map(model: dict) -> dict:
+    """The model config less what a benchmark sets: its Tag Validation
+    name map and the prompt names of its classes (CAT-Seg's PC-59
+    'diningtable')."""
     model = Config(dict(model=model)).to_dict()['model']
+    model.pop('class_name_map', None)
     head = model['decode_head']
     if isinstance(head.get('tag_validation'), dict):
         head['tag_validation'].pop('name_map', None)

@@ -95,6 +95,44 @@ def test_text_inputs_follow_the_stage_vocabulary(tmp_path):
     assert model.text_inputs().seen_ids is None
 
 
+def test_class_name_synonyms_rules():
+    # ADE-847 writes synonyms into its class names; CAT-Seg prompts the
+    # first one (cat_seg_predictor.py get_text_embeds)
+    classes = ['building, edifice', 'road, route', 'cat']
+    prompts = {rule: _model(class_names=classes,
+                            class_name_synonyms=rule).vocabulary().synonyms
+               for rule in ('whole', 'first', 'all')}
+    assert prompts['whole'] == (('building, edifice', ), ('road, route', ),
+                                ('cat', ))
+    assert prompts['first'] == (('building', ), ('road', ), ('cat', ))
+    assert prompts['all'] == (('building', 'edifice'), ('road', 'route'),
+                              ('cat', ))
+    # the embeddings follow: 'first' embeds the first synonym alone
+    model = _model(class_names=classes, class_name_synonyms='first')
+    per_template = model.text_encoder.encode_templates(['building'])
+    tol = 16 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(model.text_inputs().template_embeddings[0],
+                               per_template[0], atol=tol, rtol=0)
+    # a class_name_map entry wins over the rule
+    model = _model(class_names=classes, class_name_synonyms='first',
+                   class_name_map={'road, route': 'street'})
+    assert model.vocabulary().synonyms[1] == ('street', )
+    with pytest.raises(OVSSConfigError, match='class_name_synonyms'):
+        _model(class_name_synonyms='last')
+
+
+def test_first_synonyms_shared_by_two_classes_warn_not_fail():
+    # ADE-847 has two classes whose first synonym is "screen": CAT-Seg
+    # prompts both alike; the later can never win, and the warning says so
+    model = _model(class_names=['screen, silver screen', 'screen, crt screen'],
+                   class_name_synonyms='first')
+    with pytest.warns(UserWarning, match='can never win'):
+        vocab = model.vocabulary()
+    assert vocab.synonyms == (('screen', ), ('screen', ))
+    with pytest.raises(OVSSConfigError, match='duplicate class'):
+        _model(class_names=['screen', 'screen']).vocabulary()
+
+
 def test_zero_shot_split_is_checked():
     model = _model(class_names=['a', 'b', 'c'])
     with pytest.raises(OVSSConfigError, match='partition'):

@@ -164,6 +164,12 @@ def test_shared_synonyms_allowed_on_request_warn_about_losers(tmp_path):
                               shared_synonyms='allow')
     with pytest.raises(OVSSConfigError, match='shared_synonyms'):
         Vocabulary.from_names(['cat'], shared_synonyms='warn')
+    # a repeated line is a class that can never win: allowed, with the
+    # warning (an error by default: test_clip_text_and_weights.py)
+    with pytest.warns(UserWarning, match=r"class 2 \('Cat'\) can never win"):
+        vocab = Vocabulary.from_names(['cat', 'dog', 'Cat'],
+                                      shared_synonyms='allow')
+    assert vocab.query_to_class == [0, 1, 2]
 
 
 # ------------------------------------------------------ background rule

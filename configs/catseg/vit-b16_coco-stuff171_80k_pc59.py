@@ -12,6 +12,8 @@ _base_ = [
     '../_base_/models/catseg_vit-b16.py',
     '../_base_/datasets/pc59.py',
 ]
+# CAT-Seg prompts class 49 with the name of its datasets/pc59.json
+model = dict(class_name_map=dict(table='diningtable'))
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(2560, 640), keep_ratio=True),

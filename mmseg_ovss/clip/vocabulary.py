@@ -14,7 +14,8 @@ Rules (each broken rule is an error naming the line and the fix):
   whitespace collapsing ("Cat", "cat " and "ｃａｔ" are the same name);
 - empty trailing lines are ignored; an empty line elsewhere, an empty
   synonym (stray comma) or a synonym repeated on its line is an error;
-- two lines with the same synonyms, in any order, are an error;
+- two lines with the same synonyms, in any order, are an error (a warning
+  with ``shared_synonyms='allow'``: the later line can never win);
 - a synonym on two lines is an error: its query scores the same for both
   classes, the argmax always gives the tie to the earlier line, and a class
   whose every synonym is on an earlier line can never win. Reference files
@@ -216,7 +217,9 @@ class Vocabulary:
         first_set: Dict[frozenset, int] = {}
         for index, key in enumerate(keys):
             earlier = first_set.setdefault(frozenset(key), index)
-            if earlier != index:
+            # 'allow': a repeated line is a class whose every synonym is on
+            # an earlier line, which the warning below names
+            if earlier != index and self.shared_synonyms != 'allow':
                 how = 'repeats' if keys[earlier] == key else \
                     'lists, in another order, the same synonyms as'
                 self._fail(

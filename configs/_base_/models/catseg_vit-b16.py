@@ -1,7 +1,9 @@
 # CAT-Seg (Cho et al., "CAT-Seg: Cost Aggregation for Open-Vocabulary
 # Semantic Segmentation", CVPR 2024) with OpenAI CLIP ViT-B/16 at 384 px
 # (24x24 patch grid), as cvlab-kaist/CAT-Seg configs/vitb_384.yaml:
-# cost volume over the 80 templates -> conv embedding (hidden 128) ->
+# cost volume over the template 'A photo of a {} in the scene' (the
+# released configs' PROMPT_ENSEMBLE_TYPE 'single') -> conv embedding
+# (hidden 128) ->
 # 2 aggregation layers (Swin spatial aggregation, window 12, 4 heads, then
 # linear class attention; appearance and text guidance projected to 128)
 # -> upsampling decoder (dims 64, 32) guided by CLIP blocks 4 and 8
@@ -39,12 +41,17 @@ model = dict(
         freeze='attn_qv'),
     text_encoder=dict(
         type='OpenCLIPTextEncoder',
-        # the 80 OpenAI ImageNet templates as cost-volume channels (P = 80,
-        # DCP-CLIP Sec. IV-A); CAT-Seg's released configs use the single
-        # template 'A photo of a {} in the scene':
-        # --cfg-options "model.text_encoder.templates=['A photo of a {} in the scene']"
-        templates='openai',
+        # CAT-Seg's released recipe (configs/vitb_384.yaml, vitl_336.yaml:
+        # PROMPT_ENSEMBLE_TYPE 'single'; cat_seg_predictor.py): one
+        # template, encoded with gradients through the q/v-tuned tower for
+        # every class at every step. The 80 OpenAI templates of CAT-Seg's
+        # default config.yaml (DCP-CLIP's P = 80):
+        # --cfg-options model.text_encoder.templates=openai model.decode_head.num_templates=80
+        templates=['A photo of a {} in the scene'],
         freeze='attn_qv'),
+    # a class name listing synonyms ('building, edifice' in ADE-847) is
+    # prompted with its first one, as cat_seg_predictor.py get_text_embeds
+    class_name_synonyms='first',
     # CLIP blocks whose patch tokens guide the upsampling decoder (0-based;
     # CAT-Seg's layer_indexes [3, 7])
     guidance_layers=(3, 7),
@@ -54,7 +61,7 @@ model = dict(
         type='CATSegHead',
         in_channels=512,            # CLIP's joint width D
         channels=128,               # HIDDEN_DIMS
-        num_templates=80,           # the text encoder's templates (P)
+        num_templates=1,            # the text encoder's templates (P)
         appearance_guidance_channels=128,   # APPEARANCE_GUIDANCE_PROJ_DIM
         text_guidance_channels=128,         # TEXT_GUIDANCE_PROJ_DIM
         cost_embed=dict(kernel_size=7),

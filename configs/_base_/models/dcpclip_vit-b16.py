@@ -1,6 +1,7 @@
 # DCP-CLIP (Sec. III, Fig. 3) with OpenAI CLIP ViT-B/16: the CAT-Seg
-# ViT-B/16 base (cost volume over 80 templates, q/v fine-tuning of CLIP at
-# 0.01 x lr, per-pixel BCE) with DCP-CLIP's four parts switched on:
+# ViT-B/16 base (q/v fine-tuning of CLIP at 0.01 x lr, per-pixel BCE) with
+# the cost volume over the 80 OpenAI templates (P = 80, Sec. IV-A; CAT-Seg's
+# released configs use one) and DCP-CLIP's four parts switched on:
 # - Dynamic Category Selection (Eqs. 1-5), theta 0.5 (Table VII), union of
 #   the image-level and patch-level candidate sets, used in training and
 #   at inference; ground-truth classes missed in training are added;
@@ -16,11 +17,13 @@
 # docs/dcp_clip.md lists every reconstruction of the lost equations.
 _base_ = ['./catseg_vit-b16.py']
 model = dict(
+    text_encoder=dict(templates='openai'),
     # CLIP self-attention weights of the guidance blocks (the decoder's
     # "attention weights", Eq. 13)
     attention_layers=(3, 7),
     decode_head=dict(
         type='DCPCLIPHead',
+        num_templates=80,
         # the CLS->patch attention maps of the two attention layers feed the
         # decoder (must equal len(attention_layers))
         num_attention_layers=2,

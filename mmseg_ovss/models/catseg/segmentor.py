@@ -101,8 +101,9 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
 
     Args:
         backbone, decode_head, text_encoder, clip, class_names,
-            class_name_map, seen_score_offset, train_cfg, data_preprocessor,
-            init_cfg: as :class:`OpenVocabEncoderDecoder`. CAT-Seg fine-tunes
+            class_name_map, class_name_synonyms, seen_score_offset,
+            train_cfg, data_preprocessor, init_cfg: as
+            :class:`OpenVocabEncoderDecoder`. CAT-Seg fine-tunes
             both towers' attention q/v (``freeze='attn_qv'``).
         guidance_layers (Sequence[int]): 0-based blocks whose patch tokens
             guide the decoder, shallowest first ((3, 7) ViT-B/16, (7, 15)
@@ -137,6 +138,7 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
                  clip: Optional[dict] = None,
                  class_names=None,
                  class_name_map=None,
+                 class_name_synonyms: str = 'whole',
                  seen_score_offset: float = 0.0,
                  guidance_layers: Sequence[int] = (3, 7),
                  dense_residual: str = 'cls',
@@ -154,6 +156,7 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             backbone=backbone, decode_head=decode_head,
             text_encoder=text_encoder, clip=clip, class_names=class_names,
             class_name_map=class_name_map,
+            class_name_synonyms=class_name_synonyms,
             seen_score_offset=seen_score_offset, train_cfg=train_cfg,
             test_cfg=test_cfg, data_preprocessor=data_preprocessor,
             init_cfg=init_cfg)

@@ -36,7 +36,8 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
-from mmseg_ovss.clip.vocabulary import Vocabulary, read_name_lists
+from mmseg_ovss.clip.vocabulary import (Vocabulary, read_name_lists,
+                                        split_synonyms)
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 
@@ -79,6 +80,10 @@ class OpenVocabInputs:
     text: ClassEmbeddings
 
 
+#: ``class_name_synonyms`` values of :class:`OpenVocabEncoderDecoder`
+SYNONYM_RULES = ('whole', 'first', 'all')
+
+
 def read_class_name_map(mapping: Union[None, str, dict]
                         ) -> Dict[str, Tuple[str, ...]]:
     """Dataset class name -> prompt names, from a dict or a JSON file
@@ -109,6 +114,16 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         class_name_map (dict | str, optional): dataset class name -> the
             name(s) put in the prompts (a dict or a JSON file); classes not
             in the map use their dataset name.
+        class_name_synonyms (str): how a dataset name that lists synonyms
+            (``'building, edifice'``, as ADE-847 and PASCAL Context 459
+            do) becomes prompt names, for classes not in
+            ``class_name_map``: ``'whole'`` (default) the name as written,
+            in one prompt; ``'first'`` the text before the first ``', '``
+            (CAT-Seg's ``get_text_embeds`` in
+            ``cat_seg/modeling/transformer/cat_seg_predictor.py``, which
+            trains and tests on it); ``'all'`` every synonym, their
+            embeddings averaged (CAT-Seg's ``class_embeddings`` and the
+            training-free class-name files).
         seen_score_offset (float): subtracted from the scores of the seen
             classes at inference when the stage has unseen classes
             (ZegCLIP's and CLIP-RC's inductive calibration: 0.1); 0 turns
@@ -128,6 +143,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                  clip: Optional[dict] = None,
                  class_names: Union[None, str, Sequence[str]] = None,
                  class_name_map: Union[None, str, dict] = None,
+                 class_name_synonyms: str = 'whole',
                  seen_score_offset: float = 0.0,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -165,6 +181,11 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                 f'seen_score_offset={seen_score_offset!r} must be in [0, 1) '
                 '(0.1 in ZegCLIP and CLIP-RC inductive testing, 0 off)')
         self.class_name_map = read_class_name_map(class_name_map)
+        if class_name_synonyms not in SYNONYM_RULES:
+            raise OVSSConfigError(
+                f'class_name_synonyms={class_name_synonyms!r} must be one '
+                f'of {SYNONYM_RULES}')
+        self.class_name_synonyms = class_name_synonyms
         self.dataset_classes: Optional[Tuple[str, ...]] = None
         self.zero_shot_split: Optional[Tuple[tuple, tuple]] = None
         if class_names is not None:
@@ -209,9 +230,23 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
     def vocabulary(self) -> Vocabulary:
         """The active classes, each with its prompt names."""
-        names = [self.class_name_map.get(c, (c, ))
+        names = [self.class_name_map.get(c) or self._prompt_names(c)
                  for c in self._require_classes()]
-        return Vocabulary.from_names(names, source='the dataset classes')
+        # synonyms taken apart may repeat across classes (ADE-847 has
+        # 'screen' first in two classes, as in CAT-Seg's prompts): allowed,
+        # with a warning naming the classes that can never win
+        shared = 'error' if self.class_name_synonyms == 'whole' else 'allow'
+        return Vocabulary.from_names(names, shared_synonyms=shared,
+                                     source='the dataset classes')
+
+    def _prompt_names(self, name: str) -> Tuple[str, ...]:
+        """The prompt names of a dataset class under
+        ``class_name_synonyms``."""
+        if self.class_name_synonyms == 'whole':
+            return (name, )
+        synonyms = tuple(s for s in split_synonyms(name) if s) or (name, )
+        return synonyms[:1] if self.class_name_synonyms == 'first' \
+            else synonyms
 
     @property
     def num_classes(self) -> int:
