@@ -181,6 +181,23 @@ def test_overwrite_never_drops_an_entry(tmp_path, server):
     assert load_descriptions(out) == table
 
 
+def test_an_entry_of_this_run_is_never_replaced(tmp_path, server):
+    # "bed" is a synonym of two lines (allowed in class files)
+    names = class_file(tmp_path, 'bed', 'bunk, bed')
+    out = tmp_path / 'desc.json'
+    out.write_text(json.dumps({'bed': ['An old bed.'],
+                               'bunk': ['An old bunk.']}))
+    with pytest.warns(UserWarning, match="'bunk' shares a synonym with the "
+                      "entry 'bed'"):
+        table = run_tool('generate_descriptions', [names, out, *server.api,
+                                                   '--answers', 1,
+                                                   '--overwrite'])
+    assert len(server.prompts) == 3
+    assert table == {'bed': ['A new sentence about its looks.'] * 3,
+                     'bunk': ['An old bunk.']}
+    assert load_descriptions(out) == table
+
+
 @pytest.mark.parametrize('option, value', [
     ('--answers', 0), ('--answers', -2), ('--max-tokens', 0),
     ('--temperature', math.nan), ('--temperature', -0.5),

@@ -267,7 +267,8 @@ def generate_descriptions(classes: Sequence[Sequence[str]],
 
     A class that an entry of ``existing`` names (any synonym, matched as
     the head matches) is kept unless ``overwrite``; then its entries are
-    replaced by the new one, or kept when the class fails. ``save`` gets
+    replaced by the new one, or kept when the class fails. An entry
+    written in this run is never replaced. ``save`` gets
     the table after each new class. Returns the table, the classes
     described and the classes that failed.
     """
@@ -278,6 +279,13 @@ def generate_descriptions(classes: Sequence[Sequence[str]],
             continue
         key = names[0]
         old = _covering(table, names)
+        mine = [entry for entry in old if entry in done]
+        if mine:  # a synonym shared with a class described in this run
+            warnings.warn(
+                f'class {key!r} shares a synonym with the entry {mine[0]!r} '
+                'written in this run, so it is not described again (the '
+                'head would match both classes to that entry)')
+            continue
         if not overwrite and any(table[entry] for entry in old):
             continue
         fate = (f'its earlier entries {old} are kept' if old else
@@ -317,6 +325,9 @@ def write_table(path: Path, table: Dict[str, List[str]]) -> None:
         raise OVSSDataError(
             f'cannot write the description file {path} ({err}); give a '
             'writable path with free space') from err
+    except BaseException:  # Ctrl-C while writing: no temporary file left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_existing(path: Path, resume: bool, overwrite: bool
