@@ -224,10 +224,65 @@ def test_tool_errors(tool_run, tmp_path):
     with pytest.raises(OVSSConfigError, match=r'--window 9 does not exist.*'
                        r'has 4 window\(s\)'):
         run_tool('freecp_visualize', [*argv[:argv.index('--window') + 1],
-                                      '9', *argv[argv.index('2') + 1:]])
+                                      '9', *argv[argv.index('2') + 1:],
+                                      '--out-dir', tmp_path / 'fresh'])
     with pytest.raises(OVSSConfigError, match='--window x'):
         run_tool('freecp_visualize', [*argv[:2], '--out-dir', tmp_path,
                                       '--window', 'x'])
+
+
+def test_tool_never_overwrites_its_input_image(tool_run, tmp_path):
+    folder, argv, _ = tool_run
+    image = tmp_path / 'final_labels.png'
+    image.write_bytes((folder / 'photo.png').read_bytes())
+    before = image.read_bytes()
+    rest = argv[argv.index('--random-init'):]
+    for extra in ([], ['--overwrite']):
+        with pytest.raises(OVSSDataError, match=r'writing final_labels.png '
+                           'would overwrite the input image'):
+            run_tool('freecp_visualize', [argv[0], image, '--out-dir',
+                                          tmp_path, *rest, *extra])
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['final_labels.png']
+    # an output name linked to the input is refused too
+    from mmseg_ovss.visualization.freecp_render import earlier_run_files
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'window0_2_refined.png').symlink_to(folder / 'photo.png')
+    with pytest.raises(OVSSDataError, match='input image'):
+        earlier_run_files(out, folder / 'photo.png', overwrite=True)
+
+
+def test_tool_replaces_an_earlier_run_only_with_overwrite(tool_run,
+                                                          tmp_path):
+    import shutil
+    folder, argv, first = tool_run
+    out = tmp_path / 'out'
+    shutil.copytree(folder / 'out', out)
+    (out / 'notes.txt').write_text('mine')
+    argv = [*argv[:argv.index('--window') + 1], '1',
+            *argv[argv.index('2') + 1:], '--out-dir', out]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OVSSDataError, match=r'holds the files of an earlier '
+                       r'run.*--overwrite'):
+        run_tool('freecp_visualize', argv)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    summary = run_tool('freecp_visualize', [*argv, '--overwrite'])
+    assert summary['drawn_windows'] == [1]
+    # exactly this run's files, and the file the tool did not write
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        summary['files'] + ['summary.json', 'notes.txt'])
+    assert not any(n.startswith(('window0_', 'window2_'))
+                   for n in summary['files'])
+    assert set(first['files']) - set(summary['files'])
+    assert (out / 'notes.txt').read_text() == 'mine'
+    # a stage-named file that summary.json does not list is not removed
+    (out / 'window7_1_initial_cams.png').write_bytes(b'not mine to delete')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OVSSDataError, match=r"\['window7_1_initial_cams.png"
+                       r"'\].*does not list them"):
+        run_tool('freecp_visualize', [*argv, '--overwrite'])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_group_image_draws_at_most_max_crop_tiles(tmp_path):

@@ -13,6 +13,11 @@ for the image: the final label map. ``summary.json`` holds the same facts
 (docs/visualization.md). The maps are recorded from the segmentor's own
 ``predict`` (``mmseg_ovss.visualization.freecp_stages``), so the final map
 is the model's prediction.
+
+The input image is never overwritten, and a folder holding an earlier
+run's files is refused unless ``--overwrite`` (which removes the files
+that run's ``summary.json`` lists, and no others), so the folder never
+mixes two runs.
 """
 import argparse
 import os.path as osp
@@ -24,7 +29,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 from mmseg_ovss.utils.errors import (OVSSConfigError,  # noqa: E402
-                                     OVSSDataError, OVSSWeightsError)
+                                     OVSSWeightsError)
 from mmseg_ovss.visualization.models import (  # noqa: E402
     build_segmentor, load_config, model_sample, set_clip_weights, to_bgr)
 from mmseg_ovss.visualization.render import (  # noqa: E402
@@ -41,6 +46,10 @@ def parse_args(argv=None):
     parser.add_argument('image', help='the image file')
     parser.add_argument('--out-dir', required=True,
                         help='folder of the PNG files and summary.json')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="remove the files of an earlier run in "
+                        "--out-dir first (those its summary.json lists); "
+                        'default: such a folder is refused')
     parser.add_argument('--classes', nargs='+',
                         help='vocabulary, one class per argument ("a, b" '
                         "for synonyms); default: the config's")
@@ -126,17 +135,16 @@ def drawn_windows(choice: List[str], count: int, path: str) -> List[int]:
 
 def main(argv=None) -> Optional[dict]:
     """Write the stage images; returns the summary."""
-    from mmseg_ovss.visualization.freecp_render import write_freecp_stages
+    from mmseg_ovss.visualization.freecp_render import (earlier_run_files,
+                                                        write_freecp_stages)
     from mmseg_ovss.visualization.freecp_stages import (freecp_stages,
                                                         window_boxes)
     args = parse_args(argv)
     image = read_image(args.image)
     out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise OVSSDataError(
-            f'--out-dir {out} is a file; give a folder (created if missing)')
     cfg = load_config(args.config, args.cfg_options)
     check_freecp_config(cfg, args.config)
+    earlier_run_files(out, args.image, args.overwrite)  # before the model
     set_clip_weights(cfg, args.model_name, args.checkpoint, args.random_init)
     try:
         model = build_segmentor(cfg, args.device)
@@ -161,7 +169,8 @@ def main(argv=None) -> Optional[dict]:
         stages, out, lambda pixels: to_bgr(model, pixels), image, colours,
         draw, args.alpha,
         extra=dict(config=args.config, image=str(args.image),
-                   input_shape=list(inputs.shape[-2:])))
+                   input_shape=list(inputs.shape[-2:])),
+        overwrite=args.overwrite, image_path=args.image)
     print(f'{args.image} -> {out}/ ({len(summary["files"])} images, '
           'summary.json)')
     return summary

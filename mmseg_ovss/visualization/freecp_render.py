@@ -18,18 +18,24 @@ mmseg's slide inference; window scope with several windows only; green =
 kept in at least one window), and ``final_labels.png`` (the segmentor's
 labels, legend) for the image.
 Every grid carries a legend: class colour, name and fate.
+
+A folder that holds files of these names from an earlier run is refused
+(the two runs would mix), unless ``overwrite``: then the files that run's
+``summary.json`` lists are removed first; nothing else is ever removed.
 """
 import json
+import re
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
+from mmseg_ovss.utils.errors import OVSSDataError
 from .freecp_stages import FreeCPStages, WindowStages
-from .render import (TITLE_HEIGHT, colour, draw_overlay, fit, heat_grid, heat_overlay,
-                     image_grid, legend_panel, side_by_side, titled,
-                     write_image)
+from .render import (TITLE_HEIGHT, colour, draw_overlay, fit, heat_grid,
+                     heat_overlay, image_grid, legend_panel, side_by_side,
+                     titled, write_image)
 
 KEPT_BGR = (60, 170, 60)
 DROPPED_BGR = (40, 40, 220)
@@ -37,6 +43,70 @@ UNCLASSIFIED_BGR = (150, 150, 150)
 #: Crops drawn per group (the classified ones first); summary.json counts
 #: them all.
 MAX_CROP_TILES = 24
+#: The names of the files :func:`write_freecp_stages` writes.
+STAGE_FILE = re.compile(
+    r'window\d+_(1_initial_cams|2_refined|3_redundancy|4_group\d+|'
+    r'5_purified)\.png|image_(1_initial_cams|2_refined|5_purified)\.png|'
+    r'final_labels\.png|summary\.json')
+
+
+def earlier_run_files(out_dir, image_path=None, overwrite: bool = False
+                      ) -> List[Path]:
+    """Check ``out_dir`` before writing the stages of ``image_path``.
+
+    Returns the files of an earlier run there, for ``overwrite`` to
+    remove (``summary.json`` last). Raises OVSSDataError when the input
+    image would be overwritten, when an earlier run's files are there
+    without ``overwrite``, or when files named like this module's are not
+    listed in the folder's ``summary.json`` (not known to be its own).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OVSSDataError(
+            f'--out-dir {out} is a file; give a folder (created if missing)')
+    if not out.is_dir():
+        return []
+    names = sorted(p.name for p in out.iterdir() if STAGE_FILE.fullmatch(
+        p.name))
+    if image_path is not None:
+        image = Path(image_path).resolve()
+        same = [n for n in names if (out / n).resolve() == image]
+        if image.parent == out.resolve() and STAGE_FILE.fullmatch(image.name):
+            same.append(image.name)
+        if same:
+            raise OVSSDataError(
+                f'--out-dir {out}: writing {same[0]} would overwrite the '
+                f'input image {image_path}; give another --out-dir')
+    if not names:
+        return []
+    if not overwrite:
+        raise OVSSDataError(
+            f'--out-dir {out} holds the files of an earlier run '
+            f'({", ".join(names[:4])}{", ..." if len(names) > 4 else ""}); '
+            "this run's files would mix with them. Give an empty or new "
+            "--out-dir, or --overwrite to remove that run's files first")
+    listed = _listed_files(out / 'summary.json')
+    unknown = [n for n in names if n not in listed]
+    if unknown:
+        raise OVSSDataError(
+            f'--out-dir {out}: {unknown[:5]} are named like the stage files '
+            f'but {out / "summary.json"} does not list them (an interrupted '
+            "run or another tool's files), so --overwrite does not remove "
+            'them; move them away or give another --out-dir')
+    names.sort(key=lambda n: n == 'summary.json')
+    return [out / n for n in names]
+
+
+def _listed_files(summary: Path) -> set:
+    """The files a ``summary.json`` lists, itself included (empty when it
+    is missing or is not one of this module's)."""
+    try:
+        files = json.loads(summary.read_text()).get('files')
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str)} | {summary.name}
 
 
 def _np(tensor) -> np.ndarray:
@@ -189,7 +259,9 @@ def write_stitched(stages: FreeCPStages, image: np.ndarray, colours,
 def write_freecp_stages(stages: FreeCPStages, out_dir,
                         window_image: Callable, image: np.ndarray,
                         colours: np.ndarray, draw: Sequence[int],
-                        alpha: float = 0.5, extra: Dict = None) -> Dict:
+                        alpha: float = 0.5, extra: Dict = None,
+                        overwrite: bool = False,
+                        image_path: Optional[str] = None) -> Dict:
     """Write the images and ``summary.json``; returns the summary.
 
     Args:
@@ -197,8 +269,14 @@ def write_freecp_stages(stages: FreeCPStages, out_dir,
         image: the BGR image the final labels are drawn on (their size).
         colours: (K, 3) BGR colour per vocabulary class.
         draw: indices of the windows to draw.
+        overwrite: remove the files of an earlier run in ``out_dir``
+            first (see :func:`earlier_run_files`); without it they are
+            an error.
+        image_path: the input image file, never overwritten.
     """
     out = Path(out_dir)
+    for stale in earlier_run_files(out, image_path, overwrite):
+        stale.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     names = stages.class_names
     files = []
