@@ -562,3 +562,38 @@ def test_benchmark_reports_the_crops_of_freecp(repo_root):
     assert 0 < items['crop_encoder'] <= items['crops_asked']
     seconds = result['details_s_per_image']['crop_encoder']
     assert 0 < seconds <= result['stages_s_per_image']['head']
+
+
+def test_benchmark_records_templates_and_the_text_bank(repo_root, tmp_path):
+    """The JSON names the config's templates (model.text_encoder) and how
+    many of the vocabulary's prompts the text bank held before encoding:
+    text_encoding_s of a warm bank is not that of a cold one."""
+    config = repo_root / 'configs' / 'baselines' / 'naclip_ade.py'
+    common = [config, '--random-init', '--model-name', 'ovss-tiny-ViT-16',
+              '--num-images', '1', '--warmup', '0', '--short-side', '32',
+              '--num-classes', '3', '--device', 'cpu', '--flops', 'none']
+    bank = tmp_path / 'bank'
+    cold = run_tool('benchmark', [*common, '--text-bank', bank])
+    assert cold['templates'] == 'openai'
+    prompts = 3 * 80
+    assert cold['text_bank']['prompts'] == prompts
+    assert cold['text_bank']['banked'] == 0
+    assert cold['text_bank']['path'].startswith(str(bank))
+    warm = run_tool('benchmark', [*common, '--text-bank', bank])
+    assert warm['text_bank']['banked'] == prompts
+    off = run_tool('benchmark', [*common, '--text-bank', 'off'])
+    assert off['text_bank'] is None
+
+
+def test_benchmark_refuses_bad_counts_and_size_with_images(capsys):
+    import pytest
+    from mmseg_ovss.testing.tools import load_tool
+    tool = load_tool('benchmark')
+    for argv, message in (
+            (['--warmup', '-1'], '--warmup -1'),
+            (['--num-classes', '0'], '--num-classes 0'),
+            (['--images', 'x.jpg', '--size', '64x64'], '--size')):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['c.py', *argv])
+        assert message in capsys.readouterr().err
+    assert tool.parse_args(['c.py', '--warmup', '0']).warmup == 0

@@ -193,10 +193,32 @@ def test_random_text_keeps_the_pinned_flops(tmp_path):
 def test_bad_options_name_the_value(capsys):
     import pytest
     for argv, text in (
-            (['a.py', '--untimed', 'b.py'], "--untimed ['b.py']"),
+            (['a.py', '--untimed', 'b.py'], '--untimed b.py: not among'),
             (['a.py', '--text', 'random'], 'needs --random-init'),
             (['a.py', '--also-dataset', 'ade150'], 'is --dataset'),
             (['a.py', '--flop-images', '0'], '--flop-images 0')):
         with pytest.raises(SystemExit):
             _tool().parse_args(argv)
         assert text in capsys.readouterr().err
+
+
+def test_configs_of_one_file_name_get_distinct_labels(capsys):
+    """DCP-CLIP's and CAT-Seg's configs share a file name: rows are labelled
+    by the shortest path suffix that tells them apart, and --untimed by the
+    file name alone is refused as ambiguous."""
+    import pytest
+    tool = _tool()
+    configs = ['configs/dcpclip/vit-l14_coco-stuff171_80k.py',
+               'configs/catseg/vit-l14_coco-stuff171_80k.py',
+               'configs/catseg/vit-b16_ade150.py']
+    assert tool.row_labels(configs) == {
+        configs[0]: 'dcpclip/vit-l14_coco-stuff171_80k.py',
+        configs[1]: 'catseg/vit-l14_coco-stuff171_80k.py',
+        configs[2]: 'vit-b16_ade150.py'}
+    with pytest.raises(SystemExit):
+        tool.parse_args([*configs, '--untimed',
+                         'vit-l14_coco-stuff171_80k.py'])
+    assert 'names 2 configs' in capsys.readouterr().err
+    args = tool.parse_args([*configs, '--untimed', configs[1],
+                            'vit-b16_ade150.py'])
+    assert [tool.is_untimed(c, args) for c in configs] == [False, True, True]

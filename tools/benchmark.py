@@ -96,8 +96,16 @@ def parse_args(argv=None):
                         'resized to --short-side (aspect kept); '
                         '--num-images is then how many of them are timed '
                         '(after --warmup of them), cycling through the list')
-    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--num-classes', type=int, default=None,
+                        help='vocabulary size (default: every name of the '
+                        'class file)')
     parser.add_argument('--class-file', default=None)
+    parser.add_argument('--text-bank', default='auto', metavar='auto|off|DIR',
+                        help="the text encoder's embedding bank on disk: "
+                        "'auto' (the config's: $OVSS_TEXT_BANK or "
+                        "~/.cache/mmseg_ovss/text_bank), 'off' (every "
+                        "prompt through the tower), or a folder; the JSON's "
+                        'text_bank says how many prompts it already held')
     parser.add_argument('--background', action='store_true',
                         help='add a background class (class 0) to the '
                         '--num-classes names, as VOC21 / PC60 have')
@@ -172,6 +180,17 @@ def parse_args(argv=None):
     if args.images and args.train:
         parser.error('--images is for inference; --train uses generated '
                      'images and labels')
+    if args.warmup < 0:
+        parser.error(f'--warmup {args.warmup}: the number of untimed images '
+                     'must be >= 0')
+    if args.num_classes is not None and args.num_classes < 1:
+        parser.error(f'--num-classes {args.num_classes}: give at least 1 '
+                     'class, or leave it out for every name of the class '
+                     'file')
+    if args.images and args.size:
+        parser.error('--size sets the size of generated images; --images '
+                     'are resized to --short-side (aspect kept): drop --size '
+                     'or --images')
     if args.config is None:
         args.config = args.configs[0]
     if args.crop_size:
@@ -203,6 +222,10 @@ def build_model(args, config: Optional[str] = None):
             model_cfg.text_encoder.templates = args.templates
         elif 'text' in model_cfg:
             model_cfg.text.templates = args.templates
+    text_bank = getattr(args, 'text_bank', 'auto')
+    if text_bank != 'auto' and 'text_encoder' in model_cfg:
+        model_cfg.text_encoder.text_bank = \
+            None if text_bank == 'off' else text_bank
     backbone = model_cfg.get('backbone', None)
     strategy = backbone.get('dense_strategy', None) \
         if isinstance(backbone, dict) else None
@@ -301,10 +324,39 @@ def vocabulary(cfg, args) -> List[str]:
     path = path or 'data/class_names/ade150.txt'
     lines = [ln.strip() for ln in resolve_data_path(path).read_text()
              .splitlines() if ln.strip()]
-    count = args.num_classes or len(lines)
+    count = len(lines) if args.num_classes is None else args.num_classes
     names = [lines[i % len(lines)] + ('' if i < len(lines) else f' {i}')
              for i in range(count)]
     return names
+
+
+def config_templates(cfg) -> Optional[object]:
+    """The prompt templates of a config: ``model.text_encoder.templates``
+    (or an older config's ``model.text.templates``)."""
+    for key in ('text_encoder', 'text'):
+        part = cfg.model.get(key)
+        if isinstance(part, dict) and part.get('templates') is not None:
+            return part['templates']
+    return None
+
+
+def text_bank_status(model) -> Optional[Dict]:
+    """``path`` of the text encoder's bank file, the vocabulary's distinct
+    ``prompts`` and how many the bank holds (``banked``); None without a
+    bank (off, trainable tower, no text encoder)."""
+    encoder = getattr(model, 'text_encoder', None)
+    bank_of = getattr(encoder, 'text_bank', None)
+    if bank_of is None or not hasattr(model, 'vocabulary'):
+        return None
+    with torch.no_grad():
+        bank = bank_of()
+    if bank is None:
+        return None
+    prompts = list(dict.fromkeys(
+        template(query) for query in model.vocabulary().queries
+        for template in encoder.templates))
+    return dict(path=str(bank.path), prompts=len(prompts),
+                banked=len(prompts) - len(bank.missing(prompts)))
 
 
 def make_images(count: int, height: int, width: int) -> List[torch.Tensor]:
@@ -431,6 +483,7 @@ class Subject:
         self.latencies: List[float] = []
         self.labels: List[torch.Tensor] = []  # of the timed images
         self.text_seconds = 0.0
+        self.text_bank: Optional[Dict] = None
         self.stage_flops: List[Dict[str, int]] = []
         self.dtype = run_dtype(self.model, args)
         self.precision_note = args.precision_note
@@ -440,6 +493,7 @@ class Subject:
             torch.cuda.synchronize()
 
     def encode_vocabulary(self):
+        self.text_bank = text_bank_status(self.model)  # before: the hits
         with self.profiler:
             start = time.perf_counter()
             if hasattr(self.model, 'vocabulary_embeddings'):
@@ -515,13 +569,13 @@ class Subject:
         # ran before the timed images and is reported as text_encoding_s.
         return dict(
             config=self.config, device=self.device,
-            templates=args.templates or self.cfg.model.get('text', {}).get(
-                'templates'),
+            templates=args.templates or config_templates(self.cfg),
             image_size=list(image_size), num_classes=len(self.names),
             background=args.background,
             num_images=num, random_init=args.random_init,
             threads=torch.get_num_threads(),
             text_encoding_s=self.text_seconds,
+            text_bank=self.text_bank,
             latency_s_mean=total / num,
             latency_s_median=statistics.median(self.latencies),
             latency_s_min=min(self.latencies),

@@ -4,36 +4,63 @@ The authors' code of SCLIP and FreeCP re-encodes every prompt at every start
 (80 templates x 150 ADE classes plus the class descriptions: about 21k
 sentences, minutes on a CPU). The bank keeps the L2-normalised embedding of
 every sentence a frozen text tower has encoded, in one file per
-(weights digest, dtype, device type), so a second start reads them back.
+(weights and architecture digest, dtype, device type), so a second start
+reads them back.
 
 The key is the content of the weights, not their source: a digest of every
 parameter and buffer of the tower (BLAKE2b over the raw bytes, names and
-shapes), computed once per weights version. Fine-tuned, re-initialised or
-cast weights get another file; embeddings computed on a GPU are not mixed
-with CPU ones (their rounding differs). Entries are appended; the file is
-replaced atomically, so an interrupted write leaves the previous file.
+shapes), computed once per weights version, together with a fingerprint of
+what else the embeddings depend on (:func:`architecture_fingerprint`: the
+class and settings of every submodule, e.g. GELU or QuickGELU, the pooling,
+end-of-text id and context length, a Hugging Face tower's config, the
+model name and tokenizer). Fine-tuned, re-initialised or cast weights and
+another architecture get another file; embeddings computed on a GPU are not
+mixed with CPU ones (their rounding differs). Rows are always computed
+without autocast, at the tower's own dtype.
+
+Entries are appended. A writer takes an exclusive lock on a sidecar
+``.lock`` file, merges the entries other processes wrote meanwhile and
+replaces the file atomically, so an interrupted write leaves the previous
+file and concurrent writers keep each other's rows. A failed write (full
+disk, read-only folder) warns and leaves no temporary file behind.
 
 Where: ``text_bank='auto'`` uses ``$OVSS_TEXT_BANK`` or
 ``~/.cache/mmseg_ovss/text_bank``; ``OVSS_TEXT_BANK=off`` (or
 ``text_bank=None``) turns it off.
 """
+import contextlib
 import hashlib
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor, nn
 
 from mmseg_ovss.utils.errors import OVSSConfigError
 
+try:  # POSIX; elsewhere writers are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 BANK_ENV = 'OVSS_TEXT_BANK'
 DEFAULT_BANK_DIR = Path('~/.cache/mmseg_ovss/text_bank')
 OFF_VALUES = ('', '0', 'off', 'none', 'false', 'no')
 #: sentences to encode before a progress bar is shown
 PROGRESS_MIN_SENTENCES = 2048
+#: settings of the tower module itself that the embeddings depend on
+#: (open_clip ``CLIP``, ``TextTransformer`` and ``HFTextEncoder`` names)
+TOWER_SETTINGS = ('text_pool_type', 'text_eos_id', 'pool_type', 'eos_id',
+                  'pad_id', 'use_pad_mask', 'context_length', 'num_pos',
+                  'vocab_size', 'width', 'heads', 'output_dim',
+                  'output_tokens', 'model_name')
+#: submodule attributes that do not change what a module computes
+IGNORED_ATTRIBUTES = ('training', 'grad_checkpointing')
+_SCALARS = (bool, int, float, str, type(None))
 
 
 def resolve_bank_dir(spec: Union[None, str, os.PathLike]) -> Optional[Path]:
@@ -61,9 +88,16 @@ def resolve_bank_dir(spec: Union[None, str, os.PathLike]) -> Optional[Path]:
 
 def weights_digest(module: nn.Module) -> str:
     """BLAKE2b digest of every parameter and buffer of ``module`` (name,
-    dtype, shape and bytes), hex."""
+    dtype, shape and bytes; non-persistent buffers such as the causal
+    ``attn_mask`` included), hex."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            'weights_digest reads tensor bytes and cannot run under '
+            'torch.jit tracing; compute it before tracing')
     digest = hashlib.blake2b(digest_size=20)
     state = module.state_dict(keep_vars=False)
+    for name, buffer in module.named_buffers():
+        state.setdefault(name, buffer)
     for name, tensor in sorted(state.items()):
         if not isinstance(tensor, Tensor):
             continue
@@ -78,12 +112,64 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _settings_of(module: nn.Module, names: Optional[Sequence[str]] = None
+                 ) -> List[str]:
+    """``name=repr`` of a module's scalar attributes (``names``, or every
+    public one but :data:`IGNORED_ATTRIBUTES`) and of its Hugging Face
+    ``config``."""
+    attributes = vars(module)
+    keys = names if names is not None else sorted(
+        k for k in attributes
+        if not k.startswith('_') and k not in IGNORED_ATTRIBUTES)
+    out = []
+    for key in keys:
+        value = attributes.get(key)
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, _SCALARS) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, _SCALARS):
+            continue
+        out.append(f'{key}={value!r}')
+    config = attributes.get('config')
+    if hasattr(config, 'to_json_string'):  # a transformers PretrainedConfig
+        out.append('config=' + config.to_json_string(use_diff=False))
+    return out
+
+
+def architecture_fingerprint(tower: nn.Module,
+                             settings: Optional[Mapping[str, Any]] = None
+                             ) -> str:
+    """BLAKE2b digest (hex) of what a tower's embeddings depend on besides
+    its weights: the class, ``extra_repr`` and scalar settings of every
+    submodule (activation classes, heads, ...), the tower's
+    :data:`TOWER_SETTINGS` (pooling, end-of-text id, context length, ...),
+    Hugging Face configs, and ``settings`` (model name, tokenizer)."""
+    parts = []
+    for name, module in tower.named_modules():
+        cls = type(module)
+        parts.append(f'{name}:{cls.__module__}.{cls.__qualname__}'
+                     f'({module.extra_repr()})')
+        parts.extend(_settings_of(module,
+                                  TOWER_SETTINGS if module is tower else None))
+    for key, value in sorted((settings or {}).items()):
+        parts.append(f'setting {key}={value!r}')
+    return hashlib.blake2b('\n'.join(parts).encode(),
+                           digest_size=20).hexdigest()
+
+
+def bank_digest(weights: str, fingerprint: str) -> str:
+    """The bank-file digest of a weights digest and an architecture
+    fingerprint."""
+    return hashlib.blake2b(f'{weights}|{fingerprint}'.encode(),
+                           digest_size=20).hexdigest()
+
+
 class TextEmbeddingBank:
     """Sentence -> embedding rows of one frozen text tower, on disk.
 
     Args:
         folder: where the bank files live (created on first write).
-        digest: :func:`weights_digest` of the tower.
+        digest: :func:`bank_digest` of the tower.
         dtype: the tower's compute dtype; device_type: 'cpu', 'cuda', ...
     """
 
@@ -92,6 +178,7 @@ class TextEmbeddingBank:
         self.folder = Path(folder)
         dtype_name = str(dtype).replace('torch.', '')
         self.path = self.folder / f'{digest}-{dtype_name}-{device_type}.pt'
+        self.lock_path = self.path.with_name(self.path.name + '.lock')
         self._sentences: List[str] = []
         self._rows: Dict[str, int] = {}
         self._embeddings: Optional[Tensor] = None
@@ -100,9 +187,11 @@ class TextEmbeddingBank:
     def __len__(self) -> int:
         return len(self._sentences)
 
-    def _load(self) -> None:
+    def _read(self) -> Optional[Tuple[List[str], Tensor]]:
+        """(sentences, embeddings) of the file, or None (absent or
+        unreadable: a damaged file is rebuilt, not trusted)."""
         if not self.path.is_file():
-            return
+            return None
         try:
             content = torch.load(self.path, map_location='cpu',
                                  weights_only=True)
@@ -111,11 +200,20 @@ class TextEmbeddingBank:
             if not isinstance(embeddings, Tensor) or \
                     embeddings.shape[0] != len(sentences):
                 raise ValueError('sentences and embeddings differ in count')
-        except Exception as err:  # a damaged file is rebuilt, not trusted
+        except Exception as err:
             print(f'mmseg_ovss text bank: ignoring unreadable {self.path} '
                   f'({type(err).__name__}: {err}); it will be rewritten',
                   file=sys.stderr)
-            return
+            return None
+        return sentences, embeddings
+
+    def _load(self) -> None:
+        content = self._read()
+        if content is not None:
+            self._set(*content)
+
+    def _set(self, sentences: List[str], embeddings: Optional[Tensor]
+             ) -> None:
         self._sentences = sentences
         self._rows = {s: i for i, s in enumerate(sentences)}
         self._embeddings = embeddings
@@ -131,7 +229,7 @@ class TextEmbeddingBank:
         return out
 
     def add(self, sentences: Sequence[str], embeddings: Tensor) -> None:
-        """Append rows and write the file (atomically)."""
+        """Append rows and write the file (locked, merged, atomically)."""
         if not sentences:
             return
         embeddings = embeddings.detach().float().cpu()
@@ -142,18 +240,56 @@ class TextEmbeddingBank:
             torch.cat([self._embeddings, embeddings])
         self._write()
 
+    def _merge(self, sentences: List[str], embeddings: Tensor) -> None:
+        """Put the rows on disk first, then those of this bank they lack
+        (another process's rows are kept)."""
+        on_disk = set(sentences)
+        ours = [i for i, s in enumerate(self._sentences)
+                if s not in on_disk]
+        if self._embeddings is not None and ours:
+            extra = self._embeddings.index_select(
+                0, torch.tensor(ours, dtype=torch.long))
+            embeddings = torch.cat([embeddings, extra])
+        self._set(sentences + [self._sentences[i] for i in ours],
+                  embeddings)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the sidecar lock file (POSIX ``flock``)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.lock_path, 'a') as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
     def _write(self) -> None:
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.folder, suffix='.tmp')
-            os.close(handle)
-            torch.save(dict(sentences=self._sentences,
-                            embeddings=self._embeddings), tmp)
-            os.replace(tmp, self.path)
-        except OSError as err:
-            print(f'mmseg_ovss text bank: cannot write {self.path} ({err}); '
-                  f'embeddings are not kept (set {BANK_ENV} to a writable '
-                  f'folder or {BANK_ENV}=off)', file=sys.stderr)
+            with self._locked():
+                on_disk = self._read()
+                if on_disk is not None:
+                    self._merge(*on_disk)
+                handle, tmp = tempfile.mkstemp(dir=self.folder,
+                                               suffix='.tmp')
+                os.close(handle)
+                torch.save(dict(sentences=self._sentences,
+                                embeddings=self._embeddings), tmp)
+                os.replace(tmp, self.path)
+                tmp = None
+        except (OSError, RuntimeError) as err:  # torch.save: RuntimeError
+            print(f'mmseg_ovss text bank: cannot write {self.path} '
+                  f'({type(err).__name__}: {err}); embeddings are not kept '
+                  f'(free disk space, set {BANK_ENV} to a writable folder or '
+                  f'{BANK_ENV}=off)', file=sys.stderr)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def lookup(self, sentences: Sequence[str]) -> Tensor:
         """(N, D) rows of sentences that are all in the bank."""
@@ -195,7 +331,12 @@ def _progress(total: int):
                 unit='sent', file=sys.stderr, leave=False)
 
 
-def bank_key(module: nn.Module) -> Tuple[str, torch.dtype, str]:
-    """(digest, dtype, device type) of a module's weights."""
+def bank_key(module: nn.Module,
+             settings: Optional[Mapping[str, Any]] = None
+             ) -> Tuple[str, torch.dtype, str]:
+    """(bank digest, dtype, device type) of a module: its weights and
+    architecture (:func:`architecture_fingerprint` with ``settings``)."""
     first = next(module.parameters())
-    return weights_digest(module), first.dtype, first.device.type
+    digest = bank_digest(weights_digest(module),
+                         architecture_fingerprint(module, settings))
+    return digest, first.dtype, first.device.type

@@ -10,9 +10,9 @@ Radford et al., 2021, Sec. 3.1.4; computed so in SCLIP, ``wangf3014/SCLIP``,
 here read an open_clip model's text tower and run it.
 """
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,10 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from mmseg_ovss.clip.features import VocabularyEmbeddings
-from mmseg_ovss.clip.text_bank import (TextEmbeddingBank, encode_with_bank,
-                                       resolve_bank_dir, weights_digest)
+from mmseg_ovss.clip.text_bank import (TextEmbeddingBank,
+                                       architecture_fingerprint, bank_digest,
+                                       encode_with_bank, resolve_bank_dir,
+                                       weights_digest)
 from mmseg_ovss.clip.templates import (TemplateSpec, load_templates,
                                        templates_key)
 from mmseg_ovss.clip.vocabulary import Vocabulary
@@ -125,8 +127,8 @@ class PromptEnsembleEncoding:
     :meth:`tracks_gradients`, and calls :meth:`setup_encoding`. Results
     computed without gradients are cached per vocabulary (LRU,
     ``cache_size`` entries) under a key of the weights' versions, the
-    vocabulary, the templates, device, dtype and inference mode, so that a
-    weight update can never return stale embeddings.
+    vocabulary, the templates, device, dtype, inference mode and autocast
+    state, so that a weight update can never return stale embeddings.
     """
 
     def setup_encoding(self, tokenizer, templates: TemplateSpec,
@@ -165,7 +167,8 @@ class PromptEnsembleEncoding:
             OrderedDict()
         self._cached_weights: Optional[tuple] = None
         self.text_bank_dir = resolve_bank_dir(text_bank)
-        self._bank: Optional[tuple] = None  # (weights key, bank)
+        # (weights key, architecture fingerprint, bank)
+        self._bank: Optional[tuple] = None
 
     # -------------------------------------------------- subclass contract
     @property
@@ -179,6 +182,22 @@ class PromptEnsembleEncoding:
     def tracks_gradients(self) -> bool:
         """Whether results are computed with gradients (and not cached)."""
         raise NotImplementedError
+
+    def has_trainable_weights(self) -> bool:
+        """Whether a weight the embeddings depend on requires grad."""
+        return any(p.requires_grad for p in self.text_tower.parameters())
+
+    def encoding_settings(self) -> dict:
+        """Settings outside the tower that the embeddings depend on (model
+        name, tokenizer), part of the bank key."""
+        tokenizer = self.tokenizer
+        inner = getattr(tokenizer, 'tokenizer', None)
+        return dict(
+            model_name=getattr(self, 'model_name', None),
+            tokenizer=type(tokenizer).__qualname__,
+            tokenizer_context_length=getattr(tokenizer, 'context_length',
+                                             None),
+            tokenizer_name=getattr(inner, 'name_or_path', None))
 
     # ------------------------------------------------------------ helpers
     @property
@@ -194,6 +213,24 @@ class PromptEnsembleEncoding:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    @contextmanager
+    def text_bank_off(self) -> Iterator[None]:
+        """Turn the on-disk bank off inside the ``with`` block (every
+        sentence runs through the tower; e.g. to count its FLOPs)."""
+        folder, bank = self.text_bank_dir, self._bank
+        self.text_bank_dir, self._bank = None, None
+        try:
+            yield
+        finally:
+            self.text_bank_dir, self._bank = folder, bank
+
+    def _autocast_state(self) -> tuple:
+        """(enabled, dtype) of autocast on the tower's device type."""
+        device_type = self.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return (False, None)
+        return (True, torch.get_autocast_dtype(device_type))
 
     def _encode_tokens(self, tokens: Tensor) -> Tensor:
         """(N, D) text features of token ids (:func:`encode_tokens`)."""
@@ -211,7 +248,9 @@ class PromptEnsembleEncoding:
                 'encode_text needs at least one sentence, got an empty list')
         bank = self.text_bank()
         if bank is not None:
-            with torch.no_grad():
+            # the bank's rows are the tower's own dtype, never autocast's
+            with torch.no_grad(), torch.autocast(self.device.type,
+                                                 enabled=False):
                 return encode_with_bank(bank, sentences, self._encode_batch,
                                         self.batch_size, self.device)
         with self._grad_mode():
@@ -225,18 +264,24 @@ class PromptEnsembleEncoding:
         return F.normalize(features.float(), dim=-1)
 
     def text_bank(self) -> Optional[TextEmbeddingBank]:
-        """The on-disk bank of the current weights, or None (off, or the
-        tower computes with gradients). The weights' digest is computed
-        once per weights version (:meth:`weights_key`)."""
-        if self.text_bank_dir is None or self.tracks_gradients():
+        """The on-disk bank of the current weights and architecture, or
+        None: off, a tower weight is trainable (whatever the grad mode: its
+        rows would never be read again), or under ``torch.jit`` tracing.
+        The weights' digest is computed once per weights version
+        (:meth:`weights_key`)."""
+        if (self.text_bank_dir is None or torch.jit.is_tracing()
+                or self.has_trainable_weights()):
             return None
         key = self.weights_key()
-        if self._bank is None or self._bank[0] != key:
-            bank = TextEmbeddingBank(
-                self.text_bank_dir, weights_digest(self.text_tower),
-                self.dtype, self.device.type)
-            self._bank = (key, bank)
-        return self._bank[1]
+        fingerprint = architecture_fingerprint(self.text_tower,
+                                               self.encoding_settings())
+        if self._bank is None or self._bank[:2] != (key, fingerprint):
+            digest = bank_digest(weights_digest(self.text_tower),
+                                 fingerprint)
+            bank = TextEmbeddingBank(self.text_bank_dir, digest, self.dtype,
+                                     self.device.type)
+            self._bank = (key, fingerprint, bank)
+        return self._bank[2]
 
     def encode_templates(self, queries: Sequence[str]) -> Tensor:
         """(Q, T, D) embedding of each query under each template, each
@@ -265,7 +310,7 @@ class PromptEnsembleEncoding:
         changes)."""
         return (vocab.synonyms, vocab.background_class, bool(with_templates),
                 templates_key(self.templates), str(self.device), self.dtype,
-                torch.is_inference_mode_enabled())
+                torch.is_inference_mode_enabled(), self._autocast_state())
 
     def embed_vocabulary(self, vocab: Vocabulary,
                          with_templates: bool = False

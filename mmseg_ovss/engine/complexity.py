@@ -22,7 +22,8 @@ For an open-vocabulary segmentor (``OpenVocabEncoderDecoder``) the class
 embeddings are computed once before the count by default
 (``count_text=False``): at inference a fixed vocabulary is encoded once and
 cached, so the per-image cost is the image path. ``count_text=True`` counts
-the text tower as part of the forward.
+the text tower as part of the forward, with the encoder's cache and on-disk
+text bank off for the count (neither may answer in the tower's place).
 """
 import contextlib
 from collections import Counter, OrderedDict
@@ -155,14 +156,20 @@ def tensor_forward(model: nn.Module,
     """Make ``model(inputs)`` the tensor forward ``model._forward(inputs)``
     with its outputs flattened to a tuple of tensors (traceable), top-level
     children called through their hooks, and (``count_text=False``) the
-    class embeddings of an open-vocabulary segmentor computed beforehand."""
+    class embeddings of an open-vocabulary segmentor computed beforehand;
+    with ``count_text`` the text encoder's cache and on-disk bank are off,
+    so every sentence runs through the tower (restored afterwards)."""
     restore = []
+    stack = contextlib.ExitStack()
     if hasattr(model, 'text_inputs'):
         if count_text:
-            clear = getattr(getattr(model, 'text_encoder', None),
-                            'clear_cache', None)
+            encoder = getattr(model, 'text_encoder', None)
+            clear = getattr(encoder, 'clear_cache', None)
             if clear is not None:
                 clear()  # a frozen encoder would answer from its cache
+            bank_off = getattr(encoder, 'text_bank_off', None)
+            if bank_off is not None:  # ... or from its bank on disk
+                stack.enter_context(bank_off())
         else:
             text = model.text_inputs()
             model.text_inputs = lambda: text
@@ -184,7 +191,7 @@ def tensor_forward(model: nn.Module,
         model.forward = flat_plain
         restore.append('forward')
     try:
-        with through_call(dict(model.named_children())):
+        with stack, through_call(dict(model.named_children())):
             yield
     finally:
         for name in restore:

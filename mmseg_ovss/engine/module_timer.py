@@ -2,13 +2,14 @@
 
 Used by ``tools/benchmark.py --train`` for its per-module breakdown. The
 time of a top-level child (``backbone``, ``text_encoder``, ``decode_head``,
-``data_preprocessor``) runs from the first call into it or any of its
-submodules until that call returns (nested calls are not counted twice),
-so it also covers methods other than ``forward`` that run submodules (the
-text encoder's ``embed_vocabulary``); direct ``child.forward(...)`` calls of
-a segmentor are routed through the module's hooks. CUDA is synchronised at
-each start and stop, so the figures add up to wall-clock time (at the cost
-of a sync per top-level call).
+``data_preprocessor``) is the time inside forward calls of it or any of its
+submodules, from the call's start until it returns (nested calls are not
+counted twice); direct ``child.forward(...)`` calls of a segmentor are
+routed through the module's hooks. A method other than ``forward`` (the
+text encoder's ``embed_vocabulary``) is charged only for the submodule
+forward calls it makes: its own work between them (tokenising, prompt
+building, normalising) is not, and stays in the forward's remainder. CUDA
+is synchronised at each start and stop of a top-level call.
 """
 import time
 from collections import defaultdict

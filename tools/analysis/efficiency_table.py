@@ -144,7 +144,9 @@ def parse_args(argv=None):
                         metavar='CONFIG', help='count these configs '
                         '(parameters, FLOPs) without timing them: no '
                         'warm-up or timed images (a path as given or its '
-                        'file name)')
+                        'file name, if no other config has it); rows are '
+                        'labelled by the shortest path suffix that tells '
+                        'configs apart')
     parser.add_argument('--flop-images', type=int, default=None,
                         metavar='N', help='count FLOPs on the first N '
                         'measured images only (default: all)')
@@ -188,20 +190,44 @@ def parse_args(argv=None):
     if args.also_dataset == args.dataset:
         parser.error(f'--also-dataset {args.also_dataset} is --dataset; '
                      'give another benchmark')
-    names = {osp.normpath(c) for c in args.configs} | \
-        {osp.basename(c) for c in args.configs}
-    unknown = [c for c in args.untimed
-               if osp.normpath(c) not in names and c not in names]
-    if unknown:
-        parser.error(f'--untimed {unknown}: not among the configs '
-                     f'{args.configs}; give a config path or its file name')
+    for name in args.untimed:
+        matched = untimed_matches(name, args.configs)
+        if not matched:
+            parser.error(f'--untimed {name}: not among the configs '
+                         f'{args.configs}; give a config path or its file '
+                         'name')
+        if len(matched) > 1:
+            parser.error(f'--untimed {name}: names {len(matched)} configs '
+                         f'({matched}); give one of their paths')
     return args
+
+
+def untimed_matches(name: str, configs: List[str]) -> List[str]:
+    """The configs an ``--untimed`` name picks: the config of that path,
+    else those of that file name."""
+    exact = [c for c in configs if osp.normpath(c) == osp.normpath(name)]
+    return exact or [c for c in configs if osp.basename(c) == name]
 
 
 def is_untimed(path: str, args) -> bool:
     """Whether ``--untimed`` names the config ``path``."""
-    return any(osp.normpath(u) in (osp.normpath(path), osp.basename(path))
+    return any(untimed_matches(u, args.configs) == [path]
                for u in args.untimed)
+
+
+def row_labels(configs: List[str]) -> Dict[str, str]:
+    """Config path -> its shortest path suffix that no other config ends
+    with (the file name unless two configs share it)."""
+    parts = {c: osp.normpath(c).split(osp.sep) for c in configs}
+    labels = {}
+    for config, mine in parts.items():
+        for depth in range(1, len(mine) + 1):
+            suffix = mine[-depth:]
+            if not any(other[-depth:] == suffix
+                       for c, other in parts.items() if c != config):
+                break
+        labels[config] = osp.join(*suffix)
+    return labels
 
 
 class Progress:
@@ -615,11 +641,13 @@ def has_selection(cfg) -> bool:
     return bool(cfg.model.decode_head.get('category_selection'))
 
 
-def measure_config(path: str, args, progress: Progress) -> List[dict]:
+def measure_config(path: str, args, progress: Progress,
+                   label: Optional[str] = None) -> List[dict]:
     """The rows of one config: the selection rule's, then (DCP-CLIP) one
-    per ``--num-selected`` K, from one built model."""
+    per ``--num-selected`` K, from one built model (``label``: the row
+    label, default the file name)."""
     cfg = load_config(path, args)
-    label = osp.basename(path)
+    label = label or osp.basename(path)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     model = build_model(cfg, args.device)
@@ -641,7 +669,8 @@ def measure_config(path: str, args, progress: Progress) -> List[dict]:
             # the config's DynamicCategorySelection(fixed_count=K)
             selection.fixed_count = k
         row_label = label + ('' if k is None else f' K={k}')
-        row = dict(config=path, learnable_m=learnable, total_m=total,
+        row = dict(config=path, label=label, learnable_m=learnable,
+                   total_m=total,
                    device=args.device, paper=paper_row(cfg),
                    num_selected=k, dcs=has_selection(cfg), timed=timed,
                    threads=torch.get_num_threads())
@@ -665,9 +694,10 @@ def measure_all(args, progress: Optional[Progress] = None) -> List[dict]:
     """One row per config, and for DCP-CLIP one more per
     ``--num-selected`` K."""
     progress = progress or Progress(args.quiet)
+    labels = row_labels(args.configs)
     rows = []
     for path in args.configs:
-        rows += measure_config(path, args, progress)
+        rows += measure_config(path, args, progress, labels[path])
     return rows
 
 
@@ -712,7 +742,7 @@ def _deviation(ours, paper) -> str:
 
 
 def _label(row: dict) -> str:
-    label = osp.basename(row['config'])
+    label = row.get('label') or osp.basename(row['config'])
     if row.get('num_selected') is not None:
         label += f' (K pinned to {row["num_selected"]})'
     if not row.get('timed', True):

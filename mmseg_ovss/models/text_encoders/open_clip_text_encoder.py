@@ -43,7 +43,8 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
 
     Embeddings are computed with gradients when a text-tower parameter is
     trainable and grad mode is on; otherwise under ``no_grad`` and cached
-    (:class:`~mmseg_ovss.clip.text_encoder.PromptEnsembleEncoding`).
+    (:class:`~mmseg_ovss.clip.text_encoder.PromptEnsembleEncoding`). The
+    on-disk bank is used only while no text-tower parameter is trainable.
 
     Args:
         model_name, pretrained, checkpoint, precision, random_init, seed,
@@ -60,9 +61,10 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
         cache_size: vocabularies kept in memory (0: none).
         truncate_context: run the tower only up to the longest prompt of a
             batch (exact for causal towers pooling at end-of-text).
-        text_bank: keep the embedding of every sentence on disk while the
-            tower is frozen, so a second start reads it back instead of
-            encoding (:mod:`mmseg_ovss.clip.text_bank`): ``'auto'``
+        text_bank: keep the embedding of every sentence on disk while
+            every text-tower parameter is frozen, so a second start reads
+            it back instead of encoding (:mod:`mmseg_ovss.clip.text_bank`):
+            ``'auto'``
             (default: ``$OVSS_TEXT_BANK``, or
             ``~/.cache/mmseg_ovss/text_bank``; ``OVSS_TEXT_BANK=off``
             disables it), a folder, or None (off).
@@ -152,9 +154,11 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
     def weights_key(self) -> tuple:
         return weights_version_key((*self.parameters(), *self.buffers()))
 
+    def has_trainable_weights(self) -> bool:
+        return any(p.requires_grad for p in self._tower_parameters())
+
     def tracks_gradients(self) -> bool:
-        return torch.is_grad_enabled() and any(
-            p.requires_grad for p in self._tower_parameters())
+        return torch.is_grad_enabled() and self.has_trainable_weights()
 
     # ---------------------------------------------------------- modes
     def train(self, mode: bool = True) -> 'OpenCLIPTextEncoder':
