@@ -65,6 +65,8 @@ def test_pinned_selection_counts_and_flops_fit(tmp_path, capsys):
     _tool().main([*map(str, configs), '--dataset', 'ade150', '--images', '1',
                   '--generated', '--size', '64', '64', '--device', 'cpu',
                   '--num-selected', '1', '2', '3', '--out', str(out),
+                  # one counter convention for the K at CAT-Seg's fraction
+                  '--flop-counter', 'dispatch',
                   '--cfg-options', 'model.test_cfg.mode=whole'])
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -222,3 +224,29 @@ def test_configs_of_one_file_name_get_distinct_labels(capsys):
     args = tool.parse_args([*configs, '--untimed', configs[1],
                             'vit-b16_ade150.py'])
     assert [tool.is_untimed(c, args) for c in configs] == [False, True, True]
+
+
+def test_ratios_across_two_flop_counters_are_flagged(tmp_path, capsys):
+    """'auto' traces CAT-Seg with jit and falls back to dispatch for
+    DCP-CLIP's data-dependent K; jit counts normalisations and resizing,
+    dispatch does not, so their GFLOPs ratio mixes two conventions: the
+    table names each row's counter and flags the ratio; '--flop-counter
+    dispatch' counts both in one and has nothing to flag."""
+    configs = _tiny_configs(tmp_path)
+    common = [*configs, '--dataset', 'ade150', '--images', '1',
+              '--untimed', 'dcpclip.py', 'catseg.py', '--text', 'random',
+              '--random-init', '--quiet', *TINY_RUN]
+    out = tmp_path / 'auto.json'
+    _tool().main([*common, '--out', str(out)])
+    captured = capsys.readouterr()
+    rows = json.loads(out.read_text())['rows']
+    assert [r['main']['flop_counter'] for r in rows] == ['dispatch', 'jit']
+    assert '| dispatch |' in captured.out and '| jit |' in captured.out
+    assert 'counted by dispatch and jit: two conventions' in captured.out
+    assert 'mix two conventions' in captured.err
+    out = tmp_path / 'dispatch.json'
+    _tool().main([*common, '--flop-counter', 'dispatch', '--out', str(out)])
+    captured = capsys.readouterr()
+    rows = json.loads(out.read_text())['rows']
+    assert [r['main']['flop_counter'] for r in rows] == ['dispatch'] * 2
+    assert 'two conventions' not in captured.out + captured.err

@@ -122,6 +122,24 @@ def test_a_trainable_tower_is_not_banked(tmp_path, freeze):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize('freeze', ['none', 'attn_qv'])
+def test_a_trainable_tower_under_test_is_banked(tmp_path, freeze,
+                                                monkeypatch):
+    """A trained checkpoint evaluated (tools/test.py): its tower keeps the
+    trainable flags of its freeze policy but never computes with
+    gradients, so its rows are banked and read back."""
+    encoder = _encoder(tmp_path, freeze=freeze)
+    with torch.no_grad():
+        first = encoder.encode_text(['a cat'])
+    assert len(list(tmp_path.glob('*.pt'))) == 1
+    again = _encoder(tmp_path, freeze=freeze)
+    calls = _count_tower_calls(again, monkeypatch)
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_text(['a cat']), first,
+                                   atol=0, rtol=0)
+    assert calls == []
+
+
 def test_bank_folder_setting(monkeypatch, tmp_path):
     monkeypatch.delenv(BANK_ENV, raising=False)
     assert resolve_bank_dir('auto') == DEFAULT_BANK_DIR.expanduser()

@@ -169,6 +169,8 @@ class PromptEnsembleEncoding:
         self.text_bank_dir = resolve_bank_dir(text_bank)
         # (weights key, architecture fingerprint, bank)
         self._bank: Optional[tuple] = None
+        # set once the tower has computed with gradients (is being trained)
+        self._trained_here = False
 
     # -------------------------------------------------- subclass contract
     @property
@@ -209,7 +211,12 @@ class PromptEnsembleEncoding:
         return tower_dtype(self.text_tower)
 
     def _grad_mode(self):
-        return nullcontext() if self.tracks_gradients() else torch.no_grad()
+        if self.tracks_gradients():
+            # the weights change from here on: rows banked for them (at a
+            # validation between steps) would never be read again
+            self._trained_here = True
+            return nullcontext()
+        return torch.no_grad()
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -265,12 +272,16 @@ class PromptEnsembleEncoding:
 
     def text_bank(self) -> Optional[TextEmbeddingBank]:
         """The on-disk bank of the current weights and architecture, or
-        None: off, a tower weight is trainable (whatever the grad mode: its
-        rows would never be read again), or under ``torch.jit`` tracing.
+        None: off, the tower computes with gradients or has done so in this
+        process (it is being trained: rows banked at its validations would
+        never be read again), or under ``torch.jit`` tracing. A trainable
+        tower that only ever runs without gradients (testing a trained
+        checkpoint) uses the bank.
         The weights' digest is computed once per weights version
         (:meth:`weights_key`)."""
         if (self.text_bank_dir is None or torch.jit.is_tracing()
-                or self.has_trainable_weights()):
+                or self.tracks_gradients()
+                or self._trained_here):
             return None
         key = self.weights_key()
         fingerprint = architecture_fingerprint(self.text_tower,

@@ -44,7 +44,9 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
     Embeddings are computed with gradients when a text-tower parameter is
     trainable and grad mode is on; otherwise under ``no_grad`` and cached
     (:class:`~mmseg_ovss.clip.text_encoder.PromptEnsembleEncoding`). The
-    on-disk bank is used only while no text-tower parameter is trainable.
+    on-disk bank is used only while the tower computes without gradients
+    and has not computed with them in this process (a tower in training
+    never banks; a trained checkpoint under test does).
 
     Args:
         model_name, pretrained, checkpoint, precision, random_init, seed,
@@ -62,7 +64,7 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
         truncate_context: run the tower only up to the longest prompt of a
             batch (exact for causal towers pooling at end-of-text).
         text_bank: keep the embedding of every sentence on disk while
-            every text-tower parameter is frozen, so a second start reads
+            the tower is not being trained, so a second start reads
             it back instead of encoding (:mod:`mmseg_ovss.clip.text_bank`):
             ``'auto'``
             (default: ``$OVSS_TEXT_BANK``, or
