@@ -73,6 +73,7 @@ def test_main_config_recipe(rel):
     name = Path(rel).name
     dataset = name.split('_')[1]
     setting = name[:-3].split('_')[-1]
+    method = Path(rel).parent.name
     # CLIP ViT-B/16 at 512, ImageNet normalisation, slide 512 / 426
     assert cfg.model.clip == dict(model_name='ViT-B-16', pretrained='openai')
     pre = cfg.model.data_preprocessor
@@ -114,7 +115,8 @@ def test_main_config_recipe(rel):
     if setting == 'transductive':
         middle = iters  # the middle of the inductive run (2x as long)
         assert cfg.load_from == (
-            f'work_dirs/vit-b16_{dataset}_inductive/iter_{middle}.pth')
+            f'work_dirs/{method}/vit-b16_{dataset}_inductive/'
+            f'iter_{middle}.pth')
 
 
 def test_pc60_split_is_pc59_unseen_with_background_seen():

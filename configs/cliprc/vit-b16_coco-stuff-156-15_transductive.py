@@ -20,4 +20,4 @@ model = dict(
     decode_head=dict(self_training=True),
 )
 custom_hooks = [dict(type='DatasetVocabularyHook')]
-load_from = 'work_dirs/vit-b16_coco-stuff-156-15_inductive/iter_40000.pth'
+load_from = 'work_dirs/cliprc/vit-b16_coco-stuff-156-15_inductive/iter_40000.pth'

@@ -20,4 +20,4 @@ model = dict(
     decode_head=dict(self_training=True),
 )
 custom_hooks = [dict(type='DatasetVocabularyHook')]
-load_from = 'work_dirs/vit-b16_voc-15-5_inductive/iter_20000.pth'
+load_from = 'work_dirs/cliprc/vit-b16_voc-15-5_inductive/iter_20000.pth'

@@ -20,4 +20,4 @@ model = dict(
     decode_head=dict(self_training=True),
 )
 custom_hooks = [dict(type='DatasetVocabularyHook')]
-load_from = 'work_dirs/vit-b16_pc60-50-10_inductive/iter_20000.pth'
+load_from = 'work_dirs/zegclip/vit-b16_pc60-50-10_inductive/iter_20000.pth'
