@@ -98,9 +98,9 @@ def test_main_config_recipe(rel):
     for key in ('backbone', 'decode_head', 'final_norm'):
         assert keys[key].lr_mult == 10.0
     assert keys['norm'].decay_mult == 0.0
-    warmup, poly = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.end) == (
-        'LinearLR', 1e-6, 1500)
+    poly, = cfg.param_scheduler
+    assert (poly.type, poly.warmup_iters, poly.warmup_ratio) == (
+        'WarmupPolyLR', 1500, 1e-6)
     iters = {'inductive': 40000, 'transductive': 20000,
              'supervised': 40000}[setting]
     if dataset == 'coco-stuff-156-15':
@@ -111,7 +111,7 @@ def test_main_config_recipe(rel):
         # vpt_seg_zero_vit-b_512x512_10k_12_10_st.py
         iters //= 2
     assert cfg.train_cfg.max_iters == iters == poly.end
-    assert (poly.power, poly.eta_min, poly.begin) == (0.9, 1e-6, 1500)
+    assert (poly.power, poly.eta_min, poly.begin) == (0.9, 1e-6, 0)
     assert cfg.total_batch_size == 16
     # protocol of the data
     zsl = [t for t in cfg.train_pipeline if t.type == 'ZeroShotLabels'][0]
@@ -122,6 +122,45 @@ def test_main_config_recipe(rel):
         assert cfg.load_from == (
             f'work_dirs/{method}/vit-b16_{dataset}_inductive/'
             f'iter_{middle}.pth')
+
+
+def _authors_lr(base, i, max_iters):
+    """mmcv's lr_updater (and JSeg's optims/lr_scheduler.py PolyLR) for the
+    authors' lr_config: policy='poly', power=0.9, min_lr=1e-6,
+    warmup='linear', warmup_iters=1500, warmup_ratio=1e-6."""
+    regular = (base - 1e-6) * (1 - i / max_iters) ** 0.9 + 1e-6
+    if i >= 1500:
+        return regular
+    k = (1 - i / 1500) * (1 - 1e-6)
+    return regular * (1 - k)
+
+
+@pytest.mark.parametrize('iters', [10, 20, 40, 80])
+def test_schedule_gives_the_authors_learning_rate(iters):
+    """The configured schedulers, built and stepped by mmengine, give the
+    authors' lr at every iteration, for the x1 and x10 groups."""
+    import mmseg_ovss  # noqa: F401
+    import torch
+    from mmseg.registry import PARAM_SCHEDULERS
+    init_default_scope('mmseg')
+    cfg = load(f'configs/_base_/schedules/zegclip_{iters}k.py')
+    max_iters = cfg.train_cfg.max_iters
+    assert max_iters == iters * 1000
+    groups = [dict(params=[torch.nn.Parameter(torch.zeros(1))], lr=lr)
+              for lr in (2e-5, 2e-4)]
+    optimizer = torch.optim.AdamW(groups, lr=2e-5)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+                  for s in cfg.param_scheduler]
+    checked = {0, 1, 750, 1499, 1500, 1501, max_iters // 2,
+               max_iters - 1000, max_iters - 1}
+    for i in range(max_iters):
+        if i in checked:
+            for group in optimizer.param_groups:
+                expected = _authors_lr(group['initial_lr'], i, max_iters)
+                assert group['lr'] == pytest.approx(expected, rel=1e-9), i
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 def test_pc60_split_is_pc59_unseen_with_background_seen():

@@ -4,10 +4,8 @@
 # configs/_base_/schedules/schedule_10k.py: max_iters=10000).
 _base_ = ['./zegclip_40k.py']
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-         end=1500),
-    dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=1500, end=10000,
-         by_epoch=False),
+    dict(type='WarmupPolyLR', power=0.9, eta_min=1e-6, warmup_iters=1500,
+         warmup_ratio=1e-6, begin=0, end=10000, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=10000,
                  val_interval=1000)
