@@ -85,7 +85,7 @@ def test_main_config_recipe(rel):
     k = 10 if dataset == 'voc-15-5' else 100
     assert cfg.model.backbone.prompts.num_tokens == k
     assert cfg.model.text_encoder.templates == (
-        'single' if dataset == 'voc-15-5' else 'vild')
+        'zegclip_single' if dataset == 'voc-15-5' else 'vild')
     assert cfg.model.seen_score_offset == (
         0.1 if setting == 'inductive' else 0.0)
     assert bool(cfg.model.decode_head.self_training) == (
@@ -122,6 +122,22 @@ def test_main_config_recipe(rel):
         assert cfg.load_from == (
             f'work_dirs/{method}/vit-b16_{dataset}_inductive/'
             f'iter_{middle}.pth')
+
+
+@pytest.mark.parametrize('method', ['cliprc', 'zegclip'])
+def test_voc_prompts_are_the_authors_text(method):
+    """ZegCLIP's voc12_single.npy (used by both authors' VOC configs) embeds
+    clip.tokenize(f"a photo of a {c}"), without a period (ZiqinZhou66/
+    ZegCLIP configs/_base_/datasets/text_embedding/get_embedding.ipynb)."""
+    from mmseg_ovss.clip.templates import load_templates
+    for setting in ('inductive', 'transductive', 'supervised'):
+        cfg = load(f'configs/{method}/vit-b16_voc-15-5_{setting}.py')
+        prompts = [t('sheep') for t in
+                   load_templates(cfg.model.text_encoder.templates)]
+        assert prompts == ['a photo of a sheep']
+    # the training-free methods' 'single' keeps its period
+    assert [t('sheep') for t in load_templates('single')] == [
+        'a photo of a sheep.']
 
 
 def _authors_lr(base, i, max_iters):

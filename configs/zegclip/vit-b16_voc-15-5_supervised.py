@@ -3,7 +3,7 @@
 # 20k iterations, as the authors train ZegCLIP on VOC (ZiqinZhou66/ZegCLIP,
 # configs/voc12/vpt_seg_fully_vit-b_512x512_20k_12_10.py; CLIP-RC trains
 # 40k), batch 16 in all, 512 x 512 crops; K = 10 prompts,
-# text templates 'single'.
+# text templates 'zegclip_single' ("a photo of a {}", the authors' text).
 # Paper: CLIP-RC Table 3 (ZegCLIP*): 96.3 / 91.6 / 92.4 / 90.9 (pAcc / hIoU / mIoU(S) / mIoU(U)).
 _base_ = [
     '../_base_/models/zegclip_vit-b16.py',
@@ -12,7 +12,7 @@ _base_ = [
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=10)),
-    text_encoder=dict(templates='single'),
+    text_encoder=dict(templates='zegclip_single'),
     # calibration only in the inductive setting
     seen_score_offset=0.0,
 )

@@ -8,7 +8,7 @@
 # vpt_seg_zero_vit-b_512x512_10k_12_10_st.py --load-from
 # .../zero_12_10/iter_10000.pth, the 20k inductive run's iteration 10k).
 # 10k iterations, batch 16 in all, 512 x 512 crops; K = 10 prompts,
-# text templates 'single'.
+# text templates 'zegclip_single' ("a photo of a {}", the authors' text).
 # Paper: CLIP-RC Table 2 (ZegCLIP+ST): 96.2 / 91.1 / 92.3 / 89.9 (pAcc / hIoU / mIoU(S) / mIoU(U)).
 _base_ = [
     '../_base_/models/zegclip_vit-b16.py',
@@ -17,7 +17,7 @@ _base_ = [
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=10)),
-    text_encoder=dict(templates='single'),
+    text_encoder=dict(templates='zegclip_single'),
     # calibration only in the inductive setting
     seen_score_offset=0.0,
     decode_head=dict(self_training=True),
