@@ -124,6 +124,25 @@ def test_main_config_recipe(rel):
             f'iter_{middle}.pth')
 
 
+@pytest.mark.parametrize(
+    'rel', [c for c in MAIN if c.endswith('_transductive.py')])
+def test_transductive_header_says_which_pixels_get_pseudo_labels(rel):
+    """The default pseudo-labeler relabels the unseen-class pixels (void
+    stays ignored, ZegCLIP's rule); the header must not promise the
+    ignored pixels (pixels='ignored')."""
+    import mmseg_ovss  # noqa: F401
+    from mmseg_ovss.models.cliprc.self_training import UnseenPseudoLabeler
+    cfg = load(rel)
+    labeler = UnseenPseudoLabeler.build(cfg.model.decode_head.self_training)
+    assert labeler.pixels == 'unseen'
+    header = ' '.join(line.lstrip('# ') for line in
+                      (ROOT / rel).read_text().splitlines()
+                      if line.startswith('#'))
+    assert 'ignored pixels' not in header
+    assert 'pixels whose ground truth is an unseen class' in header
+    assert 'void stays ignored' in header
+
+
 @pytest.mark.parametrize('method', ['cliprc', 'zegclip'])
 def test_voc_prompts_are_the_authors_text(method):
     """ZegCLIP's voc12_single.npy (used by both authors' VOC configs) embeds

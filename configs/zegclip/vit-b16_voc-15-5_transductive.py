@@ -2,8 +2,9 @@
 # Setting: transductive: unseen names known; continues from the checkpoint in the
 # middle of the inductive run (iteration 10k of 20k, weights only: a
 # fresh optimiser and schedule, the paper's "from scratch") and trains
-# 10k iterations with pseudo-labels (argmax over the unseen classes) on the
-# ignored pixels. Another start: --cfg-options load_from=PATH.
+# 10k iterations with pseudo-labels (argmax over the unseen classes)
+# for the pixels whose ground truth is an unseen class (void stays ignored;
+# ZegCLIP's self-training rule). Another start: --cfg-options load_from=PATH.
 # As the authors (ZiqinZhou66/ZegCLIP, README.md, VOC self-training:
 # vpt_seg_zero_vit-b_512x512_10k_12_10_st.py --load-from
 # .../zero_12_10/iter_10000.pth, the 20k inductive run's iteration 10k).
