@@ -73,6 +73,7 @@ def test_main_config_recipe(rel):
     name = Path(rel).name
     dataset = name.split('_')[1]
     setting = name[:-3].split('_')[-1]
+    method = Path(rel).parent.name
     # CLIP ViT-B/16 at 512, ImageNet normalisation, slide 512 / 426
     assert cfg.model.clip == dict(model_name='ViT-B-16', pretrained='openai')
     pre = cfg.model.data_preprocessor
@@ -84,7 +85,7 @@ def test_main_config_recipe(rel):
     k = 10 if dataset == 'voc-15-5' else 100
     assert cfg.model.backbone.prompts.num_tokens == k
     assert cfg.model.text_encoder.templates == (
-        'single' if dataset == 'voc-15-5' else 'vild')
+        'zegclip_single' if dataset == 'voc-15-5' else 'vild')
     assert cfg.model.seen_score_offset == (
         0.1 if setting == 'inductive' else 0.0)
     assert bool(cfg.model.decode_head.self_training) == (
@@ -97,15 +98,20 @@ def test_main_config_recipe(rel):
     for key in ('backbone', 'decode_head', 'final_norm'):
         assert keys[key].lr_mult == 10.0
     assert keys['norm'].decay_mult == 0.0
-    warmup, poly = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.end) == (
-        'LinearLR', 1e-6, 1500)
+    poly, = cfg.param_scheduler
+    assert (poly.type, poly.warmup_iters, poly.warmup_ratio) == (
+        'WarmupPolyLR', 1500, 1e-6)
     iters = {'inductive': 40000, 'transductive': 20000,
              'supervised': 40000}[setting]
     if dataset == 'coco-stuff-156-15':
         iters *= 2
+    if method == 'zegclip' and dataset == 'voc-15-5':
+        # ZiqinZhou66/ZegCLIP configs/voc12/: vpt_seg_{zero,fully}_vit-b_
+        # 512x512_20k_12_10.py and the 10k self-training run
+        # vpt_seg_zero_vit-b_512x512_10k_12_10_st.py
+        iters //= 2
     assert cfg.train_cfg.max_iters == iters == poly.end
-    assert (poly.power, poly.eta_min, poly.begin) == (0.9, 1e-6, 1500)
+    assert (poly.power, poly.eta_min, poly.begin) == (0.9, 1e-6, 0)
     assert cfg.total_batch_size == 16
     # protocol of the data
     zsl = [t for t in cfg.train_pipeline if t.type == 'ZeroShotLabels'][0]
@@ -114,7 +120,82 @@ def test_main_config_recipe(rel):
     if setting == 'transductive':
         middle = iters  # the middle of the inductive run (2x as long)
         assert cfg.load_from == (
-            f'work_dirs/vit-b16_{dataset}_inductive/iter_{middle}.pth')
+            f'work_dirs/{method}/vit-b16_{dataset}_inductive/'
+            f'iter_{middle}.pth')
+
+
+@pytest.mark.parametrize(
+    'rel', [c for c in MAIN if c.endswith('_transductive.py')])
+def test_transductive_header_says_which_pixels_get_pseudo_labels(rel):
+    """The default pseudo-labeler relabels the unseen-class pixels (void
+    stays ignored, ZegCLIP's rule); the header must not promise the
+    ignored pixels (pixels='ignored')."""
+    import mmseg_ovss  # noqa: F401
+    from mmseg_ovss.models.cliprc.self_training import UnseenPseudoLabeler
+    cfg = load(rel)
+    labeler = UnseenPseudoLabeler.build(cfg.model.decode_head.self_training)
+    assert labeler.pixels == 'unseen'
+    header = ' '.join(line.lstrip('# ') for line in
+                      (ROOT / rel).read_text().splitlines()
+                      if line.startswith('#'))
+    assert 'ignored pixels' not in header
+    assert 'pixels whose ground truth is an unseen class' in header
+    assert 'void stays ignored' in header
+
+
+@pytest.mark.parametrize('method', ['cliprc', 'zegclip'])
+def test_voc_prompts_are_the_authors_text(method):
+    """ZegCLIP's voc12_single.npy (used by both authors' VOC configs) embeds
+    clip.tokenize(f"a photo of a {c}"), without a period (ZiqinZhou66/
+    ZegCLIP configs/_base_/datasets/text_embedding/get_embedding.ipynb)."""
+    from mmseg_ovss.clip.templates import load_templates
+    for setting in ('inductive', 'transductive', 'supervised'):
+        cfg = load(f'configs/{method}/vit-b16_voc-15-5_{setting}.py')
+        prompts = [t('sheep') for t in
+                   load_templates(cfg.model.text_encoder.templates)]
+        assert prompts == ['a photo of a sheep']
+    # the training-free methods' 'single' keeps its period
+    assert [t('sheep') for t in load_templates('single')] == [
+        'a photo of a sheep.']
+
+
+def _authors_lr(base, i, max_iters):
+    """mmcv's lr_updater (and JSeg's optims/lr_scheduler.py PolyLR) for the
+    authors' lr_config: policy='poly', power=0.9, min_lr=1e-6,
+    warmup='linear', warmup_iters=1500, warmup_ratio=1e-6."""
+    regular = (base - 1e-6) * (1 - i / max_iters) ** 0.9 + 1e-6
+    if i >= 1500:
+        return regular
+    k = (1 - i / 1500) * (1 - 1e-6)
+    return regular * (1 - k)
+
+
+@pytest.mark.parametrize('iters', [10, 20, 40, 80])
+def test_schedule_gives_the_authors_learning_rate(iters):
+    """The configured schedulers, built and stepped by mmengine, give the
+    authors' lr at every iteration, for the x1 and x10 groups."""
+    import mmseg_ovss  # noqa: F401
+    import torch
+    from mmseg.registry import PARAM_SCHEDULERS
+    init_default_scope('mmseg')
+    cfg = load(f'configs/_base_/schedules/zegclip_{iters}k.py')
+    max_iters = cfg.train_cfg.max_iters
+    assert max_iters == iters * 1000
+    groups = [dict(params=[torch.nn.Parameter(torch.zeros(1))], lr=lr)
+              for lr in (2e-5, 2e-4)]
+    optimizer = torch.optim.AdamW(groups, lr=2e-5)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+                  for s in cfg.param_scheduler]
+    checked = {0, 1, 750, 1499, 1500, 1501, max_iters // 2,
+               max_iters - 1000, max_iters - 1}
+    for i in range(max_iters):
+        if i in checked:
+            for group in optimizer.param_groups:
+                expected = _authors_lr(group['initial_lr'], i, max_iters)
+                assert group['lr'] == pytest.approx(expected, rel=1e-9), i
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 def test_pc60_split_is_pc59_unseen_with_background_seen():

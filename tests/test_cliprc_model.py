@@ -3,6 +3,7 @@
 Tiny random CLIP ``ovss-tiny-ViT-16`` (4 x 4 patches at 64 px); every
 component is the real one.
 """
+import dataclasses
 import math
 from pathlib import Path
 
@@ -353,12 +354,41 @@ def test_self_training_loss_uses_the_pseudo_labels():
     assert torch.isin(labels, torch.tensor([3, 4])).any()
     for s, lab in zip(samples, full):
         s.gt_sem_seg.data = lab[None]
+    # the same labels as supervised ones (no unseen class): no pseudo-labels
     model.decode_head.pseudo_labeler = None
+    head_inputs.text = dataclasses.replace(head_inputs.text, unseen_ids=())
     with torch.no_grad():
         plain = model.decode_head.loss(head_inputs, samples)
     for key in ('loss_focal', 'loss_dice', 'loss_recovery_query'):
         assert with_st[key].item() == pytest.approx(plain[key].item(),
                                                     rel=1e-6)
+
+
+@pytest.mark.parametrize('variant', ['cliprc', 'zegclip'])
+def test_transductive_labels_without_self_training_are_refused(variant):
+    """Unseen ids in the labels (transductive) and no pseudo-labeler: the
+    head would train on the true unseen labels; it refuses instead."""
+    model = build_tiny_cliprc(variant, head=dict(self_training=False)).train()
+    model.set_zero_shot_split([0, 1, 2], [3, 4])
+    inputs, samples = tiny_batch(seed=3)
+    labels = [s.gt_sem_seg.data.clone() for s in samples]
+    assert torch.isin(torch.stack(labels), torch.tensor([3, 4])).any()
+    with pytest.raises(OVSSConfigError,
+                       match=r'unseen_ids=\[3, 4\].*self_training=True.*'
+                       r"setting='inductive'"):
+        model.loss(inputs, samples)
+    # inductive labels of the same split (unseen pixels ignored): trains
+    for s, lab in zip(samples, labels):
+        s.gt_sem_seg.data = torch.where(torch.isin(lab, torch.tensor([3, 4])),
+                                        torch.tensor(IGNORE), lab)
+    assert torch.isfinite(
+        model.loss(inputs, samples)['decode.loss_focal'])
+    # supervised labels (every class seen): trains on all of them
+    model.set_zero_shot_split([0, 1, 2, 3, 4], [])
+    for s, lab in zip(samples, labels):
+        s.gt_sem_seg.data = lab
+    assert torch.isfinite(
+        model.loss(inputs, samples)['decode.loss_focal'])
 
 
 # ------------------------------------------------- segmentor behaviour

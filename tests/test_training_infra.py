@@ -29,7 +29,8 @@ from mmseg_ovss.engine.amp import OVSSAmpOptimWrapper, apply_amp
 from mmseg_ovss.engine.batch_size import (apply_total_batch_size,
                                           launcher_world_size)
 from mmseg_ovss.engine.checkpoint import checkpoint_seed
-from mmseg_ovss.engine.launch import check_config_keys, close_process_group
+from mmseg_ovss.engine.launch import (check_config_keys, close_process_group,
+                                      default_work_dir, load_runner_config)
 from mmseg_ovss.engine.parameters import (LearnableParametersHook,
                                           count_parameters)
 from mmseg_ovss.testing.tiny_configs import tiny_segformer_config
@@ -408,3 +409,42 @@ def test_parameter_table_in_the_training_log(data_root, tmp_path):
             f'0.0000 M, total {total_m} M') in log
     assert re.search(r'decode_head\s+[0-9.]+\s+0\.0000\s+[0-9.]+', log)
     assert 'no frozen parameter holds a gradient buffer' in log
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_work_dir_mirrors_the_path_below_configs():
+    assert default_work_dir('configs/zegclip/vit-b16_voc-15-5_inductive.py') \
+        == './work_dirs/zegclip/vit-b16_voc-15-5_inductive'
+    absolute = REPO / 'configs/cliprc/ablations/ram_cls.py'
+    assert default_work_dir(str(absolute)) == \
+        './work_dirs/cliprc/ablations/ram_cls'
+    # outside a configs folder: mmseg's work_dirs/<config name>
+    assert default_work_dir('/tmp/mine/my_run.py') == './work_dirs/my_run'
+    assert default_work_dir('my_run.py') == './work_dirs/my_run'
+
+
+def test_shipped_configs_never_share_a_default_work_dir():
+    """configs/cliprc/X.py and configs/zegclip/X.py (and other methods'
+    namesakes) must not overwrite or resume each other's checkpoints."""
+    dirs = {}
+    for path in sorted((REPO / 'configs').rglob('*.py')):
+        if '_base_' in path.parts:
+            continue
+        dirs.setdefault(default_work_dir(str(path)), []).append(path)
+    shared = {d: p for d, p in dirs.items() if len(p) > 1}
+    assert not shared
+    zeg = default_work_dir('configs/zegclip/vit-b16_voc-15-5_inductive.py')
+    rc = default_work_dir('configs/cliprc/vit-b16_voc-15-5_inductive.py')
+    assert zeg != rc
+
+
+def test_work_dir_option_overrides_the_default():
+    config = str(REPO / 'configs/zegclip/vit-b16_voc-15-5_inductive.py')
+    args = SimpleNamespace(config=config, cfg_options=None, launcher='none',
+                           work_dir=None)
+    assert load_runner_config(args).work_dir == \
+        './work_dirs/zegclip/vit-b16_voc-15-5_inductive'
+    args.work_dir = 'elsewhere/run'
+    assert load_runner_config(args).work_dir == 'elsewhere/run'

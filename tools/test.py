@@ -3,7 +3,7 @@
 Training-free models (the CLIP family, FreeCP, PnP-OVSS) need no checkpoint:
     python tools/test.py configs/freecp/sclip_ade.py
 Trained models:
-    python tools/test.py CONFIG work_dirs/CONFIG/iter_80000.pth
+    python tools/test.py configs/M/NAME.py work_dirs/M/NAME/iter_80000.pth
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 ``--out DIR`` writes one PNG of label ids per image (16-bit where ids exceed
 255, e.g. PC-459 and ADE-847); ``--tta`` adds horizontal-flip test-time

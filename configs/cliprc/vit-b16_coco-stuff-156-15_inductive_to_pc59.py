@@ -2,7 +2,7 @@
 # model (vit-b16_coco-stuff-156-15_inductive.py) tested on PASCAL Context 59 (background ignored)
 # val, all its classes, no zero-shot split (so no seen-score calibration).
 # Paper: pAcc / mIoU / mAcc = 70.9 / 49.2 / 69.9.
-# Test: python tools/test.py THIS_CONFIG work_dirs/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
+# Test: python tools/test.py THIS_CONFIG work_dirs/cliprc/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
 _base_ = ['./vit-b16_coco-stuff-156-15_inductive.py']
 test_pipeline = [
     dict(type='LoadImageFromFile'),

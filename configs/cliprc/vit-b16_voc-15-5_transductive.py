@@ -2,10 +2,11 @@
 # Setting: transductive: unseen names known; continues from the checkpoint in the
 # middle of the inductive run (iteration 20k of 40k, weights only: a
 # fresh optimiser and schedule, the paper's "from scratch") and trains
-# 20k iterations with pseudo-labels (argmax over the unseen classes) on the
-# ignored pixels. Another start: --cfg-options load_from=PATH.
+# 20k iterations with pseudo-labels (argmax over the unseen classes)
+# for the pixels whose ground truth is an unseen class (void stays ignored;
+# ZegCLIP's self-training rule). Another start: --cfg-options load_from=PATH.
 # 20k iterations, batch 16 in all, 512 x 512 crops; K = 10 prompts,
-# text templates 'single'.
+# text templates 'zegclip_single' ("a photo of a {}", the authors' text).
 # Paper: Table 2: 97.0 / 93.0 / 93.9 / 92.2 (pAcc / hIoU / mIoU(S) / mIoU(U)).
 _base_ = [
     '../_base_/models/cliprc_vit-b16.py',
@@ -14,10 +15,10 @@ _base_ = [
 ]
 model = dict(
     backbone=dict(prompts=dict(num_tokens=10)),
-    text_encoder=dict(templates='single'),
+    text_encoder=dict(templates='zegclip_single'),
     # calibration only in the inductive setting
     seen_score_offset=0.0,
     decode_head=dict(self_training=True),
 )
 custom_hooks = [dict(type='DatasetVocabularyHook')]
-load_from = 'work_dirs/vit-b16_voc-15-5_inductive/iter_20000.pth'
+load_from = 'work_dirs/cliprc/vit-b16_voc-15-5_inductive/iter_20000.pth'

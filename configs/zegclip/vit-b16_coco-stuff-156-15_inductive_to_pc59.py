@@ -2,7 +2,7 @@
 # model (vit-b16_coco-stuff-156-15_inductive.py) tested on PASCAL Context 59 (background ignored)
 # val, all its classes, no zero-shot split (so no seen-score calibration).
 # Paper: pAcc / mIoU / mAcc = 68.4 / 47.5 / 69.7.
-# Test: python tools/test.py THIS_CONFIG work_dirs/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
+# Test: python tools/test.py THIS_CONFIG work_dirs/zegclip/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
 _base_ = ['./vit-b16_coco-stuff-156-15_inductive.py']
 test_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -2,7 +2,7 @@
 # model (vit-b16_coco-stuff-156-15_inductive.py) tested on PASCAL Context 60 (with background)
 # val, all its classes, no zero-shot split (so no seen-score calibration).
 # Paper: pAcc / mIoU / mAcc = 60.9 / 41.2 / 68.4.
-# Test: python tools/test.py THIS_CONFIG work_dirs/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
+# Test: python tools/test.py THIS_CONFIG work_dirs/zegclip/vit-b16_coco-stuff-156-15_inductive/iter_80000.pth
 _base_ = ['./vit-b16_coco-stuff-156-15_inductive.py']
 test_pipeline = [
     dict(type='LoadImageFromFile'),

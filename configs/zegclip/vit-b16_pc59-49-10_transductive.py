@@ -2,8 +2,9 @@
 # Setting: transductive: unseen names known; continues from the checkpoint in the
 # middle of the inductive run (iteration 20k of 40k, weights only: a
 # fresh optimiser and schedule, the paper's "from scratch") and trains
-# 20k iterations with pseudo-labels (argmax over the unseen classes) on the
-# ignored pixels. Another start: --cfg-options load_from=PATH.
+# 20k iterations with pseudo-labels (argmax over the unseen classes)
+# for the pixels whose ground truth is an unseen class (void stays ignored;
+# ZegCLIP's self-training rule). Another start: --cfg-options load_from=PATH.
 # 20k iterations, batch 16 in all, 512 x 512 crops; K = 100 prompts,
 # text templates 'vild'.
 # Paper: not reported (the paper's Context protocol is PC60 with background seen:
@@ -21,4 +22,4 @@ model = dict(
     decode_head=dict(self_training=True),
 )
 custom_hooks = [dict(type='DatasetVocabularyHook')]
-load_from = 'work_dirs/vit-b16_pc59-49-10_inductive/iter_20000.pth'
+load_from = 'work_dirs/zegclip/vit-b16_pc59-49-10_inductive/iter_20000.pth'

@@ -3,7 +3,9 @@
 ``'openai'``: the 80 ImageNet templates of CLIP (Radford et al., 2021), as
 shipped by open_clip; ``'vild'``: the 15 ViLD templates as ZegCLIP averages
 them for COCO (:data:`VILD_TEMPLATES`); ``'simple'``: open_clip's short
-list; ``'single'``: ``'a photo of a {}.'``; a list of ``'{}'`` strings; or a
+list; ``'single'``: ``'a photo of a {}.'``; ``'zegclip_single'``:
+``'a photo of a {}'`` (no period: ZegCLIP's and CLIP-RC's VOC text, see
+:data:`ZEGCLIP_SINGLE_TEMPLATE`); a list of ``'{}'`` strings; or a
 UTF-8 text file with one template per line (``data/templates/*.txt``; empty
 lines and a byte-order mark are ignored).
 """
@@ -17,7 +19,16 @@ from mmseg_ovss.utils.errors import OVSSConfigError
 from mmseg_ovss.utils.paths import resolve_data_path
 
 TemplateSpec = Union[str, Path, Sequence[str]]
-NAMED_TEMPLATES = ('openai', 'vild', 'simple', 'single')
+NAMED_TEMPLATES = ('openai', 'vild', 'simple', 'single', 'zegclip_single')
+
+#: The one template of ZegCLIP's and CLIP-RC's VOC text embeddings, without
+#: a final period: ``voc12_single.npy`` is built with
+#: ``clip.tokenize(f"a photo of a {c}")`` (ZiqinZhou66/ZegCLIP,
+#: ``configs/_base_/datasets/text_embedding/get_embedding.ipynb``,
+#: ``single_templete``; Jittor/JSeg ships the same file in
+#: ``project/clip_rc/text_embedding/`` and tokenizes the same string in
+#: ``python/jseg/models/segmentors/clip_rc.py``).
+ZEGCLIP_SINGLE_TEMPLATE = 'a photo of a {}'
 
 #: The prompt templates of ViLD (Gu et al., ICLR 2022) as ZegCLIP averages
 #: them into its COCO text embeddings (``coco_multi.npy``; ZegCLIP, Zhou et
@@ -67,6 +78,8 @@ def load_templates(spec: TemplateSpec) -> List[Callable[[str], str]]:
             return list(SIMPLE_IMAGENET_TEMPLATES)
         if spec == 'single':
             return _from_strings(['a photo of a {}.'], spec)
+        if spec == 'zegclip_single':
+            return _from_strings([ZEGCLIP_SINGLE_TEMPLATE], spec)
         if spec.endswith('.txt'):
             path = resolve_data_path(spec)
             lines = [ln.strip() for ln in

@@ -45,8 +45,8 @@ def load_runner_config(args) -> Config:
 
     Misspelled keys of the file (:func:`check_config_keys`),
     ``--cfg-options`` (checked keys), launcher and backend, a visualizer of
-    this run's own and the work dir (``work_dirs/<config name>`` unless
-    given or set by the config).
+    this run's own and the work dir (:func:`default_work_dir` unless
+    given with ``--work-dir`` or set by the config).
     """
     cfg = Config.fromfile(args.config)
     check_config_keys(cfg, args.config)
@@ -172,8 +172,23 @@ def _check_key_exists(cfg: Config, key: str) -> None:
 
 
 def default_work_dir(config_path: str) -> str:
-    """``work_dirs/<config name>`` like mmseg's tools."""
-    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    """The work dir of a run without ``--work-dir``: the config's path below
+    ``configs/`` under ``work_dirs/`` (``configs/zegclip/x.py`` ->
+    ``work_dirs/zegclip/x``), or ``work_dirs/<config name>`` for a config
+    outside a ``configs`` folder (mmseg's tools).
+
+    Keeping the method folder matters: ``configs/zegclip`` and
+    ``configs/cliprc`` (and others) ship configs of the same file name,
+    whose checkpoints and ``last_checkpoint`` (read by ``--resume``) would
+    otherwise overwrite each other.
+    """
+    parts = osp.normpath(osp.abspath(config_path)).split(osp.sep)
+    stem = osp.splitext(parts[-1])[0]
+    below = []
+    if 'configs' in parts[:-1]:
+        last = len(parts) - 2 - parts[-2::-1].index('configs')
+        below = parts[last + 1:-1]
+    return osp.join('./work_dirs', *below, stem)
 
 
 def use_fresh_visualizer(cfg: Config) -> None:

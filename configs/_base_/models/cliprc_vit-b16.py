@@ -15,8 +15,9 @@
 #   relation decoder, 8 heads, 512-d (Eqs. 7-8), recovery decoder with 1
 #   layer and L1 loss (Eqs. 9-10, Table 8), NEL = sigmoid focal x 100 +
 #   dice x 1 (ZegCLIP's loss; Eq. 11 weights alpha = beta = 1, unpublished);
-# - frozen text tower; templates per dataset (VOC 'single', COCO / Context
-#   'vild' = ZegCLIP's 15 ViLD templates), set by each dataset config;
+# - frozen text tower; templates per dataset (VOC 'zegclip_single', COCO /
+#   Context 'vild' = ZegCLIP's 15 ViLD templates), set by each dataset
+#   config;
 # - inference: sigmoid scores, seen scores - 0.1 when the test split has
 #   unseen classes (inductive calibration), slide 512 / stride 426.
 # ImageNet mean / std normalisation, as JSeg / ZegCLIP (not CLIP's).
@@ -40,7 +41,7 @@ model = dict(
         freeze='all',
         prompts=dict(type='DeepVisualPrompts', num_tokens=10,
                      dropout=0.1)),
-    text_encoder=dict(type='OpenCLIPTextEncoder', templates='single',
+    text_encoder=dict(type='OpenCLIPTextEncoder', templates='zegclip_single',
                       freeze='all'),
     region_bridge=dict(
         type='RegionLevelBridge', num_tokens=16, update=False,

@@ -1,10 +1,8 @@
 # ZegCLIP / CLIP-RC recipe (zegclip_40k.py) over 20k iterations.
 _base_ = ['./zegclip_40k.py']
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-         end=1500),
-    dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=1500, end=20000,
-         by_epoch=False),
+    dict(type='WarmupPolyLR', power=0.9, eta_min=1e-6, warmup_iters=1500,
+         warmup_ratio=1e-6, begin=0, end=20000, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000,
                  val_interval=2000)

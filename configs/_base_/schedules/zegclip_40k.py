@@ -2,9 +2,12 @@
 # Jittor/JSeg; not in the CLIP-RC paper, which states batch 16 and the
 # iteration counts): AdamW lr 2e-5, weight decay 0.01, lr x 10 on what
 # trains in the backbone (the deep visual prompts), on the new final norm
-# and on the head (2e-4 effective); decay 0 on norms; linear warm-up
-# 1500 iterations from 1e-6 x lr, then poly 0.9 down to 1e-6; batch 16 in
-# all (tools/train.py divides total_batch_size by the number of processes).
+# and on the head (2e-4 effective); decay 0 on norms; mmcv's poly 0.9
+# over the whole run down to 1e-6, multiplied by a linear warm-up over
+# 1500 iterations from 1e-6 x lr (lr_config policy='poly', warmup='linear'
+# in both authors' configs; WarmupPolyLR, mmseg_ovss/engine/schedulers.py,
+# gives that rule exactly); batch 16 in all (tools/train.py divides
+# total_batch_size by the number of processes).
 # Every checkpoint is kept (max_keep_ckpts=-1): the transductive configs
 # start from the one in the middle of the inductive run.
 # Parameter groups follow mmengine's rule: the longest matching custom key
@@ -30,10 +33,8 @@ optim_wrapper = dict(
     }),
     clip_grad=None)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-         end=1500),
-    dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=1500, end=40000,
-         by_epoch=False),
+    dict(type='WarmupPolyLR', power=0.9, eta_min=1e-6, warmup_iters=1500,
+         warmup_ratio=1e-6, begin=0, end=40000, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000,
                  val_interval=4000)

@@ -6,5 +6,5 @@
 # Evaluate on each benchmark with its evaluation config and the same
 # switches, e.g. ADE-150:
 #   bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_ade150.py \
-#       work_dirs/table3_full/iter_80000.pth 4
+#       work_dirs/dcpclip/ablations/table3_full/iter_80000.pth 4
 _base_ = ['../vit-b16_coco-stuff171_80k.py']

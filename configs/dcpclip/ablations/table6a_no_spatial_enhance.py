@@ -6,7 +6,7 @@
 # Evaluate on each benchmark with its evaluation config and the same
 # switches, e.g. ADE-150:
 #   bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_ade150.py \
-#       work_dirs/table6a_no_spatial_enhance/iter_80000.pth 4 \
+#       work_dirs/dcpclip/ablations/table6a_no_spatial_enhance/iter_80000.pth 4 \
 #       --cfg-options model.decode_head.decoder.swin=False
 _base_ = ['../vit-b16_coco-stuff171_80k.py']
 model = dict(

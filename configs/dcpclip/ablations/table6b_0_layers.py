@@ -6,7 +6,7 @@
 # Evaluate on each benchmark with its evaluation config and the same
 # switches, e.g. ADE-150:
 #   bash tools/dist_test.sh configs/dcpclip/vit-b16_coco-stuff171_80k_ade150.py \
-#       work_dirs/table6b_0_layers/iter_80000.pth 4 \
+#       work_dirs/dcpclip/ablations/table6b_0_layers/iter_80000.pth 4 \
 #       --cfg-options model.decode_head.decoder.num_layers=0
 _base_ = ['../vit-b16_coco-stuff171_80k.py']
 model = dict(

@@ -86,7 +86,9 @@ class CLIPRCHead(BaseDecodeHead):
             (default) or ``PerClassBCELoss``; its ``loss_weight`` is alpha.
         self_training (bool | dict): transductive pseudo-labels
             (:class:`UnseenPseudoLabeler`: True, or dict(pixels=...,
-            score_threshold=...)).
+            score_threshold=...)). Off, training labels that keep unseen
+            ids (transductive) are refused: the loss would use the true
+            unseen labels.
         num_classes (int): only for mmseg's base class; the classes come
             from the text embeddings of each stage.
         ignore_index, align_corners, init_cfg: as mmseg's heads.
@@ -226,6 +228,26 @@ class CLIPRCHead(BaseDecodeHead):
             return list(self.loss_decode)
         return [self.loss_decode]
 
+    @staticmethod
+    def _refuse_unseen_labels(labels: Tensor,
+                              unseen_ids: Optional[Sequence[int]]) -> None:
+        """Transductive labels (unseen ids kept, as
+        ``ZeroShotLabels(setting='transductive')`` leaves them) reach a
+        head without self-training: the loss would train on the true
+        unseen labels, which the transductive setting does not know."""
+        if not unseen_ids:
+            return
+        unseen = torch.as_tensor(tuple(unseen_ids), device=labels.device)
+        if bool(torch.isin(labels, unseen).any()):
+            raise OVSSConfigError(
+                f'CLIPRCHead: the training labels contain unseen class ids '
+                f'(unseen_ids={list(unseen_ids)}), i.e. transductive labels, '
+                'but decode_head.self_training is off, so the loss would '
+                'train on the true unseen labels; set '
+                'decode_head.self_training=True (pseudo-labels for the '
+                "unseen pixels), or train with ZeroShotLabels(setting="
+                "'inductive') labels")
+
     def loss(self, inputs, batch_data_samples, train_cfg=None) -> dict:
         recover = self.recovery_decoder is not None
         out = self._decode(inputs, recover=recover)
@@ -236,6 +258,8 @@ class CLIPRCHead(BaseDecodeHead):
             labels = self.pseudo_labeler(logits, labels,
                                          inputs.text.unseen_ids,
                                          self.ignore_index)
+        else:
+            self._refuse_unseen_labels(labels, inputs.text.unseen_ids)
         losses = {}
         for module in self._nel_modules():
             terms = module(logits, labels, ignore_index=self.ignore_index)
