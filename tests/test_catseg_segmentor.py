@@ -274,8 +274,34 @@ def test_slide_mode_and_bad_settings():
         build_tiny_catseg(NAMES, dense_residual='none')
     with pytest.raises(OVSSConfigError, match='guidance_layers'):
         build_tiny_catseg(NAMES, guidance_layers=(9,))
-    model = build_tiny_catseg(NAMES, head=tiny_catseg_head_cfg(
-        num_templates=80))
-    with pytest.raises(OVSSConfigError, match='num_templates'):
-        model.encode_decode(torch.randn(1, 3, 64, 64),
-                            [dict(img_shape=(64, 64))])
+    with pytest.raises(OVSSConfigError, match='num_templates=80'):
+        build_tiny_catseg(NAMES, head=tiny_catseg_head_cfg(
+            num_templates=80))
+
+
+@pytest.mark.parametrize('head_type', ['CATSegHead', 'DCPCLIPHead'])
+def test_num_templates_come_from_the_text_encoder(head_type):
+    """A head config without num_templates (or None) takes the text
+    encoder's count, so overriding the templates alone is enough; a head
+    built alone keeps 80; a given count must agree."""
+    from test_dcpclip_head import head_cfg
+    from mmseg.registry import MODELS
+    head = tiny_catseg_head_cfg() if head_type == 'CATSegHead' else \
+        head_cfg()
+    head.pop('num_templates')
+    model = build_tiny_catseg(
+        NAMES, head=head, text_encoder=dict(
+            freeze='attn_qv', templates=['a photo of a {}.']),
+        attention_layers=(2, 4) if head_type == 'DCPCLIPHead' else ())
+    assert model.decode_head.num_templates == 1
+    model.eval()
+    with torch.no_grad():
+        scores = model.encode_decode(torch.randn(1, 3, 64, 64),
+                                     [dict(img_shape=(64, 64))])
+    assert scores.shape == (1, len(NAMES), 64, 64)
+    model = build_tiny_catseg(NAMES, head=dict(head, num_templates=None),
+                              attention_layers=model.attention_layers)
+    assert model.decode_head.num_templates == 3
+    assert MODELS.build(dict(head, in_channels=32)).num_templates == 80
+    with pytest.raises(OVSSConfigError, match='num_templates=2'):
+        build_tiny_catseg(NAMES, head=dict(head, num_templates=2))
