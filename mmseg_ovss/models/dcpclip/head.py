@@ -24,8 +24,9 @@ of Tables III-VII are configs):
 Loss: per-pixel binary cross-entropy over the selected classes of each image
 (padding slots excluded), CAT-Seg's ``PixelBCELoss`` conventions
 (``ignore_mode``, ``loss_weight``, ``loss_name``). Ground-truth classes the
-selection misses are added (``training_gt='force'``) or their pixels ignored
-(``'ignore'``).
+selection misses are added (``training_gt='force'``) or their pixels get the
+ignore label (``'ignore'``): negatives of every selected slot with
+``ignore_mode='negative'`` (default), out of the loss with ``'exclude'``.
 """
 from dataclasses import dataclass, fields
 from functools import partial
