@@ -252,10 +252,45 @@ def test_catseg_ensemble_against_a_window_loop():
         fused = (total / count + whole) / 2
         want = F.interpolate(fused, (40, 44), mode='bilinear',
                              align_corners=False)
-    assert got.shape == (1, 5, 48, 48)
-    torch.testing.assert_close(got[:, :, :40, :44], want, atol=tol(64),
-                               rtol=1e-5)
-    assert (got[:, :, 40:] == 0).all() and (got[:, :, :, 44:] == 0).all()
+    # at the original size (here the unpadded region's), padding dropped
+    assert got.shape == (1, 5, 40, 44)
+    torch.testing.assert_close(got, want, atol=tol(64), rtol=1e-5)
+
+
+@pytest.mark.parametrize('flip', [None, 'horizontal', 'vertical'])
+def test_catseg_ensemble_resizes_once_to_the_original_size(flip):
+    """The fused ensemble_size map goes straight to ori_shape (CAT-Seg's
+    sem_seg_postprocess), not to the resized image and then again to
+    ori_shape; padding and flips are undone; images of one batch keep their
+    own sizes."""
+    cfg = dict(mode='catseg_ensemble', kernel=32, overlap=0.5,
+               ensemble_size=(48, 48))
+    model = build_tiny_catseg(NAMES, test_cfg=cfg).eval()
+    torch.manual_seed(2)
+    inputs = torch.randn(2, 3, 48, 48)
+    pads = ([0, 4, 0, 8], [2, 0, 6, 0])  # (left, right, top, bottom)
+    oris = ((57, 31), (23, 70))
+    samples = []
+    for pad, ori in zip(pads, oris):
+        sample = SegDataSample()
+        sample.set_metainfo(dict(
+            img_shape=(48 - pad[2] - pad[3], 48 - pad[0] - pad[1]),
+            pad_shape=(48, 48), padding_size=pad, ori_shape=ori,
+            flip=flip is not None, flip_direction=flip))
+        samples.append(sample)
+    with torch.no_grad():
+        # the fused 48 x 48 maps, taken at ori_shape = ensemble_size
+        fused = model.inference(inputs, [dict(
+            s.metainfo, ori_shape=(48, 48)) for s in samples])
+        out = model.predict(inputs, samples)
+    dims = {None: (), 'horizontal': (-1, ), 'vertical': (-2, )}[flip]
+    for i, sample in enumerate(out):
+        want = F.interpolate(fused[i:i + 1], oris[i], mode='bilinear',
+                             align_corners=False)[0].flip(dims=dims)
+        got = sample.seg_logits.data
+        assert got.shape == (5, *oris[i])
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert torch.equal(sample.pred_sem_seg.data[0], want.argmax(0))
 
 
 def test_slide_mode_and_bad_settings():
@@ -274,8 +309,34 @@ def test_slide_mode_and_bad_settings():
         build_tiny_catseg(NAMES, dense_residual='none')
     with pytest.raises(OVSSConfigError, match='guidance_layers'):
         build_tiny_catseg(NAMES, guidance_layers=(9,))
-    model = build_tiny_catseg(NAMES, head=tiny_catseg_head_cfg(
-        num_templates=80))
-    with pytest.raises(OVSSConfigError, match='num_templates'):
-        model.encode_decode(torch.randn(1, 3, 64, 64),
-                            [dict(img_shape=(64, 64))])
+    with pytest.raises(OVSSConfigError, match='num_templates=80'):
+        build_tiny_catseg(NAMES, head=tiny_catseg_head_cfg(
+            num_templates=80))
+
+
+@pytest.mark.parametrize('head_type', ['CATSegHead', 'DCPCLIPHead'])
+def test_num_templates_come_from_the_text_encoder(head_type):
+    """A head config without num_templates (or None) takes the text
+    encoder's count, so overriding the templates alone is enough; a head
+    built alone keeps 80; a given count must agree."""
+    from test_dcpclip_head import head_cfg
+    from mmseg.registry import MODELS
+    head = tiny_catseg_head_cfg() if head_type == 'CATSegHead' else \
+        head_cfg()
+    head.pop('num_templates')
+    model = build_tiny_catseg(
+        NAMES, head=head, text_encoder=dict(
+            freeze='attn_qv', templates=['a photo of a {}.']),
+        attention_layers=(2, 4) if head_type == 'DCPCLIPHead' else ())
+    assert model.decode_head.num_templates == 1
+    model.eval()
+    with torch.no_grad():
+        scores = model.encode_decode(torch.randn(1, 3, 64, 64),
+                                     [dict(img_shape=(64, 64))])
+    assert scores.shape == (1, len(NAMES), 64, 64)
+    model = build_tiny_catseg(NAMES, head=dict(head, num_templates=None),
+                              attention_layers=model.attention_layers)
+    assert model.decode_head.num_templates == 3
+    assert MODELS.build(dict(head, in_channels=32)).num_templates == 80
+    with pytest.raises(OVSSConfigError, match='num_templates=2'):
+        build_tiny_catseg(NAMES, head=dict(head, num_templates=2))

@@ -46,6 +46,11 @@ from mmseg_ovss.models.segmentors.open_vocab import (ClassEmbeddings,
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 
+#: P of a head built without a segmentor and without ``num_templates``
+#: (the 80 'openai' templates)
+DEFAULT_NUM_TEMPLATES = 80
+
+
 @dataclass
 class CostState:
     """The intermediate results of one head forward (each step fills its
@@ -109,9 +114,11 @@ class CATSegHead(BaseDecodeHead):
         in_channels (int): D, CLIP's joint width (512 ViT-B/16, 768
             ViT-L/14): the dense features and class embeddings.
         channels (int): d, the cost-feature width (128).
-        num_templates (int): P, prompt templates of the text encoder (80
-            for ``templates='openai'``; CAT-Seg's released ViT configs use
-            one, "A photo of a {} in the scene").
+        num_templates (int, optional): P, prompt templates of the text
+            encoder (80 for ``templates='openai'``; CAT-Seg's released ViT
+            configs use one, "A photo of a {} in the scene"). None
+            (default): the segmentor fills in its text encoder's count (80
+            for a head built alone).
         appearance_guidance_channels (int): width of the projected dense
             CLIP features given to the spatial aggregation (128; 0: none).
         text_guidance_channels (int): width of the projected class
@@ -151,7 +158,7 @@ class CATSegHead(BaseDecodeHead):
     def __init__(self,
                  in_channels: int = 512,
                  channels: int = 128,
-                 num_templates: int = 80,
+                 num_templates: Optional[int] = None,
                  appearance_guidance_channels: int = 128,
                  text_guidance_channels: int = 128,
                  cost_embed: Optional[dict] = None,
@@ -173,6 +180,8 @@ class CATSegHead(BaseDecodeHead):
             ignore_index=ignore_index, align_corners=align_corners,
             init_cfg=init_cfg, **kwargs)
         del self.conv_seg  # one logit per class comes from the decoder
+        if num_templates is None:
+            num_templates = DEFAULT_NUM_TEMPLATES
         if num_templates < 1:
             raise OVSSConfigError(
                 f'num_templates={num_templates} must be >= 1')

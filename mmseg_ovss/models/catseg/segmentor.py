@@ -28,7 +28,11 @@ CLIP resolution, CAT-Seg's ``TEST.SLIDING_WINDOW: False``), ``'slide'``
 ``kernel``-sized windows (384, overlap 0.333: a 2x2 grid) and the whole
 image resized to ``kernel`` run as one batch; window scores (sigmoid of the
 logits resized to the window) are averaged where they overlap, then
-averaged with the whole-image scores.
+averaged with the whole-image scores, and the fused ``ensemble_size`` map
+resized once, straight to the original image size (the authors'
+``sem_seg_postprocess(outputs[0], out_res, height, width)``): the ensemble's
+scores are at each image's ``ori_shape``, and :meth:`postprocess_result`
+only flips them back.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -378,8 +382,10 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
     def ensemble_inference(self, inputs: Tensor,
                            batch_img_metas: List[dict]) -> Tensor:
         """CAT-Seg's window + whole-image ensemble (module docstring) of
-        each image's unpadded region, calibrated; (B, C, H, W) scores at
-        the (padded) input size, zero on the padding."""
+        each image's unpadded region, calibrated; (B, C, H, W) scores with
+        image i at its original size in ``[:H_i, :W_i]`` (``ori_shape``;
+        H, W the largest of the batch), zero elsewhere
+        (:meth:`ensemble_sizes`)."""
         out, union, state, regions, count = self.ensemble_fused(
             inputs, batch_img_metas)
         if union is not None:
@@ -397,12 +403,23 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             inside[i, :, top:bottom, left:right] = 1
         return inside
 
+    @staticmethod
+    def ensemble_sizes(batch_img_metas, regions: list) -> List[tuple]:
+        """The (H_i, W_i) each image's fused ensemble map is resized to:
+        its ``ori_shape`` (the size of its unpadded region without
+        one)."""
+        return [tuple(meta['ori_shape'][:2]) if 'ori_shape' in meta else
+                (bottom - top, right - left)
+                for meta, (top, bottom, left, right) in zip(batch_img_metas,
+                                                            regions)]
+
     def ensemble_fused(self, inputs: Tensor, batch_img_metas) -> tuple:
         """The fused ensemble scores before the fill, tag validation and
-        calibration: ((B, C | Ku, H, W) scores, zero on the padding; the
-        union :class:`CategorySelection` of each image's view classes (None
-        when the head scores all classes); head state; unpadded regions;
-        windows per image)."""
+        calibration: ((B, C | Ku, H, W) scores, image i at its original
+        size in ``[:H_i, :W_i]`` (:meth:`ensemble_sizes`), zero elsewhere;
+        the union :class:`CategorySelection` of each image's view classes
+        (None when the head scores all classes); head state; each image's
+        ``(0, H_i, 0, W_i)`` region of the scores; windows per image)."""
         kernel, stride, size = self._ensemble_geometry()
         b, _, height, width = inputs.shape
         regions = []
@@ -439,12 +456,16 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         whole = F.interpolate(scores[b * count:], size=size,
                               mode='bilinear', align_corners=False)
         fused = (local / coverage + whole) / 2  # (B, C | Ku, *size)
-        out = fused.new_zeros((b, classes, height, width))
-        for i, (top, bottom, left, right) in enumerate(regions):
-            out[i:i + 1, :, top:bottom, left:right] = F.interpolate(
-                fused[i:i + 1], size=(bottom - top, right - left),
-                mode='bilinear', align_corners=False)
-        return out, union, state, regions, count
+        sizes = self.ensemble_sizes(batch_img_metas, regions)
+        out = fused.new_zeros((b, classes, max(h for h, _ in sizes),
+                               max(w for _, w in sizes)))
+        for i, (h, w) in enumerate(sizes):
+            # one resize, straight to the original size (CAT-Seg's
+            # sem_seg_postprocess of the out_res map)
+            out[i:i + 1, :, :h, :w] = F.interpolate(
+                fused[i:i + 1], size=(h, w), mode='bilinear',
+                align_corners=False)
+        return out, union, state, [(0, h, 0, w) for h, w in sizes], count
 
     # ------------------------------------------- labels on selected classes
     def selected_inference(self, inputs: Tensor, batch_img_metas: List[dict]
@@ -535,23 +556,8 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             return self.postprocess_result(scores, data_samples)
         if data_samples is None:
             data_samples = [SegDataSample() for _ in range(len(metas))]
-        height, width = scores.shape[-2:]
         for i, sample in enumerate(data_samples):
-            meta = metas[i]
-            left, right, top, bottom = meta.get(
-                'img_padding_size', meta.get('padding_size', [0] * 4))
-            image = scores[i:i + 1, :, top:height - bottom,
-                           left:width - right]
-            if meta.get('flip', None):
-                direction = meta.get('flip_direction', None)
-                if direction not in ('horizontal', 'vertical'):
-                    raise OVSSConfigError(
-                        f'flip_direction={direction!r}; mmseg flips '
-                        "'horizontal' or 'vertical'")
-                image = image.flip(dims=(3,) if direction == 'horizontal'
-                                   else (2,))
-            image = resize(image, size=meta['ori_shape'], mode='bilinear',
-                           align_corners=self.align_corners, warning=False)
+            image = self.original_view(scores, i, metas[i])
             has_unselected = bool((~selection.mask[i]).any())
             labels = compact_argmax(
                 image[:, 1:], selection.index[i:i + 1],
@@ -561,6 +567,48 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
             logits = self.store_seg_logits(image, selection, i)
             if logits is not None:
                 sample.set_data({'seg_logits': logits})
+        return data_samples
+
+    def original_view(self, scores: Tensor, i: int, meta: dict) -> Tensor:
+        """(1, C', ori H, ori W) scores of image ``i`` of a batch's
+        inference output, flipped back: mmseg's padding crop and resize to
+        ``ori_shape``, or, under the ensemble (already at ``ori_shape``,
+        :meth:`ensemble_fused`), its ``[:H_i, :W_i]`` part."""
+        height, width = scores.shape[-2:]
+        ensemble = self.test_cfg.get('mode', 'whole') == 'catseg_ensemble'
+        if ensemble:
+            h, w = meta['ori_shape'][:2]
+            image = scores[i:i + 1, :, :h, :w]
+        else:
+            left, right, top, bottom = meta.get(
+                'img_padding_size', meta.get('padding_size', [0] * 4))
+            image = scores[i:i + 1, :, top:height - bottom,
+                           left:width - right]
+        if meta.get('flip', None):
+            direction = meta.get('flip_direction', None)
+            if direction not in ('horizontal', 'vertical'):
+                raise OVSSConfigError(
+                    f'flip_direction={direction!r}; mmseg flips '
+                    "'horizontal' or 'vertical'")
+            image = image.flip(dims=(3,) if direction == 'horizontal'
+                               else (2,))
+        if ensemble:
+            return image
+        return resize(image, size=meta['ori_shape'], mode='bilinear',
+                      align_corners=self.align_corners, warning=False)
+
+    def postprocess_result(self, seg_logits: Tensor, data_samples=None):
+        """mmseg's ``postprocess_result``; under the ensemble the scores
+        are at each image's original size already (:meth:`ensemble_fused`),
+        so they are cut out and flipped back, not resized again."""
+        if data_samples is None or \
+                self.test_cfg.get('mode', 'whole') != 'catseg_ensemble':
+            return super().postprocess_result(seg_logits, data_samples)
+        for i, sample in enumerate(data_samples):
+            image = self.original_view(seg_logits, i, sample.metainfo)
+            result = super().postprocess_result(image)[0]
+            sample.set_data({'seg_logits': result.seg_logits,
+                             'pred_sem_seg': result.pred_sem_seg})
         return data_samples
 
     def store_seg_logits(self, image: Tensor, selection, i: int

@@ -27,7 +27,9 @@ reconstructs them from the prose:
 
 Training rule for ground-truth classes the selection misses (not stated in
 the paper): ``training_gt='force'`` adds them to the selection (default);
-``'ignore'`` keeps the selection and the head ignores their pixels.
+``'ignore'`` keeps the selection and their pixels get the ignore label (with
+``ignore_mode='negative'``, the default, negatives of every selected slot;
+with ``'exclude'``, out of the loss).
 
 A batch carries a different C' per image: the selection is a boolean (B, C)
 mask, and :class:`CategorySelection` packs it into (B, K) class indices
@@ -160,8 +162,11 @@ class DynamicCategorySelection(nn.Module):
             classes at patch level: 'complement' (S_p * (1 - S_g), default),
             'divide' (S_p / S_g), 'subtract' (S_p - S_g) or 'none'.
         training_gt (str): ground-truth classes the selection misses in
-            training: 'force' (added, default) or 'ignore' (their pixels
-            are ignored by the loss).
+            training: 'force' (added, default) or 'ignore' (not added:
+            their pixels get the ignore label of the slot labels, so no
+            slot has them as positives; with PixelBCELoss's default
+            ``ignore_mode='negative'`` they are negatives of every selected
+            slot, with ``'exclude'`` they leave the loss).
         features (str): which features feed the selection: 'clip', the dense
             projected patch features and [CLS] embedding of the segmentor's
             CLIP image encoder (the fine-tuned one when CLIP trains; the

@@ -24,8 +24,9 @@ of Tables III-VII are configs):
 Loss: per-pixel binary cross-entropy over the selected classes of each image
 (padding slots excluded), CAT-Seg's ``PixelBCELoss`` conventions
 (``ignore_mode``, ``loss_weight``, ``loss_name``). Ground-truth classes the
-selection misses are added (``training_gt='force'``) or their pixels ignored
-(``'ignore'``).
+selection misses are added (``training_gt='force'``) or their pixels get the
+ignore label (``'ignore'``): negatives of every selected slot with
+``ignore_mode='negative'`` (default), out of the loss with ``'exclude'``.
 """
 from dataclasses import dataclass, fields
 from functools import partial
@@ -38,7 +39,8 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from mmseg_ovss.models.catseg.compact_labels import compact_scores_labels
-from mmseg_ovss.models.catseg.head import CATSegHead, CostState
+from mmseg_ovss.models.catseg.head import (DEFAULT_NUM_TEMPLATES,
+                                           CATSegHead, CostState)
 from mmseg_ovss.models.dcpclip.category_selection import (
     CategorySelection, DynamicCategorySelection, gather_classes,
     scatter_classes)
@@ -49,6 +51,7 @@ from mmseg_ovss.models.segmentors.open_vocab import OpenVocabInputs
 from mmseg_ovss.utils.errors import OVSSConfigError
 
 ATTENTION_MAPS = ('cls', 'affinity')
+TEXT_GRADIENTS = ('selected', 'all')
 
 
 @dataclass
@@ -146,6 +149,16 @@ class DCPCLIPHead(CATSegHead):
             GPU; the same for any split of a total batch over processes) or
             ``'batch'`` (the batch's BCE sum over its count of terms); see
             :func:`selected_pixel_bce`.
+        text_gradients (str): how a trainable text tower gets its
+            gradients in training: ``'selected'`` (default) embeds the
+            vocabulary without gradients for Dynamic Category Selection
+            (Eqs. 1-5, whose scores carry no gradient) and re-embeds with
+            gradients the prompts of the classes in the batch's packed
+            slots (selected, forced ground truth, padding), the only ones
+            the loss reads (:meth:`select_categories`): the same loss and
+            gradients as ``'all'``, which embeds every class with
+            gradients. Without category selection every class reaches the
+            loss: ``'all'`` either way.
         aggregator (dict): CAT-Seg's aggregator; ``dict(num_layers=0)``
             (default) leaves it out.
         pad_len (int): CAT-Seg's class truncation, used only without
@@ -169,6 +182,7 @@ class DCPCLIPHead(CATSegHead):
                  num_attention_layers: int = 2,
                  grid_size: Sequence[int] = (24, 24),
                  loss_normalization: str = 'image',
+                 text_gradients: str = 'selected',
                  aggregator: Optional[dict] = None,
                  pad_len: int = 0,
                  appearance_guidance_channels: int = 0,
@@ -182,9 +196,15 @@ class DCPCLIPHead(CATSegHead):
             raise OVSSConfigError(
                 f'DCPCLIPHead loss_normalization={loss_normalization!r} is '
                 f'not one of {LOSS_NORMALIZATIONS}')
+        if text_gradients not in TEXT_GRADIENTS:
+            raise OVSSConfigError(
+                f'DCPCLIPHead text_gradients={text_gradients!r} is not one '
+                f'of {TEXT_GRADIENTS}')
         channels = kwargs.get('channels', 128)
         in_channels = kwargs.get('in_channels', 512)
-        num_templates = kwargs.get('num_templates', 80)
+        num_templates = kwargs.get('num_templates')
+        if num_templates is None:
+            num_templates = DEFAULT_NUM_TEMPLATES
         attention_channels = int(num_attention_layers) * (
             1 if attention_maps == 'cls' else int(grid_size[0] * grid_size[1]))
         decoder = dict(decoder or dict(type='SpatialEnhancedDecoder'))
@@ -220,6 +240,7 @@ class DCPCLIPHead(CATSegHead):
             self.text_projection = None
         self.attention_maps = attention_maps
         self.loss_normalization = loss_normalization
+        self.text_gradients = text_gradients
         self.attention_channels = attention_channels
         self.category_selection = MODELS.build(category_selection) \
             if category_selection else None
@@ -233,6 +254,14 @@ class DCPCLIPHead(CATSegHead):
         self.tag_validation = MODELS.build(tag_validation) \
             if tag_validation else None
 
+    @property
+    def embeds_selected_text(self) -> bool:
+        """The segmentor's cue (``text_gradients='selected'``): in this
+        forward the text tower's gradients go through the classes of the
+        packed slots only (training with category selection)."""
+        return self.training and self.text_gradients == 'selected' and \
+            self.category_selection is not None
+
     # ------------------------------------------------------------ steps
     def init_state(self, inputs: OpenVocabInputs) -> DCPState:
         state = super().init_state(inputs)
@@ -242,7 +271,20 @@ class DCPCLIPHead(CATSegHead):
     def select_categories(self, state: DCPState,
                           gt_classes: Optional[Tensor] = None) -> None:
         """Eqs. 1-5: set ``state.selection`` and narrow ``templates`` to the
-        selected classes of each image (before the cost volume is built)."""
+        selected classes of each image (before the cost volume is built).
+
+        Text embeddings computed without gradients
+        (``text_gradients='selected'``) get the text tower's gradients here
+        on the classes of the packed slots, ``selection.index`` (selected
+        and forced ground-truth classes, and the padding slots' classes,
+        which run through the head too: CAT-Seg's class aggregation, when
+        kept, attends over them). Everything after reads only those rows:
+        the cost volume and the text guidance (``templates``), Eq. 7's
+        class embeddings and [CLS] logits (recomputed from the new rows,
+        the same values), the decoder; the loss reads the valid slots. The
+        selection's own scores (Eqs. 1-5) carry no gradient, and
+        ``selection.image_scores`` (a softmax over all classes, kept for
+        reference) is not used with gradients."""
         visual, text = state.visual, state.text
         batch, classes = state.batch_size, state.num_classes
         if self.category_selection is None:
@@ -261,6 +303,12 @@ class DCPCLIPHead(CATSegHead):
             visual.patches, visual.cls, text.embeddings, text.logit_scale,
             gt_classes=gt_classes if self.training else None)
         state.selection = selection
+        if text.embed_classes is not None:
+            text = state.text = text.with_gradients(
+                torch.unique(selection.index))
+            selection.image_logits = DynamicCategorySelection.class_logits(
+                visual.cls, text.embeddings, text.logit_scale)
+            state.templates = text.template_embeddings
         state.templates = state.templates[selection.index]
         state.class_index = selection.index
 

@@ -20,11 +20,24 @@ The head contract (mmseg's ``BaseDecodeHead`` signatures, with
   scores at the input size, in the space where ``seen_score_offset``
   applies (sigmoid probabilities for ZegCLIP-style heads);
 - ``uses_template_embeddings`` (bool attribute, optional): the head wants
-  the (C, T, D) per-template embeddings too (CAT-Seg's cost volume).
+  the (C, T, D) per-template embeddings too (CAT-Seg's cost volume); its
+  config's ``num_templates`` is then filled in from the text encoder when
+  left out (None);
+- ``embeds_selected_text`` (bool attribute, optional): in this forward
+  only classes the head selects reach the loss, and the head calls
+  :meth:`ClassEmbeddings.with_gradients` on them (DCP-CLIP with category
+  selection, ``text_gradients='selected'``): a trainable text tower then
+  embeds the vocabulary without gradients and re-embeds with gradients
+  only those classes.
 """
+import dataclasses
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +71,12 @@ class ClassEmbeddings:
         unseen_ids: the other classes of the split (empty in inductive
             training, where unseen names are unknown), or None.
         logit_scale: CLIP's learned temperature (exp of the stored log).
+        embed_classes: set when ``embeddings`` and ``template_embeddings``
+            were computed without the gradients of a trainable text tower:
+            maps (M,) class ids to their (M, D) and (M, T, D) (or None)
+            embeddings computed with gradients (see
+            :meth:`with_gradients`); None when the embeddings carry every
+            gradient they have.
     """
     embeddings: Tensor
     template_embeddings: Optional[Tensor]
@@ -65,10 +84,39 @@ class ClassEmbeddings:
     seen_ids: Optional[Tuple[int, ...]]
     unseen_ids: Optional[Tuple[int, ...]]
     logit_scale: Tensor
+    embed_classes: Optional[Callable[[Tensor], Tuple[
+        Tensor, Optional[Tensor]]]] = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def with_gradients(self, class_ids: Tensor) -> 'ClassEmbeddings':
+        """These embeddings with the text tower's gradients on the rows
+        ``class_ids`` ((M,) distinct ids); themselves when they already
+        carry their gradients (``embed_classes`` is None).
+
+        The values stay those computed without gradients (a row is ``e +
+        (g - g.detach())``, ``g`` re-embedded with gradients): what was
+        selected from them is what the loss sees, and the gradient of a
+        loss that reads only rows ``class_ids`` is the one of embedding the
+        whole vocabulary with gradients."""
+        if self.embed_classes is None:
+            return self
+        rows, template_rows = self.embed_classes(class_ids)
+        return dataclasses.replace(
+            self, embed_classes=None,
+            embeddings=replace_rows(self.embeddings, class_ids, rows),
+            template_embeddings=None if self.template_embeddings is None
+            else replace_rows(self.template_embeddings, class_ids,
+                              template_rows))
+
+
+def replace_rows(values: Tensor, index: Tensor, rows: Tensor) -> Tensor:
+    """``values`` with rows ``index`` (dim 0) carrying the gradients of
+    ``rows`` and keeping their own values."""
+    rows = values[index] + (rows - rows.detach()).to(values.dtype)
+    return values.index_copy(0, index, rows)
 
 
 @dataclass
@@ -163,7 +211,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             text_encoder.setdefault(key, value)
         self.backbone = MODELS.build(backbone)
         self.text_encoder = MODELS.build(text_encoder)
-        self.decode_head = MODELS.build(decode_head)
+        self.decode_head = MODELS.build(
+            self.head_with_templates(decode_head))
         self.align_corners = getattr(self.decode_head, 'align_corners',
                                      False)
         self.neck = None
@@ -193,6 +242,32 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                 vocab = Vocabulary.from_file(class_names)
                 class_names = [names[0] for names in vocab.synonyms]
             self.set_dataset_classes(class_names)
+
+    def head_with_templates(self, decode_head: dict) -> dict:
+        """The head config with ``num_templates`` from the text encoder
+        when the head takes per-template embeddings
+        (``uses_template_embeddings``) and a ``num_templates`` argument
+        that its config leaves out or None; a given value must agree with
+        the text encoder."""
+        decode_head = dict(decode_head)
+        head_type = decode_head.get('type')
+        head_cls = MODELS.get(head_type) if isinstance(head_type, str) \
+            else head_type
+        templates = getattr(self.text_encoder, 'templates', None)
+        if templates is None or not isinstance(head_cls, type) or \
+                not getattr(head_cls, 'uses_template_embeddings', False) or \
+                not takes_argument(head_cls, 'num_templates'):
+            return decode_head
+        given = decode_head.get('num_templates')
+        if given is None:
+            decode_head['num_templates'] = len(templates)
+        elif given != len(templates):
+            raise OVSSConfigError(
+                f'the text encoder gives {len(templates)} templates per '
+                f'class but decode_head.num_templates={given!r}: leave '
+                'num_templates out (None) to take the text encoder\'s '
+                'count, or make them agree')
+        return decode_head
 
     # ------------------------------------------------------- vocabulary
     def set_dataset_classes(self, classes: Sequence[str]) -> None:
@@ -259,10 +334,49 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
     def text_inputs(self) -> ClassEmbeddings:
         """Class embeddings of the active vocabulary (cached by the text
-        encoder while it is frozen)."""
+        encoder while it is frozen).
+
+        With :meth:`selected_text_gradients` the whole vocabulary is
+        embedded without gradients (for the head's class selection) and
+        ``embed_classes`` re-embeds with gradients the classes the head
+        keeps (:meth:`ClassEmbeddings.with_gradients`): the loss and
+        gradients of embedding every class with gradients, with the
+        tower's activations kept for the prompts of those classes only."""
         vocab = self.vocabulary()
         with_templates = bool(getattr(self.decode_head,
                                       'uses_template_embeddings', False))
+        embed_classes = None
+        if self.selected_text_gradients():
+            with torch.no_grad(), uncached_encoding(self.text_encoder):
+                embeddings, templates = self.embed_text(vocab,
+                                                        with_templates)
+            embed_classes = partial(self.embed_class_subset, vocab,
+                                    with_templates)
+        else:
+            embeddings, templates = self.embed_text(vocab, with_templates)
+        seen = unseen = None
+        if self.zero_shot_split is not None:
+            seen, unseen = self.zero_shot_split
+        return ClassEmbeddings(
+            embeddings=embeddings, template_embeddings=templates,
+            class_names=self._require_classes(), seen_ids=seen,
+            unseen_ids=unseen, logit_scale=self.text_encoder.logit_scale,
+            embed_classes=embed_classes)
+
+    def selected_text_gradients(self) -> bool:
+        """Whether the text tower's gradients go through the head's
+        selected classes only: in training, with a head that asks for it
+        (``embeds_selected_text``) and a text tower that computes with
+        gradients."""
+        tracks = getattr(self.text_encoder, 'tracks_gradients', None)
+        return self.training and tracks is not None and \
+            bool(getattr(self.decode_head, 'embeds_selected_text', False)) \
+            and bool(tracks())
+
+    def embed_text(self, vocab: Vocabulary, with_templates: bool
+                   ) -> Tuple[Tensor, Optional[Tensor]]:
+        """(C, D) class embeddings of ``vocab`` and, ``with_templates``,
+        the (C, T, D) per-template ones (else None)."""
         embedded = self.text_encoder.embed_vocabulary(
             vocab, with_templates=with_templates)
         index = embedded.query_to_class.to(embedded.query_embeddings.device)
@@ -272,13 +386,17 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         if with_templates:
             templates = per_class_mean(embedded.template_embeddings, index,
                                        vocab.num_classes)
-        seen = unseen = None
-        if self.zero_shot_split is not None:
-            seen, unseen = self.zero_shot_split
-        return ClassEmbeddings(
-            embeddings=embeddings, template_embeddings=templates,
-            class_names=self._require_classes(), seen_ids=seen,
-            unseen_ids=unseen, logit_scale=self.text_encoder.logit_scale)
+        return embeddings, templates
+
+    def embed_class_subset(self, vocab: Vocabulary, with_templates: bool,
+                           class_ids: Tensor
+                           ) -> Tuple[Tensor, Optional[Tensor]]:
+        """:meth:`embed_text` of the classes ``class_ids`` of ``vocab``
+        (one text-tower pass over their prompts)."""
+        subset = Vocabulary(
+            tuple(vocab.synonyms[i] for i in class_ids.tolist()),
+            shared_synonyms=vocab.shared_synonyms)
+        return self.embed_text(subset, with_templates)
 
     # -------------------------------------------------------- features
     def extract_feat(self, inputs: Tensor) -> Any:
@@ -329,6 +447,33 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                     (1, *shape), dtype=torch.long,
                     device=seg_logits.device))
         return data_samples
+
+
+def takes_argument(cls: type, name: str) -> bool:
+    """Whether ``cls.__init__`` (or that of a base class it passes its
+    keyword arguments on to) names the argument ``name``."""
+    return any(name in inspect.signature(base.__init__).parameters
+               for base in cls.__mro__ if '__init__' in vars(base))
+
+
+@contextmanager
+def uncached_encoding(text_encoder):
+    """The text encoder's vocabulary cache and on-disk text bank off: a
+    pass without gradients over weights that change every iteration
+    would only fill them (the bank hashes the weights for each new
+    version)."""
+    saved = {name: getattr(text_encoder, name)
+             for name in ('cache_size', 'text_bank_dir')
+             if hasattr(text_encoder, name)}
+    if 'cache_size' in saved:
+        text_encoder.cache_size = 0
+    if 'text_bank_dir' in saved:
+        text_encoder.text_bank_dir = None
+    try:
+        yield text_encoder
+    finally:
+        for name, value in saved.items():
+            setattr(text_encoder, name, value)
 
 
 def per_class_mean(embeddings: Tensor, query_to_class: Tensor,
