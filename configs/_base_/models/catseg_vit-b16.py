@@ -46,7 +46,7 @@ model = dict(
         # template, encoded with gradients through the q/v-tuned tower for
         # every class at every step. The 80 OpenAI templates of CAT-Seg's
         # default config.yaml (DCP-CLIP's P = 80):
-        # --cfg-options model.text_encoder.templates=openai model.decode_head.num_templates=80
+        # --cfg-options model.text_encoder.templates=openai
         templates=['A photo of a {} in the scene'],
         freeze='attn_qv'),
     # a class name listing synonyms ('building, edifice' in ADE-847) is
@@ -61,7 +61,8 @@ model = dict(
         type='CATSegHead',
         in_channels=512,            # CLIP's joint width D
         channels=128,               # HIDDEN_DIMS
-        num_templates=1,            # the text encoder's templates (P)
+        # P, the text encoder's template count (None: taken from it)
+        num_templates=None,
         appearance_guidance_channels=128,   # APPEARANCE_GUIDANCE_PROJ_DIM
         text_guidance_channels=128,         # TEXT_GUIDANCE_PROJ_DIM
         cost_embed=dict(kernel_size=7),

@@ -23,7 +23,6 @@ model = dict(
     attention_layers=(3, 7),
     decode_head=dict(
         type='DCPCLIPHead',
-        num_templates=80,
         # the CLS->patch attention maps of the two attention layers feed the
         # decoder (must equal len(attention_layers))
         num_attention_layers=2,
