@@ -236,8 +236,13 @@ def test_evaluation_config(method, arch, bench):
     model = _without_name_map(cfg.model)
     assert model == _without_name_map(train.model)
     if method == 'dcpclip':
-        assert cfg.model.decode_head.tag_validation.name_map == \
-            f'data/name_maps/{bench}.json'
+        # exact COCO-Stuff names by default (the paper's Fig. 6); the name
+        # map the header's command names exists
+        assert cfg.model.decode_head.tag_validation.name_map is None
+        option = re.search(r'tag_validation\.name_map=(\S+)',
+                           Path(cfg.filename).read_text())
+        assert option.group(1) == f'data/name_maps/{bench}.json'
+        assert (REPO_ROOT / option.group(1)).is_file()
 
 
 # ------------------------------------------------------------- name maps

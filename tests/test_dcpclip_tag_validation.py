@@ -67,6 +67,25 @@ def test_name_map_marks_seen_classes(tmp_path):
     assert mask.tolist() == [True, False, True]
 
 
+def test_a_name_listing_synonyms_is_seen_by_any_of_them():
+    # ADE-847 names list synonyms; 'road, route' is COCO-Stuff's 'road'
+    tv = TagValidation(seen_classes=['road', 'sky'])
+    mask = tv.seen_mask(('road, route', 'sky', 'river, stream'))
+    assert mask.tolist() == [True, True, False]
+
+
+def test_exact_names_leave_the_paper_s_corrected_classes_unseen():
+    """DCP-CLIP Sec. IV-C (Fig. 6): Tag Validation corrects ADE's 'water'
+    to 'river' and 'sidewalk' to 'path', so those two were unseen; with
+    exact COCO-Stuff names (the configs' default) they are, and through
+    the name map (COCO-Stuff 'water-other', 'pavement') they are not."""
+    names = ('water', 'sidewalk', 'river', 'tree')
+    assert TagValidation().seen_mask(names).tolist() == [False, False, True,
+                                                          True]
+    mapped = TagValidation(name_map='data/name_maps/ade150.json')
+    assert mapped.seen_mask(names).tolist() == [True, True, True, True]
+
+
 @pytest.mark.parametrize('labelling', ['scipy', 'torch'])
 def test_connected_components_are_separate_regions(labelling):
     labels = torch.tensor([[[1, 1, 0, 1],

@@ -24,8 +24,9 @@ val_dataloader = test_dataloader
 train_dataloader = None
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-# Tag Validation (Eq. 17) re-checks regions of classes unseen in
-# COCO-Stuff training: this vocabulary's map to COCO-Stuff names
-model = dict(
-    decode_head=dict(
-        tag_validation=dict(name_map='data/name_maps/ade847.json')))
+# Tag Validation (Eq. 17) re-checks the regions of classes unseen in
+# COCO-Stuff training; a class is seen when its name is a COCO-Stuff class
+# name (name_map=None, the paper's Fig. 6: ADE 'water' corrected to 'river'
+# and 'sidewalk' to 'path', so neither counts as COCO-Stuff's 'water-other'
+# / 'pavement'). Matching through this vocabulary's name map instead:
+# --cfg-options model.decode_head.tag_validation.name_map=data/name_maps/ade847.json

@@ -12,8 +12,9 @@
 #   spatial enhancement with q/k from [cost ; encoder ; attention]
 #   (Table VI(a), (c)), U-Net-like transposed-conv upsampling 24->48->96;
 # - Tag Validation (Eq. 17), inference only, for regions predicted as
-#   classes unseen in COCO-Stuff training (evaluation configs set the
-#   name map of their vocabulary, data/name_maps/).
+#   classes unseen in COCO-Stuff training (a class is seen when one of its
+#   names is a COCO-Stuff name; the name maps of data/name_maps/ are an
+#   option of each evaluation config).
 # docs/dcp_clip.md lists every reconstruction of the lost equations.
 _base_ = ['./catseg_vit-b16.py']
 model = dict(

@@ -43,7 +43,8 @@ from scipy import ndimage
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from mmseg_ovss.clip.vocabulary import Vocabulary, name_key, read_name_lists
+from mmseg_ovss.clip.vocabulary import (Vocabulary, name_key, read_name_lists,
+                                        split_synonyms)
 from mmseg_ovss.models.catseg.compact_labels import (carry_classes,
                                                      class_channels)
 from mmseg_ovss.models.dcpclip.category_selection import CategorySelection
@@ -174,7 +175,10 @@ class TagValidation(nn.Module):
         if key not in self._seen_cache:
             seen = []
             for name in class_names:
-                mapped = self.name_map.get(name_key(name), (name, ))
+                # a name listing synonyms ('road, route' in ADE-847) is seen
+                # when one of them is a training name
+                mapped = self.name_map.get(name_key(name)) or tuple(
+                    n for n in split_synonyms(name) if n) or (name, )
                 seen.append(any(name_key(n) in self.training_names
                                 for n in mapped))
             self._seen_cache[key] = torch.tensor(seen, dtype=torch.bool)
