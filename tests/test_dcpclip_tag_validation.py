@@ -80,8 +80,8 @@ def test_exact_names_leave_the_paper_s_corrected_classes_unseen():
     exact COCO-Stuff names (the configs' default) they are, and through
     the name map (COCO-Stuff 'water-other', 'pavement') they are not."""
     names = ('water', 'sidewalk', 'river', 'tree')
-    assert TagValidation().seen_mask(names).tolist() == [False, False, True,
-                                                          True]
+    seen = TagValidation().seen_mask(names).tolist()
+    assert seen == [False, False, True, True]
     mapped = TagValidation(name_map='data/name_maps/ade150.json')
     assert mapped.seen_mask(names).tolist() == [True, True, True, True]
 
