@@ -179,6 +179,23 @@ def test_another_architecture_gets_its_own_rows(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob('*.pt'))) == 3
 
 
+def test_another_template_list_shares_the_rows(tmp_path, monkeypatch):
+    """A row is one sentence through the tower: the encoder's template list
+    does not change it, so encoders of the same weights with other
+    templates (SCLIP's 80, ZegCLIP's one) read one bank file."""
+    sentences = ['a photo of a cat.', 'a photo of a dog.']
+    _encoder(tmp_path).encode_text(sentences)
+    register_tiny_clip_models()
+    other = OpenCLIPTextEncoder(model_name='ovss-tiny-ViT-16',
+                                random_init=True, seed=0,
+                                templates=['a photo of a {}.'],
+                                text_bank=tmp_path, batch_size=5)
+    calls = _count_tower_calls(other, monkeypatch)
+    other.encode_text(sentences)
+    assert calls == []
+    assert len(list(tmp_path.glob('*.pt'))) == 1
+
+
 def test_autocast_rows_are_not_banked(tmp_path):
     """A frozen tower called under autocast (an amp step) stores float32
     rows: a later plain run reads the tower's fp32 output."""

@@ -147,8 +147,11 @@ def architecture_fingerprint(tower: nn.Module,
     parts = []
     for name, module in tower.named_modules():
         cls = type(module)
-        parts.append(f'{name}:{cls.__module__}.{cls.__qualname__}'
-                     f'({module.extra_repr()})')
+        # the tower's own repr may list what rows do not depend on (the
+        # package's text encoder: its templates, freeze policy): its
+        # TOWER_SETTINGS stand for it
+        own = '' if module is tower else module.extra_repr()
+        parts.append(f'{name}:{cls.__module__}.{cls.__qualname__}({own})')
         parts.extend(_settings_of(module,
                                   TOWER_SETTINGS if module is tower else None))
     for key, value in sorted((settings or {}).items()):
