@@ -293,6 +293,27 @@ def test_catseg_ensemble_resizes_once_to_the_original_size(flip):
         assert torch.equal(sample.pred_sem_seg.data[0], want.argmax(0))
 
 
+def test_catseg_ensemble_reads_mmseg_s_test_padding_key():
+    """mmseg's SegDataPreProcessor pads test batches with stack_batch,
+    which records 'img_padding_size' (OVSSSegDataPreProcessor:
+    'padding_size'): the ensemble leaves the padding out either way."""
+    cfg = dict(mode='catseg_ensemble', kernel=32, overlap=0.5,
+               ensemble_size=(48, 48))
+    model = build_tiny_catseg(NAMES, test_cfg=cfg).eval()
+    torch.manual_seed(3)
+    inputs = torch.randn(1, 3, 48, 48)
+    meta = dict(img_shape=(40, 44), pad_shape=(48, 48), ori_shape=(40, 44))
+    pad = [0, 4, 0, 8]  # (left, right, top, bottom)
+    with torch.no_grad():
+        by_ovss_key = model.inference(inputs, [dict(meta, padding_size=pad)])
+        by_mmseg_key = model.inference(inputs,
+                                       [dict(meta, img_padding_size=pad)])
+        unpadded = model.inference(inputs[..., :40, :44], [dict(
+            meta, pad_shape=(40, 44), padding_size=[0, 0, 0, 0])])
+    torch.testing.assert_close(by_mmseg_key, by_ovss_key, atol=0, rtol=0)
+    torch.testing.assert_close(by_ovss_key, unpadded, atol=0, rtol=0)
+
+
 def test_slide_mode_and_bad_settings():
     model = build_tiny_catseg(
         NAMES, test_cfg=dict(mode='slide', crop_size=(32, 32),

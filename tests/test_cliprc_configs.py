@@ -9,6 +9,7 @@ from mmengine.registry import init_default_scope
 
 from mmseg_ovss.engine.launch import check_config_keys
 from mmseg_ovss.testing.cliprc import TINY_CLIP, TINY_EMBED_DIMS
+from mmseg_ovss.utils.errors import OVSSConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for d in ('cliprc', 'zegclip')
@@ -196,6 +197,30 @@ def test_schedule_gives_the_authors_learning_rate(iters):
         optimizer.step()
         for scheduler in schedulers:
             scheduler.step()
+
+
+def test_epoch_based_schedule_converts_to_iterations():
+    """convert_to_iter_based=True (mmengine's Runner calls
+    build_iter_from_epoch): begin, end and warmup_iters in epochs, stepped
+    per iteration, give the same rule over the iterations."""
+    import mmseg_ovss  # noqa: F401
+    import torch
+    from mmseg.registry import PARAM_SCHEDULERS
+    from mmseg_ovss.engine.schedulers import warmup_poly_lr
+    init_default_scope('mmseg')
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = PARAM_SCHEDULERS.get('WarmupPolyLR').build_iter_from_epoch(
+        optimizer, power=0.9, eta_min=1e-6, warmup_iters=2,
+        warmup_ratio=1e-6, begin=0, end=5, by_epoch=True, epoch_length=10)
+    assert not scheduler.by_epoch and scheduler.end == 50
+    for step in range(50):
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(
+            warmup_poly_lr(0.1, step, 50, 0.9, 1e-6, 20, 1e-6), rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+    with pytest.raises(OVSSConfigError, match='epoch_length'):
+        PARAM_SCHEDULERS.get('WarmupPolyLR').build_iter_from_epoch(
+            optimizer, end=5, by_epoch=True, epoch_length=None)
 
 
 def test_pc60_split_is_pc59_unseen_with_background_seen():

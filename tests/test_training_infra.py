@@ -425,6 +425,17 @@ def test_default_work_dir_mirrors_the_path_below_configs():
     assert default_work_dir('my_run.py') == './work_dirs/my_run'
 
 
+def test_default_work_dir_through_a_linked_configs_folder(tmp_path):
+    # the package's configs reached through a link of another name: the
+    # method folder still separates zegclip/x from cliprc/x
+    link = tmp_path / 'my_configs'
+    link.symlink_to(REPO / 'configs', target_is_directory=True)
+    for method in ('zegclip', 'cliprc'):
+        path = link / method / 'vit-b16_voc-15-5_inductive.py'
+        assert default_work_dir(str(path)) == \
+            f'./work_dirs/{method}/vit-b16_voc-15-5_inductive'
+
+
 def test_shipped_configs_never_share_a_default_work_dir():
     """configs/cliprc/X.py and configs/zegclip/X.py (and other methods'
     namesakes) must not overwrite or resume each other's checkpoints."""

@@ -182,13 +182,14 @@ def default_work_dir(config_path: str) -> str:
     whose checkpoints and ``last_checkpoint`` (read by ``--resume``) would
     otherwise overwrite each other.
     """
-    parts = osp.normpath(osp.abspath(config_path)).split(osp.sep)
-    stem = osp.splitext(parts[-1])[0]
-    below = []
-    if 'configs' in parts[:-1]:
-        last = len(parts) - 2 - parts[-2::-1].index('configs')
-        below = parts[last + 1:-1]
-    return osp.join('./work_dirs', *below, stem)
+    stem = osp.splitext(osp.basename(config_path))[0]
+    # the path as given, else with links resolved (a linked configs folder)
+    for path in (osp.abspath(config_path), osp.realpath(config_path)):
+        parts = osp.normpath(path).split(osp.sep)
+        if 'configs' in parts[:-1]:
+            last = len(parts) - 2 - parts[-2::-1].index('configs')
+            return osp.join('./work_dirs', *parts[last + 1:-1], stem)
+    return osp.join('./work_dirs', stem)
 
 
 def use_fresh_visualizer(cfg: Config) -> None:

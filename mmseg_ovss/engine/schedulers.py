@@ -18,6 +18,8 @@ starting after the warm-up decays from the full lr at iteration 1500
 the warm-up is chained onto the warm-up's lr together with ``eta_min``
 (0.1-0.5 % off after the warm-up, more near its end).
 """
+from typing import Optional
+
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmseg.registry import PARAM_SCHEDULERS
@@ -75,6 +77,26 @@ class WarmupPolyLR(LRSchedulerMixin, _ParamScheduler):
         super().__init__(optimizer, begin=begin, end=end,
                          last_step=last_step, by_epoch=by_epoch,
                          verbose=verbose)
+
+    @classmethod
+    def build_iter_from_epoch(cls, *args, begin: int = 0, end: int = 0,
+                              warmup_iters: int = 0, by_epoch: bool = True,
+                              epoch_length: Optional[int] = None, **kwargs):
+        """The scheduler with epoch-based ``begin``, ``end`` and
+        ``warmup_iters`` stepped per iteration (mmengine's
+        ``convert_to_iter_based=True``)."""
+        if not by_epoch:
+            raise OVSSConfigError(
+                'WarmupPolyLR convert_to_iter_based=True needs by_epoch=True '
+                '(begin, end and warmup_iters in epochs)')
+        if epoch_length is None or epoch_length <= 0:
+            raise OVSSConfigError(
+                f'WarmupPolyLR: epoch_length={epoch_length!r} must be a '
+                'positive number of iterations per epoch')
+        return cls(*args, begin=int(begin * epoch_length),
+                   end=int(end * epoch_length),
+                   warmup_iters=int(warmup_iters * epoch_length),
+                   by_epoch=False, **kwargs)
 
     def _get_value(self):
         return [warmup_poly_lr(base, self.last_step, self.total_iters,

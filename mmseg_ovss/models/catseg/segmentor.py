@@ -424,7 +424,10 @@ class CostVolumeSegmentor(OpenVocabEncoderDecoder):
         b, _, height, width = inputs.shape
         regions = []
         for image, meta in zip(inputs, batch_img_metas):
-            left, right, top, bottom = meta.get('padding_size', (0, 0, 0, 0))
+            # mmseg's stack_batch records 'img_padding_size' (test time),
+            # OVSSSegDataPreProcessor 'padding_size'
+            left, right, top, bottom = meta.get(
+                'img_padding_size', meta.get('padding_size', (0, 0, 0, 0)))
             regions.append((top, height - bottom, left, width - right))
         crops = [inputs[i:i + 1, :, r[0]:r[1], r[2]:r[3]]
                  for i, r in enumerate(regions)]
