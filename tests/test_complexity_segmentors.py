@@ -15,6 +15,11 @@ def test_segmentor_complexity_splits_by_module():
     assert result['flops'] == sum(m['flops'] for m in per_module.values())
     assert per_module['backbone']['flops'] > 0
     assert per_module['decode_head']['flops'] > 0
+    # the image tower runs through backbone.forward_tokens (prompt
+    # tokens), which is charged to the backbone: what is left to the
+    # segmentor itself is the small glue around its children
+    assert per_module['(own)']['flops'] < 0.01 * per_module['backbone'][
+        'flops']
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert result['learnable'] == learnable
     assert result['params'] == sum(p.numel() for p in model.parameters())
@@ -71,3 +76,33 @@ def test_count_text_runs_the_tower_with_a_filled_text_bank(tmp_path):
     assert text_flops == reference['per_module']['text_encoder']['flops']
     assert result['counter'] == reference['counter']
     assert model.text_encoder.text_bank() is not None
+
+
+def test_training_free_segmentor_counts_the_image_path_only(repo_root):
+    """CLIPDenseSegmentor (SCLIP VOC21 at tiny size): without count_text
+    the class embeddings are computed before the count, as for the
+    trainable segmentors; with it the text tower is counted too."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from mmseg_ovss.testing.tiny_clip import register_tiny_clip_models
+    register_tiny_clip_models()
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(str(repo_root / 'configs/baselines/sclip_voc21.py'))
+    cfg.model.clip.update(model_name='ovss-tiny-ViT-16', pretrained=None,
+                          random_init=True)
+    model = MODELS.build(cfg.model).eval()
+    model.set_dataset_classes([f'class {i}' for i in range(21)])
+    inputs = torch.randn(1, 3, 64, 64)
+    image = model_complexity(model, inputs)
+    assert image['per_module'].get('text_encoder', {}).get('flops', 0) == 0
+    with_text = model_complexity(model, inputs, count_text=True)
+    text = with_text['per_module']['text_encoder']['flops']
+    assert text > 0
+    # the image tower is the same count; the template and synonym means
+    # of the embeddings add a little outside the text tower
+    assert with_text['per_module']['backbone'] == image['per_module'][
+        'backbone']
+    assert image['flops'] + text <= with_text['flops'] <= \
+        1.01 * (image['flops'] + text)
+

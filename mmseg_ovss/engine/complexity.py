@@ -18,7 +18,8 @@ this module adds the operators mmengine does not count:
 ``aten::_native_multi_head_attention`` (its inference fast path) and
 bicubic resizing (position-embedding interpolation).
 
-For an open-vocabulary segmentor (``OpenVocabEncoderDecoder``) the class
+For a segmentor with a text tower (``OpenVocabEncoderDecoder``, the
+training-free ``CLIPDenseSegmentor``) the class
 embeddings are computed once before the count by default
 (``count_text=False``): at inference a fixed vocabulary is encoded once and
 cached, so the per-image cost is the image path. ``count_text=True`` counts
@@ -26,6 +27,7 @@ the text tower as part of the forward, with the encoder's cache and on-disk
 text bank off for the count (neither may answer in the tower's place).
 """
 import contextlib
+import functools
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -112,12 +114,20 @@ def _tensors(value) -> tuple:
     return ()
 
 
+#: entry points other than ``forward`` that segmentors call on a child
+#: (``OpenCLIPViT.forward_tokens``: ZegCLIP / CLIP-RC run the image tower
+#: with their prompt tokens through it)
+ROUTED_METHODS = ('forward_tokens', )
+
+
 @contextlib.contextmanager
 def through_call(children: Dict[str, nn.Module]) -> Iterator[None]:
-    """Route direct ``child.forward(...)`` calls through ``child(...)`` so
-    that module hooks (the analyser's scopes, timers) see them; segmentors
-    call ``self.decode_head.forward`` directly. Calls that already come
-    through ``child(...)`` are left alone."""
+    """Route direct ``child.forward(...)`` calls, and those of
+    :data:`ROUTED_METHODS`, through ``child(...)`` so that module hooks (the
+    analyser's scopes, timers) see them; segmentors call
+    ``self.decode_head.forward`` and ``self.backbone.forward_tokens``
+    directly. Calls that already come through ``child(...)`` are left
+    alone."""
     patched = []
     for child in children.values():
         if 'forward' in vars(child):
@@ -137,17 +147,42 @@ def through_call(children: Dict[str, nn.Module]) -> Iterator[None]:
                 return _original(*args, **kwargs)
             return nn.Module.__call__(_child, *args, **kwargs)
 
+        def routed_method(*args, _child=child, _depth=depth, _method=None,
+                          **kwargs):
+            if _depth[0]:
+                return _method(*args, **kwargs)
+            # __call__ runs forward: the method stands in for it meanwhile
+            routed_forward = vars(_child)['forward']
+            _child.forward = _method
+            try:
+                return nn.Module.__call__(_child, *args, **kwargs)
+            finally:
+                _child.forward = routed_forward
+
         handles = (child.register_forward_pre_hook(enter),
                    child.register_forward_hook(leave, always_call=True))
         child.forward = routed
-        patched.append((child, handles))
+        methods = [name for name in ROUTED_METHODS
+                   if callable(getattr(child, name, None))
+                   and name not in vars(child)]
+        for name in methods:
+            setattr(child, name, functools.partial(
+                routed_method, _method=getattr(child, name)))
+        patched.append((child, handles, methods))
     try:
         yield
     finally:
-        for child, handles in patched:
+        for child, handles, methods in patched:
             del child.forward
+            for name in methods:
+                delattr(child, name)
             for handle in handles:
                 handle.remove()
+
+
+#: segmentor methods that give the class embeddings of the active
+#: vocabulary (computed once before a count without ``count_text``)
+TEXT_METHODS = ('text_inputs', 'vocabulary_embeddings')
 
 
 @contextlib.contextmanager
@@ -156,12 +191,17 @@ def tensor_forward(model: nn.Module,
     """Make ``model(inputs)`` the tensor forward ``model._forward(inputs)``
     with its outputs flattened to a tuple of tensors (traceable), top-level
     children called through their hooks, and (``count_text=False``) the
-    class embeddings of an open-vocabulary segmentor computed beforehand;
+    class embeddings of the segmentor (:data:`TEXT_METHODS`) computed
+    beforehand;
     with ``count_text`` the text encoder's cache and on-disk bank are off,
     so every sentence runs through the tower (restored afterwards)."""
     restore = []
     stack = contextlib.ExitStack()
-    if hasattr(model, 'text_inputs'):
+    # the class embeddings: OpenVocabEncoderDecoder.text_inputs, the
+    # training-free CLIPDenseSegmentor.vocabulary_embeddings
+    text_method = next((name for name in TEXT_METHODS
+                        if callable(getattr(model, name, None))), None)
+    if text_method is not None:
         if count_text:
             encoder = getattr(model, 'text_encoder', None)
             clear = getattr(encoder, 'clear_cache', None)
@@ -171,9 +211,9 @@ def tensor_forward(model: nn.Module,
             if bank_off is not None:  # ... or from its bank on disk
                 stack.enter_context(bank_off())
         else:
-            text = model.text_inputs()
-            model.text_inputs = lambda: text
-            restore.append('text_inputs')
+            text = getattr(model, text_method)()
+            setattr(model, text_method, lambda: text)
+            restore.append(text_method)
     if hasattr(model, '_forward'):  # an mmseg segmentor
         original = model._forward
 
