@@ -105,4 +105,3 @@ def test_training_free_segmentor_counts_the_image_path_only(repo_root):
         'backbone']
     assert image['flops'] + text <= with_text['flops'] <= \
         1.01 * (image['flops'] + text)
-
