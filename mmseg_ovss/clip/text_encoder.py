@@ -185,10 +185,6 @@ class PromptEnsembleEncoding:
         """Whether results are computed with gradients (and not cached)."""
         raise NotImplementedError
 
-    def has_trainable_weights(self) -> bool:
-        """Whether a weight the embeddings depend on requires grad."""
-        return any(p.requires_grad for p in self.text_tower.parameters())
-
     def encoding_settings(self) -> dict:
         """Settings outside the tower that the embeddings depend on (model
         name, tokenizer), part of the bank key."""
@@ -222,15 +218,17 @@ class PromptEnsembleEncoding:
         self._cache.clear()
 
     @contextmanager
-    def text_bank_off(self) -> Iterator[None]:
-        """Turn the on-disk bank off inside the ``with`` block (every
-        sentence runs through the tower; e.g. to count its FLOPs)."""
-        folder, bank = self.text_bank_dir, self._bank
-        self.text_bank_dir, self._bank = None, None
+    def uncached(self) -> Iterator[None]:
+        """Neither the vocabulary cache nor the on-disk bank inside the
+        ``with`` block, so every sentence runs through the tower (a FLOP
+        count; a pass over weights that change every step, which would
+        only fill them); both are back afterwards."""
+        saved = self.cache_size, self.text_bank_dir, self._bank
+        self.cache_size, self.text_bank_dir, self._bank = 0, None, None
         try:
             yield
         finally:
-            self.text_bank_dir, self._bank = folder, bank
+            self.cache_size, self.text_bank_dir, self._bank = saved
 
     def _autocast_state(self) -> tuple:
         """(enabled, dtype) of autocast on the tower's device type."""

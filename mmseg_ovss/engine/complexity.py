@@ -203,13 +203,11 @@ def tensor_forward(model: nn.Module,
                         if callable(getattr(model, name, None))), None)
     if text_method is not None:
         if count_text:
-            encoder = getattr(model, 'text_encoder', None)
-            clear = getattr(encoder, 'clear_cache', None)
-            if clear is not None:
-                clear()  # a frozen encoder would answer from its cache
-            bank_off = getattr(encoder, 'text_bank_off', None)
-            if bank_off is not None:  # ... or from its bank on disk
-                stack.enter_context(bank_off())
+            # a frozen encoder would answer from its cache or its bank
+            uncached = getattr(getattr(model, 'text_encoder', None),
+                               'uncached', None)
+            if uncached is not None:
+                stack.enter_context(uncached())
         else:
             text = getattr(model, text_method)()
             setattr(model, text_method, lambda: text)

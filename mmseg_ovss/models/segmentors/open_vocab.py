@@ -32,7 +32,6 @@ The head contract (mmseg's ``BaseDecodeHead`` signatures, with
 """
 import dataclasses
 import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -347,7 +346,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                       'uses_template_embeddings', False))
         embed_classes = None
         if self.selected_text_gradients():
-            with torch.no_grad(), uncached_encoding(self.text_encoder):
+            with torch.no_grad(), self.text_encoder.uncached():
                 embeddings, templates = self.embed_text(vocab,
                                                         with_templates)
             embed_classes = partial(self.embed_class_subset, vocab,
@@ -454,26 +453,6 @@ def takes_argument(cls: type, name: str) -> bool:
     keyword arguments on to) names the argument ``name``."""
     return any(name in inspect.signature(base.__init__).parameters
                for base in cls.__mro__ if '__init__' in vars(base))
-
-
-@contextmanager
-def uncached_encoding(text_encoder):
-    """The text encoder's vocabulary cache and on-disk text bank off: a
-    pass without gradients over weights that change every iteration
-    would only fill them (the bank hashes the weights for each new
-    version)."""
-    saved = {name: getattr(text_encoder, name)
-             for name in ('cache_size', 'text_bank_dir')
-             if hasattr(text_encoder, name)}
-    if 'cache_size' in saved:
-        text_encoder.cache_size = 0
-    if 'text_bank_dir' in saved:
-        text_encoder.text_bank_dir = None
-    try:
-        yield text_encoder
-    finally:
-        for name, value in saved.items():
-            setattr(text_encoder, name, value)
 
 
 def per_class_mean(embeddings: Tensor, query_to_class: Tensor,

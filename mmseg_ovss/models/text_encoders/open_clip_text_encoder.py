@@ -156,11 +156,9 @@ class OpenCLIPTextEncoder(BaseModule, PromptEnsembleEncoding):
     def weights_key(self) -> tuple:
         return weights_version_key((*self.parameters(), *self.buffers()))
 
-    def has_trainable_weights(self) -> bool:
-        return any(p.requires_grad for p in self._tower_parameters())
-
     def tracks_gradients(self) -> bool:
-        return torch.is_grad_enabled() and self.has_trainable_weights()
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self._tower_parameters())
 
     # ---------------------------------------------------------- modes
     def train(self, mode: bool = True) -> 'OpenCLIPTextEncoder':
